@@ -1,0 +1,20 @@
+//! Every op of handwritten, on every device.
+//!
+//! - [`reference`]: plain Rust, obviously correct; the oracle for every test.
+//! - [`cpu`]: fast Rust (im2col + GEMM + threads); the `cpu` device.
+//! - [`Device`] and [`Buffer`]: what the layers above call. Nothing above this crate knows which
+//!   device runs an op.
+//!
+//! Layouts follow PyTorch: activations NCHW, conv weights `[out, in, kh, kw]`, linear weights
+//! `[out, in]`, all f32.
+
+pub mod cpu;
+mod device;
+mod error;
+pub mod launch;
+pub mod reference;
+mod shapes;
+
+pub use device::{Buffer, Device, Element};
+pub use error::{Error, Result};
+pub use shapes::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};

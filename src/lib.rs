@@ -12,6 +12,7 @@ pub mod cpu;
 mod device;
 mod error;
 pub mod launch;
+mod launches;
 pub mod reference;
 mod shapes;
 

@@ -1,0 +1,78 @@
+//! Helpers shared by the nn tests: random data, host copies, gradient checks in f32.
+#![allow(dead_code)] // each test file uses its own subset
+
+use kernels::{Buffer, Device};
+use nn::{Tensor, TensorView};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+pub const DEVICE: Device = Device::Cpu;
+
+pub fn random(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+pub fn tensor(shape: &[usize], values: &[f32]) -> Tensor {
+    Tensor::from_slice(&DEVICE, shape, values).unwrap()
+}
+
+pub fn host(data: &Buffer<f32>) -> Vec<f32> {
+    DEVICE.download(data).unwrap()
+}
+
+pub fn host_view(view: TensorView) -> (Vec<usize>, Vec<f32>) {
+    (view.shape.to_vec(), host(view.data))
+}
+
+/// Σ r·y in f64: a scalar loss whose gradient to y is r.
+pub fn weighted_sum(r: &[f32], y: &[f32]) -> f64 {
+    assert_eq!(r.len(), y.len());
+    r.iter().zip(y).map(|(&r, &y)| r as f64 * y as f64).sum()
+}
+
+/// Compares `analytic` with central differences of `loss` around `at`, element by element.
+///
+/// In f32 the differences carry rounding noise of about ε·|loss|/h, so the tolerance is loose;
+/// exactness of the ops themselves is checked in f64 by the root package's tests.
+pub fn check_gradient(
+    name: &str,
+    at: &[f32],
+    analytic: &[f32],
+    h: f32,
+    mut loss: impl FnMut(&[f32]) -> f64,
+) {
+    assert_eq!(at.len(), analytic.len(), "{name}: gradient length");
+    let mut x = at.to_vec();
+    for k in 0..x.len() {
+        x[k] = at[k] + h;
+        let up = loss(&x);
+        x[k] = at[k] - h;
+        let down = loss(&x);
+        x[k] = at[k];
+        let numeric = (up - down) / (2.0 * h as f64);
+        let error = (numeric - analytic[k] as f64).abs();
+        assert!(
+            error <= 1e-3 * (1.0 + numeric.abs()),
+            "{name}[{k}]: analytic {} vs numeric {numeric}",
+            analytic[k]
+        );
+    }
+}
+
+/// |actual − expected| ≤ tolerance·(|expected| + largest |expected|) for every element: relative
+/// for the large values, and for the small ones relative to the tensor's scale, since rounding in
+/// a sum of many terms is absolute (numpy's allclose with atol = rtol·max|expected|).
+pub fn assert_close(name: &str, actual: &[f32], expected: &[f64], tolerance: f64) {
+    assert_eq!(actual.len(), expected.len(), "{name}: length");
+    let scale = expected.iter().fold(0.0f64, |m, e| m.max(e.abs()));
+    for (k, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a as f64 - e).abs() <= tolerance * (e.abs() + scale),
+            "{name}[{k}]: {a} vs expected {e}"
+        );
+    }
+}
+
+pub fn to_f64(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&v| v as f64).collect()
+}

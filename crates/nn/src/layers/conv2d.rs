@@ -65,6 +65,7 @@ impl Conv2d {
     /// x `[N, in_channels, H, W]` → y `[N, out_channels, H', W']`.
     pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
         let s = self.op_shape(x.shape)?;
+        // A copy, as the caller may overwrite x before backward.
         self.input.resize(&self.device, x.shape)?;
         self.device.copy(x.data, &mut self.input.data)?;
         let y_shape = [s.batch, s.out_channels, s.out_height(), s.out_width()];

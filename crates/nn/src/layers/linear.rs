@@ -63,6 +63,7 @@ impl Linear {
     /// x `[N, in_features]` → y `[N, out_features]`.
     pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
         let s = self.op_shape(x.shape)?;
+        // A copy, as the caller may overwrite x before backward.
         self.input.resize(&self.device, x.shape)?;
         self.device.copy(x.data, &mut self.input.data)?;
         self.output

@@ -18,7 +18,7 @@ impl SoftmaxCrossEntropy {
         }
     }
 
-    /// Adds the batch's loss sum to totals[0] and its correct count to totals[1].
+    /// Adds the batch's loss sum to `totals[0]` and its correct count to `totals[1]`.
     ///
     /// Sums rather than a mean, kept on the device: an epoch's totals need one download at its
     /// end, not one per step.

@@ -200,3 +200,32 @@ fn a_gz_file_that_is_not_gzip_is_named() {
     let err = load_error(&dir.0);
     assert!(err.contains(&format!("{IMAGES}.gz")), "{err}");
 }
+
+/// The real files in data/mnist, checked against the counts their README publishes.
+#[test]
+fn real_mnist_has_its_published_label_counts() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+    let count_labels = |split: &Split| {
+        let mut counts = [0usize; 10];
+        for &label in &split.labels {
+            counts[label as usize] += 1;
+        }
+        counts
+    };
+    let mean_pixel = |split: &Split| {
+        split.images.iter().map(|&p| p as f64).sum::<f64>() / (split.images.len() as f64 * 255.0)
+    };
+    let train = Split::train(&dir, None).unwrap();
+    assert_eq!(train.images.len(), 60_000 * IMAGE_LEN);
+    assert_eq!(
+        count_labels(&train),
+        [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    );
+    assert!((mean_pixel(&train) - 0.1307).abs() < 5e-5);
+    let test = Split::test(&dir, None).unwrap();
+    assert_eq!(
+        count_labels(&test),
+        [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    );
+    assert!((mean_pixel(&test) - 0.1325).abs() < 5e-5);
+}

@@ -118,6 +118,13 @@ impl Device {
         Ok(())
     }
 
+    /// Copies a buffer into another of the same length on this device, without a host round trip.
+    pub fn copy<T: Element>(&self, src: &Buffer<T>, dst: &mut Buffer<T>) -> Result<()> {
+        check("copy", "dst", dst.len(), src.len())?;
+        dst.host_mut().copy_from_slice(src.host());
+        Ok(())
+    }
+
     /// Runs one kernel launch on this device's executor.
     #[allow(dead_code)]
     pub(crate) fn launch(&self, launch: Launch) -> Result<()> {

@@ -1,0 +1,157 @@
+//! Checkpoints: safetensors files with the reference PyTorch model's state_dict names and shapes,
+//! so that `model.load_state_dict(safetensors.torch.load_file(path))` reads ours and
+//! [`ConvNet::load`] reads one written by `safetensors.torch.save_file(model.state_dict(), path)`.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+
+use kernels::Device;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::{ConvNet, ConvNetConfig, Error, Result};
+
+impl ConvNet {
+    /// Writes every parameter as F32 in PyTorch's layout. The file is written beside `path` and
+    /// renamed over it when complete: an interrupted save leaves the old checkpoint, never half
+    /// of a new one.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut tensors = Vec::new();
+        for param in self.params() {
+            let values = param.value.to_vec(self.device())?;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            tensors.push((param.name.as_str(), param.value.shape.clone(), bytes));
+        }
+        let views = tensors.iter().map(|(name, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes);
+            view.map(|view| (*name, view))
+        });
+        // safetensors.torch.save_file writes this too; some readers look for it.
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let bytes = views
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|views| safetensors::serialize(views, Some(metadata)))
+            .map_err(|e| checkpoint_error(path, format!("cannot serialise: {e}")))?;
+        write_atomically(path, &bytes)
+            .map_err(|e| checkpoint_error(path, format!("cannot write: {e}")))
+    }
+
+    /// Reads a checkpoint, taking the network's widths from its tensors' shapes. Every tensor of
+    /// the state_dict must be there, F32, of the shape the others imply, and nothing else.
+    pub fn load(device: &Device, path: &Path) -> Result<Self> {
+        let bytes =
+            fs::read(path).map_err(|e| checkpoint_error(path, format!("cannot read: {e}")))?;
+        let file = SafeTensors::deserialize(&bytes)
+            .map_err(|e| checkpoint_error(path, format!("not a complete safetensors file: {e}")))?;
+        let config = infer_config(&file).map_err(|what| checkpoint_error(path, what))?;
+        // Build the network the file describes, then overwrite each parameter with its values.
+        let mut net = ConvNet::new(device, config, 0)?;
+        for param in net.params_mut() {
+            let values = read_f32(&file, &param.name, &param.value.shape)
+                .map_err(|what| checkpoint_error(path, what))?;
+            device.write(&values, &mut param.value.data)?;
+        }
+        let expected: Vec<&str> = net.params().iter().map(|p| p.name.as_str()).collect();
+        if let Some(extra) = file.names().into_iter().find(|n| !expected.contains(n)) {
+            let what = format!("unexpected tensor {extra}: a ConvNet has only {expected:?}");
+            return Err(checkpoint_error(path, what));
+        }
+        Ok(net)
+    }
+}
+
+fn checkpoint_error(path: &Path, what: String) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        what,
+    }
+}
+
+/// The widths, read from the weights' shapes. Only the dimensions that set a width are read
+/// here; the full shapes are checked as each tensor is loaded.
+fn infer_config(file: &SafeTensors) -> Result<ConvNetConfig, String> {
+    let shape_of = |name: &str, rank: usize| -> Result<Vec<usize>, String> {
+        let tensor = file
+            .tensor(name)
+            .map_err(|_| format!("tensor {name} is missing"))?;
+        let shape = tensor.shape();
+        if shape.len() != rank || shape.contains(&0) {
+            return Err(format!(
+                "tensor {name} has shape {shape:?}, expected {rank} positive dimensions"
+            ));
+        }
+        Ok(shape.to_vec())
+    };
+    let conv1_channels = shape_of("conv2d.0.weight", 4)?[0];
+    let conv2_channels = shape_of("conv2d.3.weight", 4)?[0];
+    let fc1 = shape_of("fc1.weight", 2)?;
+    let (hidden1, flat_features) = (fc1[0], fc1[1]);
+    let hidden2 = shape_of("fc2.weight", 2)?[0];
+    let classes = shape_of("fc3.weight", 2)?[0];
+    // fc1 reads conv2's channels over a (image_size / 4)² grid.
+    let side = ((flat_features / conv2_channels) as f64).sqrt().round() as usize;
+    if conv2_channels * side * side != flat_features {
+        return Err(format!(
+            "tensor fc1.weight has {flat_features} input features, expected conv2d.3's \
+             {conv2_channels} channels times a square grid"
+        ));
+    }
+    Ok(ConvNetConfig {
+        conv1_channels,
+        conv2_channels,
+        hidden1,
+        hidden2,
+        classes,
+        image_size: 4 * side,
+    })
+}
+
+/// The values of tensor `name`, which must be F32 and of `shape`.
+fn read_f32(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
+    let tensor = file
+        .tensor(name)
+        .map_err(|_| format!("tensor {name} is missing"))?;
+    if tensor.dtype() != Dtype::F32 {
+        return Err(format!(
+            "tensor {name} is {:?}, expected F32",
+            tensor.dtype()
+        ));
+    }
+    if tensor.shape() != shape {
+        return Err(format!(
+            "tensor {name} has shape {:?}, expected {shape:?}",
+            tensor.shape()
+        ));
+    }
+    let values = tensor.data().chunks_exact(4);
+    Ok(values
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// Writes `bytes` to a temporary file in `path`'s directory, flushes it to disk, then renames it
+/// to `path`: a rename within a directory replaces the old file in one step.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let Some(file_name) = path.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a file name",
+        ));
+    };
+    let mut temp_name = OsString::from(".");
+    temp_name.push(file_name);
+    temp_name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(temp_name);
+    let written = File::create(&temp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    let renamed = written.and_then(|()| fs::rename(&temp, path));
+    if renamed.is_err() {
+        // Best effort: the error worth reporting is the one that stopped the save.
+        let _ = fs::remove_file(&temp);
+    }
+    renamed
+}

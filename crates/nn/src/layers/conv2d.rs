@@ -1,0 +1,127 @@
+//! 2-D convolution, as PyTorch's `nn.Conv2d` with a square kernel, stride 1 and zero padding.
+
+use kernels::{Conv2dShape, Device};
+use rand::rngs::StdRng;
+
+use crate::error::expect_shape;
+use crate::{init, Error, Param, Result, Tensor, TensorView};
+
+pub struct Conv2d {
+    device: Device,
+    name: String,
+    /// `[out_channels, in_channels, kernel, kernel]`.
+    weight: Param,
+    /// `[out_channels]`.
+    bias: Param,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: usize,
+    padding: usize,
+    /// The input of the last forward: the weight gradient correlates it with dy.
+    input: Tensor,
+    output: Tensor,
+    input_grad: Tensor,
+}
+
+impl Conv2d {
+    /// A convolution initialised as PyTorch does, its parameters named `{name}.weight` and
+    /// `{name}.bias`.
+    pub fn new(
+        device: &Device,
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        padding: usize,
+        rng: &mut StdRng,
+    ) -> Result<Conv2d> {
+        let fan_in = in_channels * kernel * kernel;
+        let weight_shape = [out_channels, in_channels, kernel, kernel];
+        let weight = init::uniform_fan_in(rng, weight_shape.iter().product(), fan_in);
+        let bias = init::uniform_fan_in(rng, out_channels, fan_in);
+        Ok(Conv2d {
+            device: device.clone(),
+            name: name.to_string(),
+            weight: Param::new(device, format!("{name}.weight"), &weight_shape, &weight)?,
+            bias: Param::new(device, format!("{name}.bias"), &[out_channels], &bias)?,
+            in_channels,
+            out_channels,
+            kernel,
+            padding,
+            input: Tensor::zeros(device, &[0])?,
+            output: Tensor::zeros(device, &[0])?,
+            input_grad: Tensor::zeros(device, &[0])?,
+        })
+    }
+
+    pub fn params(&self) -> [&Param; 2] {
+        [&self.weight, &self.bias]
+    }
+
+    pub fn params_mut(&mut self) -> [&mut Param; 2] {
+        [&mut self.weight, &mut self.bias]
+    }
+
+    /// x `[N, in_channels, H, W]` → y `[N, out_channels, H', W']`.
+    pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
+        let s = self.op_shape(x.shape)?;
+        self.input.resize(&self.device, x.shape)?;
+        self.device.copy(x.data, &mut self.input.data)?;
+        let y_shape = [s.batch, s.out_channels, s.out_height(), s.out_width()];
+        self.output.resize(&self.device, &y_shape)?;
+        let (w, b) = (&self.weight.value.data, &self.bias.value.data);
+        self.device
+            .conv2d_forward(&s, x.data, w, b, &mut self.output.data)?;
+        Ok(self.output.view())
+    }
+
+    /// Fills the weight and bias gradients and returns the gradient to the input.
+    pub fn backward(&mut self, dy: TensorView) -> Result<TensorView<'_>> {
+        self.backward_params(dy)?;
+        let s = self.op_shape(&self.input.shape)?;
+        self.input_grad.resize(&self.device, &self.input.shape)?;
+        let w = &self.weight.value.data;
+        self.device
+            .conv2d_backward_input(&s, w, dy.data, &mut self.input_grad.data)?;
+        Ok(self.input_grad.view())
+    }
+
+    /// Fills only the weight and bias gradients: all a first layer needs, whose input is data.
+    pub fn backward_params(&mut self, dy: TensorView) -> Result<()> {
+        expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
+        let s = self.op_shape(&self.input.shape)?;
+        let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
+        self.device
+            .conv2d_backward_weight(&s, &self.input.data, dy.data, dw, db)?;
+        Ok(())
+    }
+
+    /// The op's shape for an input of `x_shape`, which must be `[N, in_channels, H, W]` with the
+    /// padded image at least as large as the kernel.
+    fn op_shape(&self, x_shape: &[usize]) -> Result<Conv2dShape> {
+        let (in_channels, kernel) = (self.in_channels, self.kernel);
+        match *x_shape {
+            [batch, c, height, width]
+                if c == in_channels && height.min(width) + 2 * self.padding >= kernel =>
+            {
+                Ok(Conv2dShape {
+                    batch,
+                    in_channels,
+                    out_channels: self.out_channels,
+                    height,
+                    width,
+                    kernel,
+                    stride: 1,
+                    padding: self.padding,
+                })
+            }
+            _ => Err(Error::Shape {
+                name: self.name.clone(),
+                what: format!(
+                    "input has shape {x_shape:?}, expected [N, {in_channels}, H, W] with H, W ≥ {}",
+                    kernel.saturating_sub(2 * self.padding)
+                ),
+            }),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! A fully connected layer, as PyTorch's `nn.Linear`: y = x·Wᵀ + b.
+
+use kernels::{Device, LinearShape};
+use rand::rngs::StdRng;
+
+use crate::error::expect_shape;
+use crate::{init, Error, Param, Result, Tensor, TensorView};
+
+pub struct Linear {
+    device: Device,
+    name: String,
+    /// `[out_features, in_features]`.
+    weight: Param,
+    /// `[out_features]`.
+    bias: Param,
+    in_features: usize,
+    out_features: usize,
+    /// The input of the last forward: the weight gradient is dyᵀ·x.
+    input: Tensor,
+    output: Tensor,
+    input_grad: Tensor,
+}
+
+impl Linear {
+    /// A layer initialised as PyTorch does, its parameters named `{name}.weight` and
+    /// `{name}.bias`.
+    pub fn new(
+        device: &Device,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        rng: &mut StdRng,
+    ) -> Result<Linear> {
+        let weight = init::uniform_fan_in(rng, out_features * in_features, in_features);
+        let bias = init::uniform_fan_in(rng, out_features, in_features);
+        let weight_shape = [out_features, in_features];
+        Ok(Linear {
+            device: device.clone(),
+            name: name.to_string(),
+            weight: Param::new(device, format!("{name}.weight"), &weight_shape, &weight)?,
+            bias: Param::new(device, format!("{name}.bias"), &[out_features], &bias)?,
+            in_features,
+            out_features,
+            input: Tensor::zeros(device, &[0])?,
+            output: Tensor::zeros(device, &[0])?,
+            input_grad: Tensor::zeros(device, &[0])?,
+        })
+    }
+
+    pub fn params(&self) -> [&Param; 2] {
+        [&self.weight, &self.bias]
+    }
+
+    pub fn params_mut(&mut self) -> [&mut Param; 2] {
+        [&mut self.weight, &mut self.bias]
+    }
+
+    /// The output of the last forward, `[N, out_features]`.
+    pub fn output(&self) -> &Tensor {
+        &self.output
+    }
+
+    /// x `[N, in_features]` → y `[N, out_features]`.
+    pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
+        let s = self.op_shape(x.shape)?;
+        self.input.resize(&self.device, x.shape)?;
+        self.device.copy(x.data, &mut self.input.data)?;
+        self.output
+            .resize(&self.device, &[s.batch, s.out_features])?;
+        let (w, b) = (&self.weight.value.data, &self.bias.value.data);
+        self.device
+            .linear_forward(&s, x.data, w, b, &mut self.output.data)?;
+        Ok(self.output.view())
+    }
+
+    /// Fills the weight and bias gradients and returns the gradient to the input, dy·W.
+    pub fn backward(&mut self, dy: TensorView) -> Result<TensorView<'_>> {
+        self.backward_params(dy)?;
+        let s = self.op_shape(&self.input.shape)?;
+        self.input_grad.resize(&self.device, &self.input.shape)?;
+        let w = &self.weight.value.data;
+        self.device
+            .linear_backward_input(&s, w, dy.data, &mut self.input_grad.data)?;
+        Ok(self.input_grad.view())
+    }
+
+    /// Fills only the weight gradient dyᵀ·x and the bias gradient Σ_batch dy.
+    pub fn backward_params(&mut self, dy: TensorView) -> Result<()> {
+        expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
+        let s = self.op_shape(&self.input.shape)?;
+        let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
+        self.device
+            .linear_backward_weight(&s, &self.input.data, dy.data, dw, db)?;
+        Ok(())
+    }
+
+    /// The op's shape for an input of `x_shape`, which must be `[N, in_features]`.
+    fn op_shape(&self, x_shape: &[usize]) -> Result<LinearShape> {
+        match *x_shape {
+            [batch, features] if features == self.in_features => Ok(LinearShape {
+                batch,
+                in_features: self.in_features,
+                out_features: self.out_features,
+            }),
+            _ => Err(Error::Shape {
+                name: self.name.clone(),
+                what: format!(
+                    "input has shape {x_shape:?}, expected [N, {}]",
+                    self.in_features
+                ),
+            }),
+        }
+    }
+}

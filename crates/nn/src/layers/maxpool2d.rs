@@ -1,0 +1,73 @@
+//! 2x2 max pooling with stride 2, as PyTorch's `nn.MaxPool2d(2)`.
+
+use kernels::{Buffer, Device, Pool2dShape};
+
+use crate::error::expect_shape;
+use crate::{Error, Result, Tensor, TensorView};
+
+pub struct MaxPool2d {
+    device: Device,
+    name: String,
+    shape: Pool2dShape,
+    /// For each output, the index into x of the maximum it took: only that input receives
+    /// gradient, so backward needs the positions, not x itself.
+    argmax: Buffer<u32>,
+    output: Tensor,
+    input_grad: Tensor,
+}
+
+impl MaxPool2d {
+    pub fn new(device: &Device, name: &str) -> Result<MaxPool2d> {
+        Ok(MaxPool2d {
+            device: device.clone(),
+            name: name.to_string(),
+            shape: Pool2dShape {
+                batch: 0,
+                channels: 0,
+                height: 0,
+                width: 0,
+            },
+            argmax: device.zeros(0)?,
+            output: Tensor::zeros(device, &[0])?,
+            input_grad: Tensor::zeros(device, &[0])?,
+        })
+    }
+
+    /// x `[N, C, H, W]` → y `[N, C, H/2, W/2]`; odd trailing rows and columns are dropped.
+    pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
+        let &[batch, channels, height, width] = x.shape else {
+            return Err(Error::Shape {
+                name: self.name.clone(),
+                what: format!("input has shape {:?}, expected [N, C, H, W]", x.shape),
+            });
+        };
+        let s = Pool2dShape {
+            batch,
+            channels,
+            height,
+            width,
+        };
+        self.shape = s;
+        self.output.resize(
+            &self.device,
+            &[batch, channels, s.out_height(), s.out_width()],
+        )?;
+        if self.argmax.len() != s.output_len() {
+            self.argmax = self.device.zeros(s.output_len())?;
+        }
+        self.device
+            .maxpool2d_forward(&s, x.data, &mut self.output.data, &mut self.argmax)?;
+        Ok(self.output.view())
+    }
+
+    /// Routes each output's gradient to the input that was its maximum; the rest get zero.
+    pub fn backward(&mut self, dy: TensorView) -> Result<TensorView<'_>> {
+        expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
+        let s = self.shape;
+        self.input_grad
+            .resize(&self.device, &[s.batch, s.channels, s.height, s.width])?;
+        self.device
+            .maxpool2d_backward(&s, &self.argmax, dy.data, &mut self.input_grad.data)?;
+        Ok(self.input_grad.view())
+    }
+}

@@ -1,0 +1,194 @@
+//! The reference network, PyTorch's MNIST ConvNet:
+//!
+//! ```text
+//! conv2d = Sequential(Conv2d(1, 32, 3, padding=1), MaxPool2d(2), ReLU(),
+//!                     Conv2d(32, 64, 3, padding=1), MaxPool2d(2), ReLU())
+//! fc1 = Linear(3136, 1024); fc2 = Linear(1024, 512); fc3 = Linear(512, 10)
+//! forward: conv2d → flatten → relu(fc1) → relu(fc2) → fc3
+//! ```
+//!
+//! The widths come from [`ConvNetConfig`]; saving and loading are in `checkpoint.rs`.
+
+use kernels::Device;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::layers::{Conv2d, Flatten, Linear, MaxPool2d, ReLU};
+use crate::{Error, Param, Result, Tensor};
+
+/// The widths of the reference network; smaller ones serve the tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvNetConfig {
+    pub conv1_channels: usize,
+    pub conv2_channels: usize,
+    pub hidden1: usize,
+    pub hidden2: usize,
+    pub classes: usize,
+    pub image_size: usize,
+}
+
+impl ConvNetConfig {
+    pub fn reference() -> Self {
+        ConvNetConfig {
+            conv1_channels: 32,
+            conv2_channels: 64,
+            hidden1: 1024,
+            hidden2: 512,
+            classes: 10,
+            image_size: 28,
+        }
+    }
+
+    /// fc1's input: conv2's channels over the image after two 2x2 pools (3136 = 64·7·7).
+    pub fn flat_features(&self) -> usize {
+        let side = self.image_size / 4;
+        self.conv2_channels * side * side
+    }
+
+    fn validate(&self) -> Result<()> {
+        let widths = [
+            self.conv1_channels,
+            self.conv2_channels,
+            self.hidden1,
+            self.hidden2,
+            self.classes,
+        ];
+        if widths.contains(&0) || self.image_size < 4 {
+            return Err(Error::Shape {
+                name: "ConvNetConfig".to_string(),
+                what: format!("{self:?}: every width must be positive and the image at least 4x4"),
+            });
+        }
+        Ok(())
+    }
+}
+
+pub struct ConvNet {
+    device: Device,
+    config: ConvNetConfig,
+    conv1: Conv2d,
+    pool1: MaxPool2d,
+    relu1: ReLU,
+    conv2: Conv2d,
+    pool2: MaxPool2d,
+    relu2: ReLU,
+    flatten: Flatten,
+    fc1: Linear,
+    fc1_relu: ReLU,
+    fc2: Linear,
+    fc2_relu: ReLU,
+    fc3: Linear,
+}
+
+impl ConvNet {
+    /// A network initialised as PyTorch does, reproducibly from `seed`.
+    pub fn new(device: &Device, config: ConvNetConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let c = config;
+        let rng = &mut StdRng::seed_from_u64(seed);
+        Ok(ConvNet {
+            device: device.clone(),
+            config,
+            conv1: Conv2d::new(device, "conv2d.0", 1, c.conv1_channels, 3, 1, rng)?,
+            pool1: MaxPool2d::new(device, "conv2d.1")?,
+            relu1: ReLU::new(device, "conv2d.2")?,
+            conv2: Conv2d::new(
+                device,
+                "conv2d.3",
+                c.conv1_channels,
+                c.conv2_channels,
+                3,
+                1,
+                rng,
+            )?,
+            pool2: MaxPool2d::new(device, "conv2d.4")?,
+            relu2: ReLU::new(device, "conv2d.5")?,
+            flatten: Flatten::new(),
+            fc1: Linear::new(device, "fc1", c.flat_features(), c.hidden1, rng)?,
+            fc1_relu: ReLU::new(device, "relu(fc1)")?,
+            fc2: Linear::new(device, "fc2", c.hidden1, c.hidden2, rng)?,
+            fc2_relu: ReLU::new(device, "relu(fc2)")?,
+            fc3: Linear::new(device, "fc3", c.hidden2, c.classes, rng)?,
+        })
+    }
+
+    pub fn config(&self) -> &ConvNetConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// x: `[N, 1, image_size, image_size]` → logits `[N, classes]`.
+    pub fn forward(&mut self, x: &Tensor) -> Result<&Tensor> {
+        let side = self.config.image_size;
+        if !matches!(x.shape[..], [n, 1, h, w] if n > 0 && h == side && w == side) {
+            return Err(Error::Shape {
+                name: "ConvNet".to_string(),
+                what: format!(
+                    "input has shape {:?}, expected [N, 1, {side}, {side}]",
+                    x.shape
+                ),
+            });
+        }
+        let x = self.conv1.forward(x.view())?;
+        let x = self.pool1.forward(x)?;
+        let x = self.relu1.forward(x)?;
+        let x = self.conv2.forward(x)?;
+        let x = self.pool2.forward(x)?;
+        let x = self.relu2.forward(x)?;
+        let x = self.flatten.forward(x)?;
+        let x = self.fc1.forward(x)?;
+        let x = self.fc1_relu.forward(x)?;
+        let x = self.fc2.forward(x)?;
+        let x = self.fc2_relu.forward(x)?;
+        self.fc3.forward(x)?;
+        Ok(self.fc3.output())
+    }
+
+    /// Fills every parameter's grad from the gradient of the loss to the logits.
+    pub fn backward(&mut self, dlogits: &Tensor) -> Result<()> {
+        let d = self.fc3.backward(dlogits.view())?;
+        let d = self.fc2_relu.backward(d)?;
+        let d = self.fc2.backward(d)?;
+        let d = self.fc1_relu.backward(d)?;
+        let d = self.fc1.backward(d)?;
+        let d = self.flatten.backward(d)?;
+        let d = self.relu2.backward(d)?;
+        let d = self.pool2.backward(d)?;
+        let d = self.conv2.backward(d)?;
+        let d = self.relu1.backward(d)?;
+        let d = self.pool1.backward(d)?;
+        // conv1's input is the data: nothing upstream wants its gradient.
+        self.conv1.backward_params(d)
+    }
+
+    /// Every parameter, in state_dict order.
+    pub fn params(&self) -> Vec<&Param> {
+        [
+            self.conv1.params(),
+            self.conv2.params(),
+            self.fc1.params(),
+            self.fc2.params(),
+            self.fc3.params(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Every parameter, in state_dict order.
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        [
+            self.conv1.params_mut(),
+            self.conv2.params_mut(),
+            self.fc1.params_mut(),
+            self.fc2.params_mut(),
+            self.fc3.params_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+}

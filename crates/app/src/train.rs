@@ -107,8 +107,7 @@ pub fn train(options: &TrainOptions) -> Result<()> {
 pub fn eval(options: &EvalOptions) -> Result<()> {
     let device = open_device(&options.device)?;
     let test_set = DeviceSplit::upload(&device, &Split::test(&options.data, options.test_limit)?)?;
-    let net = ConvNet::load(&device, &options.checkpoint)
-        .with_context(|| format!("loading the checkpoint {}", options.checkpoint.display()))?;
+    let net = ConvNet::load(&device, &options.checkpoint)?;
     let mut model = Model::new(device, net)?;
     let (test_loss, test_acc) = model.evaluate(&test_set, options.batch_size)?;
     println!("test_loss {test_loss:.4} test_acc {test_acc:.4}");

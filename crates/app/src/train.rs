@@ -2,12 +2,13 @@
 //! gathered there, so a step sends only its batch's indices from the host; loss and accuracy add
 //! up on the device and are read once per pass.
 
+use std::fmt::{self, Write as _};
 use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use kernels::{Buffer, Device};
 use nn::{Adam, ConvNet, ConvNetConfig, SoftmaxCrossEntropy, Tensor};
 use rand::rngs::StdRng;
@@ -120,8 +121,11 @@ fn open_device(name: &str) -> Result<Device> {
 
 fn epoch_progress_bar(epoch: usize, images: usize) -> Result<ProgressBar> {
     let style = ProgressStyle::with_template(
-        "epoch {prefix} {wide_bar} {pos}/{len} images, {per_sec}, eta {eta} {msg}",
-    )?;
+        "epoch {prefix} {wide_bar} {pos}/{len} images, {rate} images/s, eta {eta} {msg}",
+    )?
+    .with_key("rate", |state: &ProgressState, out: &mut dyn fmt::Write| {
+        let _ = write!(out, "{:.0}", state.per_sec());
+    });
     let bar = ProgressBar::new(images as u64).with_style(style);
     bar.set_prefix(epoch.to_string());
     Ok(bar)

@@ -5,8 +5,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-const TRAIN_IMAGES: &str = "256";
-const TEST_IMAGES: &str = "200";
+const TRAIN_IMAGES: &str = "512";
+const TEST_IMAGES: &str = "500";
 const EPOCHS: usize = 3;
 
 /// Runs the binary, which must succeed, and returns what it printed.
@@ -104,7 +104,7 @@ fn short_run_learns_and_its_checkpoint_evaluates_the_same() {
     let (first, last) = (&rows[0], &rows[EPOCHS - 1]);
     assert!(last[1] < first[1], "train loss did not fall:\n{csv}");
     assert!(last[3] < first[3], "test loss did not fall:\n{csv}");
-    assert!(last[4] > 0.3, "test accuracy after {EPOCHS} epochs:\n{csv}");
+    assert!(last[4] > 0.5, "test accuracy after {EPOCHS} epochs:\n{csv}");
 
     for plot in ["Loss.png", "Acc.png"] {
         let png = fs::read(out.join(plot)).unwrap();

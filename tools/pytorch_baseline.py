@@ -62,8 +62,8 @@ def read_idx(data_dir, name, magic, limit):
     header_len = 4 + 4 * dims
     count = min(count, limit) if limit else count
     record_len = IMAGE_SIDE * IMAGE_SIDE if dims == 3 else 1
-    records = torch.frombuffer(bytearray(data[header_len : header_len + count * record_len]), dtype=torch.uint8)
-    return records, count
+    records = data[header_len : header_len + count * record_len]
+    return torch.frombuffer(bytearray(records), dtype=torch.uint8), count
 
 
 def load_split(data_dir, prefix, limit):
@@ -113,12 +113,16 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: PyTorch's own)")
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="torch.set_num_threads (default: PyTorch's own)"
+    )
     parser.add_argument("--fused-adam", action="store_true", help="Adam(fused=True): one pass per update")
     parser.add_argument(
         "--flush-denormals", action="store_true", help="flush subnormal floats to zero (FTZ/DAZ)"
     )
-    parser.add_argument("--limit", type=int, help="use only the first N training and N test images")
+    parser.add_argument(
+        "--limit", type=int, metavar="N", help="use only the first N training and N test images"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)

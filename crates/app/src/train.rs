@@ -2,7 +2,7 @@
 //! gathered there, so a step sends only its batch's indices from the host; loss and accuracy add
 //! up on the device and are read once per pass.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;

@@ -1,0 +1,142 @@
+//! A short training run on real MNIST images, on the cpu device, through the binary: the loss
+//! falls, the run directory fills, and `eval` reads the checkpoint back to the same test figures.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+const TRAIN_IMAGES: &str = "512";
+const TEST_IMAGES: &str = "500";
+const EPOCHS: usize = 3;
+
+/// Runs the binary, which must succeed, and returns what it printed.
+fn handwritten(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_handwritten"))
+        .args(args)
+        .output()
+        .expect("running handwritten");
+    assert!(
+        output.status.success(),
+        "handwritten {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("stdout is UTF-8")
+}
+
+/// The number after the word `name` in `line`.
+fn field(line: &str, name: &str) -> f64 {
+    let words: Vec<&str> = line
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let at = words.iter().position(|&w| w == name);
+    let number = at.and_then(|at| words.get(at + 1)?.parse().ok());
+    number.unwrap_or_else(|| panic!("no number after {name} in {line:?}"))
+}
+
+#[test]
+fn short_run_learns_and_its_checkpoint_evaluates_the_same() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+    let out = std::env::temp_dir().join(format!("handwritten-run-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&out);
+    let epochs = EPOCHS.to_string();
+    let (data, out_str) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let stdout = handwritten(&[
+        "train",
+        "--device",
+        "cpu",
+        "--data",
+        data,
+        "--out",
+        out_str,
+        "--epochs",
+        &epochs,
+        "--train-limit",
+        TRAIN_IMAGES,
+        "--test-limit",
+        TEST_IMAGES,
+        "--seed",
+        "7",
+    ]);
+
+    let csv = fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(
+        csv.lines().next().unwrap(),
+        "epoch,train_loss,train_acc,test_loss,test_acc,seconds,images_per_second"
+    );
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|row| row.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), EPOCHS);
+
+    // Per epoch, the reference's two lines and a speed line, with the figures of metrics.csv
+    // (which has 6 decimals where they have 4).
+    let lines: Vec<&str> = stdout.lines().collect();
+    for (epoch, row) in (1..=EPOCHS).zip(&rows) {
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("epoch {epoch}, train_loss ")))
+            .unwrap_or_else(|| panic!("no line for epoch {epoch} in:\n{stdout}"));
+        let (train_line, test_line) = (lines[at], lines[at + 1]);
+        assert!(train_line.contains(", train_acc "), "{stdout}");
+        assert!(test_line.starts_with("test_loss ") && test_line.contains(" , test_acc "));
+        assert!(lines[at + 2].starts_with("seconds "), "{stdout}");
+        let close = |printed: f64, stored: f64| (printed - stored).abs() < 1e-4;
+        assert!(
+            close(field(train_line, "train_loss"), row[1]),
+            "{stdout}\n{csv}"
+        );
+        assert!(
+            close(field(train_line, "train_acc"), row[2]),
+            "{stdout}\n{csv}"
+        );
+        assert!(
+            close(field(test_line, "test_loss"), row[3]),
+            "{stdout}\n{csv}"
+        );
+        assert!(
+            close(field(test_line, "test_acc"), row[4]),
+            "{stdout}\n{csv}"
+        );
+    }
+    let (first, last) = (&rows[0], &rows[EPOCHS - 1]);
+    assert!(last[1] < first[1], "train loss did not fall:\n{csv}");
+    assert!(last[3] < first[3], "test loss did not fall:\n{csv}");
+    assert!(last[4] > 0.5, "test accuracy after {EPOCHS} epochs:\n{csv}");
+
+    for plot in ["Loss.png", "Acc.png"] {
+        let png = fs::read(out.join(plot)).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{plot}");
+    }
+    let leftovers: Vec<_> = fs::read_dir(&out)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with(".tmp."))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    let checkpoint = out.join("model.safetensors");
+    let eval_line = handwritten(&[
+        "eval",
+        "--device",
+        "cpu",
+        "--data",
+        data,
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--test-limit",
+        TEST_IMAGES,
+    ]);
+    // The same model on the same images: the last epoch's test figures.
+    assert!(
+        (field(&eval_line, "test_loss") - last[3]).abs() < 1e-4,
+        "{eval_line} vs\n{csv}"
+    );
+    assert!(
+        (field(&eval_line, "test_acc") - last[4]).abs() < 1e-4,
+        "{eval_line} vs\n{csv}"
+    );
+    fs::remove_dir_all(&out).unwrap();
+}

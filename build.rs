@@ -163,15 +163,12 @@ fn find_kernels(code: &str) -> Result<Vec<String>, String> {
                 line_of(code, at)
             ));
         }
-        let mut rest = code[at + "__global__".len()..].trim_start();
-        rest = rest
+        let rest = skip_launch_bounds(code[at + "__global__".len()..].trim_start())?;
+        let rest = rest
             .strip_prefix("void")
             .map(str::trim_start)
             .ok_or_else(|| format!("line {}: a kernel returns void", line_of(code, at)))?;
-        if let Some(after) = rest.strip_prefix("__launch_bounds__") {
-            let close = after.find(')').ok_or("unclosed __launch_bounds__")?;
-            rest = after[close + 1..].trim_start();
-        }
+        let rest = skip_launch_bounds(rest)?;
         let name: String = rest
             .bytes()
             .take_while(|&b| is_ident(b))
@@ -186,6 +183,17 @@ fn find_kernels(code: &str) -> Result<Vec<String>, String> {
         names.push(name);
     }
     Ok(names)
+}
+
+/// `__launch_bounds__(...)` may stand before or after a kernel's return type.
+fn skip_launch_bounds(code: &str) -> Result<&str, String> {
+    match code.strip_prefix("__launch_bounds__") {
+        Some(after) => {
+            let close = after.find(')').ok_or("unclosed __launch_bounds__")?;
+            Ok(after[close + 1..].trim_start())
+        }
+        None => Ok(code),
+    }
 }
 
 /// Turns each `extern __shared__ T name[];` into a pointer to the emulator's dynamic shared
@@ -339,12 +347,14 @@ fn build_gpu_modules(files: &[KernelFile], out_dir: &Path) -> Result<(), String>
     let require = env::var("HANDWRITTEN_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
     // cudarc panics when the library is missing, so look before calling into it.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        let message = "NVRTC (libnvrtc.so.13 or .12) is not on LD_LIBRARY_PATH or the system \
-                       library path; building without GPU kernels (the cuda device will say so)";
+        let missing = "NVRTC (libnvrtc.so.13 or .12) is not on LD_LIBRARY_PATH or the system \
+                       library path";
         if require {
-            return Err(format!("HANDWRITTEN_REQUIRE_NVRTC=1, but {message}"));
+            return Err(format!("HANDWRITTEN_REQUIRE_NVRTC=1, but {missing}"));
         }
-        println!("cargo:warning={message}");
+        println!(
+            "cargo:warning={missing}: building without GPU kernels (the cuda device will say so)"
+        );
         let rust = "pub(crate) const NVRTC_VERSION: Option<(i32, i32)> = None;\n\
                     pub(crate) static KERNEL_MODULES: &[KernelModule] = &[];\n";
         return fs::write(&generated, rust)

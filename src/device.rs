@@ -124,7 +124,9 @@ impl Device {
             "cpu" => Ok(Device::Cpu),
             "emulated" => Ok(Device::Emulated),
             "cuda" => Ok(Device::Cuda(Arc::new(Gpu::new()?))),
-            "auto" => Ok(Gpu::new().map_or(Device::Cpu, |gpu| Device::Cuda(Arc::new(gpu)))),
+            // A GPU that is present but fails to open is an error, not a quiet fallback.
+            "auto" if Gpu::is_available() => Device::from_name("cuda"),
+            "auto" => Ok(Device::Cpu),
             other => Err(Error::Device {
                 device: other.to_string(),
                 what: "unknown device: expected cpu, cuda, emulated or auto".to_string(),

@@ -61,6 +61,14 @@ fn driver(doing: &'static str) -> impl Fn(DriverError) -> Error {
 }
 
 impl Gpu {
+    /// Whether this binary has GPU kernels and a CUDA driver that sees a GPU.
+    pub fn is_available() -> bool {
+        // SAFETY: only tries to open the library.
+        NVRTC_VERSION.is_some()
+            && unsafe { cudarc::driver::sys::is_culib_present() }
+            && CudaContext::device_count().is_ok_and(|count| count > 0)
+    }
+
     /// Opens GPU 0 and loads every kernel module.
     pub fn new() -> Result<Gpu> {
         if NVRTC_VERSION.is_none() {

@@ -37,7 +37,7 @@ constexpr std::size_t kStackBytes = 256 * 1024;
 
 // ---- Context switching --------------------------------------------------------------------
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(HW_EMULATOR_UCONTEXT)
 
 // Saves the callee-saved registers on the current stack, stores the stack pointer in *save_sp,
 // and resumes whatever was suspended at load_sp. About 20x cheaper than swapcontext, which makes

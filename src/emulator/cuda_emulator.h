@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdio>  // printf, as in device code
 #include <cstdint>
 #include <cstring>
 #include <math.h>

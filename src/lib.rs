@@ -2,6 +2,9 @@
 //!
 //! - [`reference`]: plain Rust, obviously correct; the oracle for every test.
 //! - [`cpu`]: fast Rust (im2col + GEMM + threads); the `cpu` device.
+//! - `kernels/*.cu`: CUDA C, compiled by build.rs twice: with NVRTC into PTX embedded here, run
+//!   through cudarc on the `cuda` device; and with g++ into the CPU emulator (`emulator`, fibers
+//!   for `__syncthreads`), the `emulated` device. Both run the same [`launch::Launch`]es.
 //! - [`Device`] and [`Buffer`]: what the layers above call. Nothing above this crate knows which
 //!   device runs an op.
 //!

@@ -144,16 +144,17 @@ impl Device {
 
     pub fn zeros<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
         let storage = match self {
-            Device::Cpu | Device::Emulated => Storage::Host(vec![T::default(); len]),
-            Device::Cuda(gpu) => Storage::Cuda(gpu.zeros(len)?),
+            Device::Cuda(gpu) if len > 0 => Storage::Cuda(gpu.zeros(len)?),
+            // CUDA allocates no 0 bytes; an empty buffer is the same anywhere.
+            _ => Storage::Host(vec![T::default(); len]),
         };
         Ok(Buffer { storage })
     }
 
     pub fn upload<T: Element>(&self, data: &[T]) -> Result<Buffer<T>> {
         let storage = match self {
-            Device::Cpu | Device::Emulated => Storage::Host(data.to_vec()),
-            Device::Cuda(gpu) => Storage::Cuda(gpu.upload(data)?),
+            Device::Cuda(gpu) if !data.is_empty() => Storage::Cuda(gpu.upload(data)?),
+            _ => Storage::Host(data.to_vec()),
         };
         Ok(Buffer { storage })
     }
@@ -182,6 +183,7 @@ impl Device {
         self.expect("fill_zero", "buffer", buf, buf.len())?;
         let bytes = buf.len() * size_of::<T>();
         match self {
+            _ if bytes == 0 => Ok(()),
             Device::Emulated | Device::Cuda(_) if bytes.is_multiple_of(4) => {
                 let words = u32_len("fill_zero", "buffer", bytes / 4)?;
                 self.run(data_launches::fill_zero(words, buf.arg_mut()))
@@ -246,6 +248,7 @@ impl Device {
         len: usize,
     ) -> Result<()> {
         let reachable = match (self, &buf.storage) {
+            _ if buf.is_empty() => true,
             (Device::Cpu | Device::Emulated, Storage::Host(_)) => true,
             (Device::Cuda(gpu), Storage::Cuda(slice)) => gpu.owns(slice),
             _ => false,

@@ -34,8 +34,8 @@ const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
 /// A GPU with the kernels loaded.
 pub struct Gpu {
     stream: Arc<CudaStream>,
-    modules: Vec<(&'static KernelModule, Arc<CudaModule>)>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Every kernel of every module, by name.
+    functions: HashMap<&'static str, CudaFunction>,
     /// The kernel launched last: an asynchronous fault shows up at the next synchronisation,
     /// and this is the best guess of whose it is.
     last_kernel: Mutex<&'static str>,
@@ -95,32 +95,20 @@ impl Gpu {
         let capability = ctx
             .compute_capability()
             .map_err(driver("cannot read the compute capability"))?;
-        let mut modules = Vec::new();
+        let mut functions = HashMap::new();
         for module in KERNEL_MODULES {
-            // The CUBIN is for sm_90 exactly; anything else JIT-compiles the PTX.
-            let cubin = (capability == (9, 0))
-                .then(|| {
-                    ctx.load_module(Ptx::from_binary(module.cubin.to_vec()))
-                        .ok()
-                })
-                .flatten();
-            let loaded = match cubin {
-                Some(loaded) => loaded,
-                None => ctx.load_module(Ptx::from_src(module.ptx)).map_err(|e| {
-                    device_error(format!(
-                        "cannot load the PTX of {} on {name} (compute capability {}.{}): {e}; \
-                         CUDA_ERROR_UNSUPPORTED_PTX_VERSION means the driver is older than the \
-                         NVRTC the kernels were compiled with ({:?})",
-                        module.file, capability.0, capability.1, NVRTC_VERSION
-                    ))
-                })?,
-            };
-            modules.push((module, loaded));
+            let loaded = load_module(&ctx, module, capability)?;
+            for &kernel in module.kernels {
+                let function = loaded.load_function(kernel).map_err(|e| Error::Launch {
+                    kernel: kernel.to_string(),
+                    what: format!("not found in the loaded module of {}: {e}", module.file),
+                })?;
+                functions.insert(kernel, function);
+            }
         }
         Ok(Gpu {
             stream,
-            modules,
-            functions: Mutex::new(HashMap::new()),
+            functions,
             last_kernel: Mutex::new("(none yet)"),
             name,
         })
@@ -129,27 +117,6 @@ impl Gpu {
     /// The GPU's name, as the driver reports it.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
-        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(function) = functions.get(kernel) {
-            return Ok(function.clone());
-        }
-        let fail = |what: String| Error::Launch {
-            kernel: kernel.to_string(),
-            what,
-        };
-        let (_, module) = self
-            .modules
-            .iter()
-            .find(|(module, _)| module.kernels.contains(&kernel))
-            .ok_or_else(|| fail("no kernel of that name in kernels/*.cu".to_string()))?;
-        let function = module
-            .load_function(kernel)
-            .map_err(|e| fail(format!("cannot load it from its module: {e}")))?;
-        functions.insert(kernel, function.clone());
-        Ok(function)
     }
 
     /// Issues one launch on the stream; it runs asynchronously.
@@ -163,7 +130,14 @@ impl Gpu {
             kernel: launch.kernel.to_string(),
             what,
         };
-        let function = self.function(launch.kernel)?;
+        let function = self
+            .functions
+            .get(launch.kernel)
+            .ok_or_else(|| fail("no kernel of that name in kernels/*.cu".to_string()))?;
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| fail(format!("cannot make the GPU current on this thread: {e}")))?;
         if launch.shared_bytes > DEFAULT_SHARED_BYTES {
             function
                 .set_attribute(
@@ -178,7 +152,7 @@ impl Gpu {
                 })?;
         }
         let slots = launch.param_slots();
-        let mut builder = self.stream.launch_builder(&function);
+        let mut builder = self.stream.launch_builder(function);
         for slot in &slots {
             builder.arg(slot);
         }
@@ -195,14 +169,15 @@ impl Gpu {
             .map_err(|e| fail(format!("launch failed: {e}")))
     }
 
-    /// Names the kernel that most likely caused an error that surfaced asynchronously.
+    /// An error of an operation that waits for the stream: a kernel's fault (a bad address, say)
+    /// surfaces here, so the message names the kernel launched last.
     fn async_error(&self, doing: &str, e: DriverError) -> Error {
         let kernel = *self.last_kernel.lock().unwrap_or_else(|e| e.into_inner());
         Error::Launch {
             kernel: kernel.to_string(),
             what: format!(
-                "{doing} failed: {e} (raised by this kernel or an earlier one; run with \
-                 CUDA_LAUNCH_BLOCKING=1 to pin it down)"
+                "{doing} failed after this kernel, the last one launched: {e} (a kernel's fault \
+                 is reported late; CUDA_LAUNCH_BLOCKING=1 reports it at its launch)"
             ),
         }
     }
@@ -213,37 +188,27 @@ impl Gpu {
             .map_err(|e| self.async_error("synchronize", e))
     }
 
+    // Empty buffers stay on the host (see Device::zeros): CUDA does not allocate 0 bytes.
+
     pub(crate) fn zeros<T: Element>(&self, len: usize) -> Result<CudaSlice<T>> {
-        let slice = if len == 0 {
-            self.stream.null()
-        } else {
-            self.stream.alloc_zeros(len)
-        };
-        slice.map_err(|e| self.async_error(&format!("allocating {len} elements"), e))
+        self.stream
+            .alloc_zeros(len)
+            .map_err(|e| self.async_error(&format!("allocating {len} elements"), e))
     }
 
     pub(crate) fn upload<T: Element>(&self, data: &[T]) -> Result<CudaSlice<T>> {
-        let slice = if data.is_empty() {
-            self.stream.null()
-        } else {
-            self.stream.clone_htod(data)
-        };
-        slice.map_err(|e| self.async_error(&format!("uploading {} elements", data.len()), e))
+        self.stream
+            .clone_htod(data)
+            .map_err(|e| self.async_error(&format!("uploading {} elements", data.len()), e))
     }
 
     pub(crate) fn write<T: Element>(&self, data: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
         self.stream
             .memcpy_htod(data, dst)
             .map_err(|e| self.async_error(&format!("writing {} elements", data.len()), e))
     }
 
     pub(crate) fn download<T: Element>(&self, src: &CudaSlice<T>) -> Result<Vec<T>> {
-        if src.is_empty() {
-            return Ok(Vec::new());
-        }
         self.stream
             .clone_dtoh(src)
             .map_err(|e| self.async_error(&format!("downloading {} elements", src.len()), e))
@@ -259,6 +224,28 @@ impl Gpu {
     pub(crate) fn owns<T>(&self, slice: &CudaSlice<T>) -> bool {
         Arc::ptr_eq(slice.stream(), &self.stream)
     }
+}
+
+/// Loads a module from its CUBIN where the GPU is exactly sm_90, else from its PTX (which the
+/// driver compiles for the GPU at hand).
+fn load_module(
+    ctx: &Arc<CudaContext>,
+    module: &KernelModule,
+    capability: (i32, i32),
+) -> Result<Arc<CudaModule>> {
+    if capability == (9, 0) {
+        if let Ok(loaded) = ctx.load_module(Ptx::from_binary(module.cubin.to_vec())) {
+            return Ok(loaded);
+        }
+    }
+    ctx.load_module(Ptx::from_src(module.ptx)).map_err(|e| {
+        device_error(format!(
+            "cannot load the PTX of {} (compute capability {}.{}): {e}; \
+             CUDA_ERROR_UNSUPPORTED_PTX_VERSION means the driver is older than the NVRTC the \
+             kernels were compiled with ({:?})",
+            module.file, capability.0, capability.1, NVRTC_VERSION
+        ))
+    })
 }
 
 /// The device address of a slice, as a kernel argument takes it.

@@ -13,6 +13,14 @@
 #include <cstdlib>
 #include <vector>
 
+// Fibers switch with a few instructions of assembly on x86-64, and with swapcontext elsewhere.
+#if defined(__x86_64__) && !defined(HW_EMULATOR_UCONTEXT)
+#define HW_ASM_FIBERS 1
+#else
+#define HW_ASM_FIBERS 0
+#include <ucontext.h>
+#endif
+
 __thread uint3 threadIdx;
 __thread uint3 blockIdx;
 __thread dim3 blockDim;
@@ -37,7 +45,7 @@ constexpr std::size_t kStackBytes = 256 * 1024;
 
 // ---- Context switching --------------------------------------------------------------------
 
-#if defined(__x86_64__) && !defined(HW_EMULATOR_UCONTEXT)
+#if HW_ASM_FIBERS
 
 // Saves the callee-saved registers on the current stack, stores the stack pointer in *save_sp,
 // and resumes whatever was suspended at load_sp. About 20x cheaper than swapcontext, which makes
@@ -84,12 +92,6 @@ void context_start(Context& ctx, char* stack, std::size_t size, void (*entry)())
 }
 
 #else
-
-}  // namespace
-}  // namespace hw
-#include <ucontext.h>
-namespace hw {
-namespace {
 
 // The portable fallback: correct, but every switch is a system call.
 struct Context {

@@ -69,14 +69,57 @@ impl Real for f64 {
 
 /// y[n,o,i,j] = b[o] + Σ_{c,di,dj} x[n,c,i·s+di−p,j·s+dj−p] · w[o,c,di,dj] (zero outside x).
 pub fn conv2d_forward<T: Real>(s: &Conv2dShape, x: &[T], w: &[T], b: &[T], y: &mut [T]) {
-    let _ = (s, x, w, b, y);
-    todo!()
+    let (oh, ow) = (s.out_height(), s.out_width());
+    for n in 0..s.batch {
+        for o in 0..s.out_channels {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut sum = b[o];
+                    for c in 0..s.in_channels {
+                        for di in 0..s.kernel {
+                            for dj in 0..s.kernel {
+                                if let Some((h, v)) = input_pixel(s, i, j, di, dj) {
+                                    let xi = ((n * s.in_channels + c) * s.height + h) * s.width + v;
+                                    let wi =
+                                        ((o * s.in_channels + c) * s.kernel + di) * s.kernel + dj;
+                                    sum += x[xi] * w[wi];
+                                }
+                            }
+                        }
+                    }
+                    y[((n * s.out_channels + o) * oh + i) * ow + j] = sum;
+                }
+            }
+        }
+    }
 }
 
 /// dx = ∂L/∂x given dy = ∂L/∂y.
 pub fn conv2d_backward_input<T: Real>(s: &Conv2dShape, w: &[T], dy: &[T], dx: &mut [T]) {
-    let _ = (s, w, dy, dx);
-    todo!()
+    let (oh, ow) = (s.out_height(), s.out_width());
+    dx.fill(T::ZERO);
+    // Each output pixel sends its gradient back along the same edges the forward pass read.
+    for n in 0..s.batch {
+        for o in 0..s.out_channels {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let g = dy[((n * s.out_channels + o) * oh + i) * ow + j];
+                    for c in 0..s.in_channels {
+                        for di in 0..s.kernel {
+                            for dj in 0..s.kernel {
+                                if let Some((h, v)) = input_pixel(s, i, j, di, dj) {
+                                    let xi = ((n * s.in_channels + c) * s.height + h) * s.width + v;
+                                    let wi =
+                                        ((o * s.in_channels + c) * s.kernel + di) * s.kernel + dj;
+                                    dx[xi] += w[wi] * g;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// dw = ∂L/∂w and db = ∂L/∂b (summed over the batch) given dy.
@@ -87,44 +130,114 @@ pub fn conv2d_backward_weight<T: Real>(
     dw: &mut [T],
     db: &mut [T],
 ) {
-    let _ = (s, x, dy, dw, db);
-    todo!()
+    let (oh, ow) = (s.out_height(), s.out_width());
+    dw.fill(T::ZERO);
+    db.fill(T::ZERO);
+    for n in 0..s.batch {
+        for o in 0..s.out_channels {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let g = dy[((n * s.out_channels + o) * oh + i) * ow + j];
+                    db[o] += g;
+                    for c in 0..s.in_channels {
+                        for di in 0..s.kernel {
+                            for dj in 0..s.kernel {
+                                if let Some((h, v)) = input_pixel(s, i, j, di, dj) {
+                                    let xi = ((n * s.in_channels + c) * s.height + h) * s.width + v;
+                                    let wi =
+                                        ((o * s.in_channels + c) * s.kernel + di) * s.kernel + dj;
+                                    dw[wi] += x[xi] * g;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The input pixel (row, column) that kernel tap (di, dj) of output pixel (i, j) reads, or None
+/// where it falls in the zero padding.
+fn input_pixel(
+    s: &Conv2dShape,
+    i: usize,
+    j: usize,
+    di: usize,
+    dj: usize,
+) -> Option<(usize, usize)> {
+    let h = (i * s.stride + di).checked_sub(s.padding)?;
+    let v = (j * s.stride + dj).checked_sub(s.padding)?;
+    (h < s.height && v < s.width).then_some((h, v))
 }
 
 /// y = max over each 2x2 window; argmax gets the flat index into x of the maximum (first on ties).
 pub fn maxpool2d_forward<T: Real>(s: &Pool2dShape, x: &[T], y: &mut [T], argmax: &mut [u32]) {
-    let _ = (s, x, y, argmax);
-    todo!()
+    let (oh, ow) = (s.out_height(), s.out_width());
+    for plane in 0..s.batch * s.channels {
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut best = plane * s.height * s.width + 2 * i * s.width + 2 * j;
+                for (di, dj) in [(0, 1), (1, 0), (1, 1)] {
+                    let k = plane * s.height * s.width + (2 * i + di) * s.width + 2 * j + dj;
+                    if x[k] > x[best] {
+                        best = k;
+                    }
+                }
+                let out = (plane * oh + i) * ow + j;
+                y[out] = x[best];
+                argmax[out] = best as u32;
+            }
+        }
+    }
 }
 
 /// dx = 0 except dx[argmax[i]] = dy[i].
 pub fn maxpool2d_backward<T: Real>(s: &Pool2dShape, argmax: &[u32], dy: &[T], dx: &mut [T]) {
-    let _ = (s, argmax, dy, dx);
-    todo!()
+    dx.fill(T::ZERO);
+    for (&k, &g) in argmax.iter().zip(dy).take(s.output_len()) {
+        dx[k as usize] = g;
+    }
 }
 
 /// y = max(x, 0).
 pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
-    let _ = (x, y);
-    todo!()
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = if x > T::ZERO { x } else { T::ZERO };
+    }
 }
 
 /// dx = dy where y > 0, else 0 (y is relu's output).
 pub fn relu_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T]) {
-    let _ = (y, dy, dx);
-    todo!()
+    for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+        *dx = if y > T::ZERO { dy } else { T::ZERO };
+    }
 }
 
 /// y = x·Wᵀ + b.
 pub fn linear_forward<T: Real>(s: &LinearShape, x: &[T], w: &[T], b: &[T], y: &mut [T]) {
-    let _ = (s, x, w, b, y);
-    todo!()
+    for n in 0..s.batch {
+        for o in 0..s.out_features {
+            let mut sum = b[o];
+            for i in 0..s.in_features {
+                sum += x[n * s.in_features + i] * w[o * s.in_features + i];
+            }
+            y[n * s.out_features + o] = sum;
+        }
+    }
 }
 
 /// dx = dy·W.
 pub fn linear_backward_input<T: Real>(s: &LinearShape, w: &[T], dy: &[T], dx: &mut [T]) {
-    let _ = (s, w, dy, dx);
-    todo!()
+    for n in 0..s.batch {
+        for i in 0..s.in_features {
+            let mut sum = T::ZERO;
+            for o in 0..s.out_features {
+                sum += dy[n * s.out_features + o] * w[o * s.in_features + i];
+            }
+            dx[n * s.in_features + i] = sum;
+        }
+    }
 }
 
 /// dW = dyᵀ·x, db = Σ_batch dy.
@@ -135,8 +248,20 @@ pub fn linear_backward_weight<T: Real>(
     dw: &mut [T],
     db: &mut [T],
 ) {
-    let _ = (s, x, dy, dw, db);
-    todo!()
+    for o in 0..s.out_features {
+        let mut bias_sum = T::ZERO;
+        for n in 0..s.batch {
+            bias_sum += dy[n * s.out_features + o];
+        }
+        db[o] = bias_sum;
+        for i in 0..s.in_features {
+            let mut sum = T::ZERO;
+            for n in 0..s.batch {
+                sum += dy[n * s.out_features + o] * x[n * s.in_features + i];
+            }
+            dw[o * s.in_features + i] = sum;
+        }
+    }
 }
 
 /// Adds Σ_n −log softmax(logits[n])[labels[n]] to totals[0] and the number of rows whose first
@@ -147,8 +272,18 @@ pub fn softmax_xent_forward<T: Real>(
     labels: &[u32],
     totals: &mut [T],
 ) {
-    let _ = (s, logits, labels, totals);
-    todo!()
+    for (row, &label) in logits.chunks_exact(s.classes).zip(labels).take(s.batch) {
+        let (max, first_max) = row_max(row);
+        // log Σ exp(l − max) − (l[label] − max): exact, and exp never overflows.
+        let mut sum = T::ZERO;
+        for &l in row {
+            sum += (l - max).exp();
+        }
+        totals[0] += sum.ln() - (row[label as usize] - max);
+        if first_max == label as usize {
+            totals[1] += T::ONE;
+        }
+    }
 }
 
 /// dlogits = (softmax(logits) − onehot(labels)) / batch: the gradient of the batch's mean loss.
@@ -158,8 +293,32 @@ pub fn softmax_xent_backward<T: Real>(
     labels: &[u32],
     dlogits: &mut [T],
 ) {
-    let _ = (s, logits, labels, dlogits);
-    todo!()
+    let batch = T::from_f64(s.batch as f64);
+    let rows = logits
+        .chunks_exact(s.classes)
+        .zip(dlogits.chunks_exact_mut(s.classes));
+    for ((row, drow), &label) in rows.zip(labels).take(s.batch) {
+        let (max, _) = row_max(row);
+        let mut sum = T::ZERO;
+        for &l in row {
+            sum += (l - max).exp();
+        }
+        for (k, (d, &l)) in drow.iter_mut().zip(row).enumerate() {
+            let onehot = if k == label as usize { T::ONE } else { T::ZERO };
+            *d = ((l - max).exp() / sum - onehot) / batch;
+        }
+    }
+}
+
+/// The largest value of a row and the index of its first occurrence.
+fn row_max<T: Real>(row: &[T]) -> (T, usize) {
+    let mut first_max = 0;
+    for (k, &l) in row.iter().enumerate() {
+        if l > row[first_max] {
+            first_max = k;
+        }
+    }
+    (row[first_max], first_max)
 }
 
 /// One fused Adam step over a parameter tensor, as torch.optim.Adam:
@@ -171,18 +330,31 @@ pub fn adam_update<T: Real>(
     m: &mut [T],
     v: &mut [T],
 ) {
-    let _ = (step, params, grads, m, v);
-    todo!()
+    let beta1 = T::from_f64(step.beta1 as f64);
+    let beta2 = T::from_f64(step.beta2 as f64);
+    let eps = T::from_f64(step.eps as f64);
+    let step_size = T::from_f64(step.step_size() as f64);
+    let bc2_sqrt = T::from_f64(step.bias_correction2_sqrt() as f64);
+    for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m).zip(v) {
+        *m = beta1 * *m + (T::ONE - beta1) * g;
+        *v = beta2 * *v + (T::ONE - beta2) * g * g;
+        *p = *p - step_size * *m / (v.sqrt() / bc2_sqrt + eps);
+    }
 }
 
 /// out[i, :] = (images[indices[i], :] / 255 − 0.5) / 0.5 for u8 images of `image_len` pixels.
 pub fn gather_images(images: &[u8], image_len: usize, indices: &[u32], out: &mut [f32]) {
-    let _ = (images, image_len, indices, out);
-    todo!()
+    for (row, &index) in out.chunks_exact_mut(image_len).zip(indices) {
+        let image = &images[index as usize * image_len..][..image_len];
+        for (o, &pixel) in row.iter_mut().zip(image) {
+            *o = (pixel as f32 / 255.0 - 0.5) / 0.5;
+        }
+    }
 }
 
 /// out[i] = labels[indices[i]].
 pub fn gather_labels(labels: &[u8], indices: &[u32], out: &mut [u32]) {
-    let _ = (labels, indices, out);
-    todo!()
+    for (o, &index) in out.iter_mut().zip(indices) {
+        *o = labels[index as usize] as u32;
+    }
 }

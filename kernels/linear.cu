@@ -1,12 +1,11 @@
 // linear.cu: the fully connected layer, y = x·Wᵀ + b, and its gradients, all as one tiled SGEMM.
 //
 // x [batch, in], W [out, in] (PyTorch's layout), y [batch, out]; row-major f32. Each pass is a
-// product C[M, N] = Σ_k A(i, k)·B(j, k), with both operands seen as [rows, depth] matrices that
-// are stored either that way round ("depth-contiguous") or transposed:
-//   forward          y  = x·Wᵀ    A = x  [batch, in]              B = W  [out, in]
-//   backward_input   dx = dy·W    A = dy [batch, out]             B = W  stored [out, in] = [depth, rows]
-//   backward_weight  dW = dyᵀ·x   A = dy stored [batch, out]      B = x  stored [batch, in]
-//                                  = [depth, rows]                   = [depth, rows]
+// product C[i][j] = Σ_d A(i, d)·B(j, d) of two [rows, depth] operands, each stored either that
+// way round ("depth-contiguous") or transposed:
+//   forward          y  = x·Wᵀ   A = x  [batch, in]                 B = W [out, in]
+//   backward_input   dx = dy·W   A = dy [batch, out]                B = W, transposed: [out, in]
+//   backward_weight  dW = dyᵀ·x  A = dy, transposed: [batch, out]   B = x, transposed: [batch, in]
 //
 // Tiling (all three): a block of 256 threads computes a 64x64 tile of C. It walks the depth in
 // steps of 16, staging a 64x16 slice of each operand in shared memory, and each thread accumulates
@@ -15,9 +14,9 @@
 // a half-warp then reads 16 consecutive floats of a B slice (no bank conflicts) and stores 16
 // consecutive floats of a row of C (coalesced).
 
-#define TILE 64            // rows and columns of C per block
-#define TILE_DEPTH 16      // depth of the operand slices staged in shared memory
-#define MICRO 4            // each thread computes MICRO x MICRO elements of C
+#define TILE 64              // rows and columns of C per block
+#define TILE_DEPTH 16        // depth of the operand slices staged in shared memory
+#define MICRO 4              // each thread computes MICRO x MICRO elements of C
 #define SPAN (TILE / MICRO)  // threads along each side of the tile: 16
 #define THREADS (SPAN * SPAN)
 

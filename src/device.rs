@@ -1,13 +1,25 @@
 //! The device abstraction: where buffers live and which implementation runs an op.
 //!
-//! Every op checks its buffers' lengths against its shape first, so a mistake in a layer is an
-//! error naming the op and the operand, never a wrong answer or an out-of-bounds kernel.
+//! Every op checks its buffers' lengths against its shape first, and that they live where the
+//! device can reach them, so a mistake in a layer is an error naming the op and the operand, never
+//! a wrong answer or an out-of-bounds kernel.
 
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+
+use crate::cuda::{self, Gpu};
 use crate::launch::{KernelArg, Launch};
-use crate::{cpu, AdamStep, Conv2dShape, Error, LinearShape, Pool2dShape, Result, XentShape};
+use crate::{
+    cpu, data_launches, emulator, launches, AdamStep, Conv2dShape, Error, LinearShape, Pool2dShape,
+    Result, XentShape,
+};
 
 /// The element types a buffer can hold.
-pub trait Element: bytemuck::Pod + Default + Send + Sync + std::fmt::Debug + 'static {}
+pub trait Element:
+    bytemuck::Pod + DeviceRepr + ValidAsZeroBits + Default + Send + Sync + std::fmt::Debug + 'static
+{
+}
 impl Element for f32 {}
 impl Element for u32 {}
 impl Element for u8 {}
@@ -20,13 +32,16 @@ pub struct Buffer<T: Element> {
 
 #[derive(Debug)]
 enum Storage<T: Element> {
+    /// Host memory, for the cpu and emulated devices.
     Host(Vec<T>),
+    Cuda(CudaSlice<T>),
 }
 
 impl<T: Element> Buffer<T> {
     pub fn len(&self) -> usize {
         match &self.storage {
             Storage::Host(v) => v.len(),
+            Storage::Cuda(s) => s.len(),
         }
     }
 
@@ -34,49 +49,82 @@ impl<T: Element> Buffer<T> {
         self.len() == 0
     }
 
-    fn host(&self) -> &[T] {
+    fn host(&self) -> Result<&[T]> {
         match &self.storage {
-            Storage::Host(v) => v,
+            Storage::Host(v) => Ok(v),
+            Storage::Cuda(_) => Err(in_gpu_memory()),
         }
     }
 
-    fn host_mut(&mut self) -> &mut [T] {
+    fn host_mut(&mut self) -> Result<&mut [T]> {
         match &mut self.storage {
-            Storage::Host(v) => v,
+            Storage::Host(v) => Ok(v),
+            Storage::Cuda(_) => Err(in_gpu_memory()),
         }
     }
 
-    /// This buffer as a read-only kernel argument.
-    pub(crate) fn arg(&self) -> KernelArg {
+    /// This buffer as a kernel argument the kernel only reads: its first element's address.
+    pub fn arg(&self) -> KernelArg {
         match &self.storage {
             Storage::Host(v) => KernelArg::Ptr(v.as_ptr() as u64),
+            Storage::Cuda(s) => KernelArg::Ptr(cuda::device_address(s)),
         }
     }
 
     /// This buffer as a kernel argument the kernel writes.
-    pub(crate) fn arg_mut(&mut self) -> KernelArg {
+    pub fn arg_mut(&mut self) -> KernelArg {
         match &mut self.storage {
             Storage::Host(v) => KernelArg::Ptr(v.as_mut_ptr() as u64),
+            Storage::Cuda(s) => KernelArg::Ptr(cuda::device_address(s)),
         }
     }
 }
 
+fn in_host_memory() -> Error {
+    Error::Device {
+        device: "cuda".to_string(),
+        what: "the buffer is in host memory; upload it first".to_string(),
+    }
+}
+
+fn in_gpu_memory() -> Error {
+    Error::Device {
+        device: "cpu".to_string(),
+        what: "the buffer is in GPU memory; download it first".to_string(),
+    }
+}
+
 /// Which implementation runs the ops.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Device {
     /// Fast Rust ops ([`crate::cpu`]).
     Cpu,
+    /// The CUDA kernels, run on the CPU by the emulator: slow, for testing the kernels anywhere.
+    Emulated,
+    /// The CUDA kernels on a GPU.
+    Cuda(Arc<Gpu>),
 }
 
+impl PartialEq for Device {
+    fn eq(&self, other: &Device) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) | (Device::Emulated, Device::Emulated) => true,
+            (Device::Cuda(a), Device::Cuda(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Device {}
+
 impl Device {
-    /// `cpu`, `cuda`, `emulated` or `auto` (the best device present).
+    /// `cpu`, `cuda`, `emulated` or `auto` (cuda where a GPU and its driver are found, else cpu).
     pub fn from_name(name: &str) -> Result<Device> {
         match name {
-            "cpu" | "auto" => Ok(Device::Cpu),
-            "cuda" | "emulated" => Err(Error::Device {
-                device: name.to_string(),
-                what: "this build has no CUDA kernels yet; use --device cpu".to_string(),
-            }),
+            "cpu" => Ok(Device::Cpu),
+            "emulated" => Ok(Device::Emulated),
+            "cuda" => Ok(Device::Cuda(Arc::new(Gpu::new()?))),
+            "auto" => Ok(Gpu::new().map_or(Device::Cpu, |gpu| Device::Cuda(Arc::new(gpu)))),
             other => Err(Error::Device {
                 device: other.to_string(),
                 what: "unknown device: expected cpu, cuda, emulated or auto".to_string(),
@@ -87,49 +135,126 @@ impl Device {
     pub fn name(&self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
+            Device::Emulated => "emulated",
+            Device::Cuda(_) => "cuda",
         }
     }
 
     pub fn zeros<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
-        Ok(Buffer {
-            storage: Storage::Host(vec![T::default(); len]),
-        })
+        let storage = match self {
+            Device::Cpu | Device::Emulated => Storage::Host(vec![T::default(); len]),
+            Device::Cuda(gpu) => Storage::Cuda(gpu.zeros(len)?),
+        };
+        Ok(Buffer { storage })
     }
 
     pub fn upload<T: Element>(&self, data: &[T]) -> Result<Buffer<T>> {
-        Ok(Buffer {
-            storage: Storage::Host(data.to_vec()),
-        })
+        let storage = match self {
+            Device::Cpu | Device::Emulated => Storage::Host(data.to_vec()),
+            Device::Cuda(gpu) => Storage::Cuda(gpu.upload(data)?),
+        };
+        Ok(Buffer { storage })
     }
 
     /// Copies host data into an existing buffer of the same length.
     pub fn write<T: Element>(&self, data: &[T], dst: &mut Buffer<T>) -> Result<()> {
-        check("write", "dst", dst.len(), data.len())?;
-        dst.host_mut().copy_from_slice(data);
-        Ok(())
+        self.expect("write", "dst", dst, data.len())?;
+        match (self, &mut dst.storage) {
+            (Device::Cuda(gpu), Storage::Cuda(slice)) => gpu.write(data, slice),
+            _ => {
+                dst.host_mut()?.copy_from_slice(data);
+                Ok(())
+            }
+        }
     }
 
     pub fn download<T: Element>(&self, buf: &Buffer<T>) -> Result<Vec<T>> {
-        Ok(buf.host().to_vec())
+        self.expect("download", "buffer", buf, buf.len())?;
+        match (self, &buf.storage) {
+            (Device::Cuda(gpu), Storage::Cuda(slice)) => gpu.download(slice),
+            _ => Ok(buf.host()?.to_vec()),
+        }
     }
 
     pub fn fill_zero<T: Element>(&self, buf: &mut Buffer<T>) -> Result<()> {
-        buf.host_mut().fill(T::default());
-        Ok(())
+        self.expect("fill_zero", "buffer", buf, buf.len())?;
+        let bytes = buf.len() * size_of::<T>();
+        match self {
+            Device::Emulated | Device::Cuda(_) if bytes.is_multiple_of(4) => {
+                let words = u32_len("fill_zero", "buffer", bytes / 4)?;
+                self.run(data_launches::fill_zero(words, buf.arg_mut()))
+            }
+            // The kernel clears whole words; other byte counts (only u8 buffers) are cleared by
+            // the copy engine or on the host.
+            Device::Cuda(gpu) => match &mut buf.storage {
+                Storage::Cuda(slice) => gpu.memset_zero(slice),
+                Storage::Host(_) => Err(in_host_memory()),
+            },
+            Device::Cpu | Device::Emulated => {
+                buf.host_mut()?.fill(T::default());
+                Ok(())
+            }
+        }
     }
 
-    /// Runs one kernel launch on this device's executor.
-    #[allow(dead_code)]
-    pub(crate) fn launch(&self, launch: Launch) -> Result<()> {
-        Err(Error::Launch {
-            kernel: launch.kernel.to_string(),
-            what: format!("device {} runs no CUDA kernels", self.name()),
-        })
+    /// Runs one launch of a kernel from `kernels/*.cu` on this device's executor (the cpu device
+    /// runs none). On the GPU it runs asynchronously: errors in the kernel itself surface at the
+    /// next [`Device::synchronize`] or download.
+    ///
+    /// # Safety
+    /// Every pointer argument must come from [`Buffer::arg`] or [`Buffer::arg_mut`] of a buffer
+    /// on this device that holds everything the kernel reads or writes through it, and buffers
+    /// the kernel writes must be passed with `arg_mut`.
+    pub unsafe fn launch(&self, launch: &Launch) -> Result<()> {
+        match self {
+            Device::Cpu => Err(Error::Launch {
+                kernel: launch.kernel.to_string(),
+                what: "the cpu device runs no CUDA kernels".to_string(),
+            }),
+            // SAFETY: passed on from the caller.
+            Device::Emulated => unsafe { emulator::run(launch) },
+            Device::Cuda(gpu) => unsafe { gpu.launch(launch) },
+        }
+    }
+
+    /// Runs an op's launches in order.
+    fn run(&self, launches: Vec<Launch>) -> Result<()> {
+        for launch in &launches {
+            // SAFETY: the launch builders take their pointers from the op's buffers, which the op
+            // has checked against its shape and this device.
+            unsafe { self.launch(launch)? };
+        }
+        Ok(())
     }
 
     /// Waits until every op issued so far has finished.
     pub fn synchronize(&self) -> Result<()> {
-        Ok(())
+        match self {
+            Device::Cpu | Device::Emulated => Ok(()),
+            Device::Cuda(gpu) => gpu.synchronize(),
+        }
+    }
+
+    /// Checks that `buf` has `len` elements and lives where this device can use it.
+    fn expect<T: Element>(
+        &self,
+        op: &'static str,
+        operand: &str,
+        buf: &Buffer<T>,
+        len: usize,
+    ) -> Result<()> {
+        let reachable = match (self, &buf.storage) {
+            (Device::Cpu | Device::Emulated, Storage::Host(_)) => true,
+            (Device::Cuda(gpu), Storage::Cuda(slice)) => gpu.owns(slice),
+            _ => false,
+        };
+        if !reachable {
+            return Err(Error::Shape {
+                op,
+                what: format!("{operand} lives on another device than {}", self.name()),
+            });
+        }
+        check(op, operand, buf.len(), len)
     }
 
     pub fn conv2d_forward(
@@ -141,12 +266,19 @@ impl Device {
         y: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "conv2d_forward";
-        check(op, "x", x.len(), s.input_len())?;
-        check(op, "weight", w.len(), s.weight_len())?;
-        check(op, "bias", b.len(), s.out_channels)?;
-        check(op, "y", y.len(), s.output_len())?;
+        self.expect(op, "x", x, s.input_len())?;
+        self.expect(op, "weight", w, s.weight_len())?;
+        self.expect(op, "bias", b, s.out_channels)?;
+        self.expect(op, "y", y, s.output_len())?;
         match self {
-            Device::Cpu => cpu::conv2d_forward(s, x.host(), w.host(), b.host(), y.host_mut()),
+            Device::Cpu => cpu::conv2d_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_forward(
+                s,
+                x.arg(),
+                w.arg(),
+                b.arg(),
+                y.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -159,11 +291,17 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "conv2d_backward_input";
-        check(op, "weight", w.len(), s.weight_len())?;
-        check(op, "dy", dy.len(), s.output_len())?;
-        check(op, "dx", dx.len(), s.input_len())?;
+        self.expect(op, "weight", w, s.weight_len())?;
+        self.expect(op, "dy", dy, s.output_len())?;
+        self.expect(op, "dx", dx, s.input_len())?;
         match self {
-            Device::Cpu => cpu::conv2d_backward_input(s, w.host(), dy.host(), dx.host_mut()),
+            Device::Cpu => cpu::conv2d_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_backward_input(
+                s,
+                w.arg(),
+                dy.arg(),
+                dx.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -177,14 +315,25 @@ impl Device {
         db: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "conv2d_backward_weight";
-        check(op, "x", x.len(), s.input_len())?;
-        check(op, "dy", dy.len(), s.output_len())?;
-        check(op, "dweight", dw.len(), s.weight_len())?;
-        check(op, "dbias", db.len(), s.out_channels)?;
+        self.expect(op, "x", x, s.input_len())?;
+        self.expect(op, "dy", dy, s.output_len())?;
+        self.expect(op, "dweight", dw, s.weight_len())?;
+        self.expect(op, "dbias", db, s.out_channels)?;
         match self {
-            Device::Cpu => {
-                cpu::conv2d_backward_weight(s, x.host(), dy.host(), dw.host_mut(), db.host_mut())
-            }
+            Device::Cpu => cpu::conv2d_backward_weight(
+                s,
+                x.host()?,
+                dy.host()?,
+                dw.host_mut()?,
+                db.host_mut()?,
+            ),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_backward_weight(
+                s,
+                x.arg(),
+                dy.arg(),
+                dw.arg_mut(),
+                db.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -197,11 +346,17 @@ impl Device {
         argmax: &mut Buffer<u32>,
     ) -> Result<()> {
         let op = "maxpool2d_forward";
-        check(op, "x", x.len(), s.input_len())?;
-        check(op, "y", y.len(), s.output_len())?;
-        check(op, "argmax", argmax.len(), s.output_len())?;
+        self.expect(op, "x", x, s.input_len())?;
+        self.expect(op, "y", y, s.output_len())?;
+        self.expect(op, "argmax", argmax, s.output_len())?;
         match self {
-            Device::Cpu => cpu::maxpool2d_forward(s, x.host(), y.host_mut(), argmax.host_mut()),
+            Device::Cpu => cpu::maxpool2d_forward(s, x.host()?, y.host_mut()?, argmax.host_mut()?),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::maxpool2d_forward(
+                s,
+                x.arg(),
+                y.arg_mut(),
+                argmax.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -214,19 +369,29 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "maxpool2d_backward";
-        check(op, "argmax", argmax.len(), s.output_len())?;
-        check(op, "dy", dy.len(), s.output_len())?;
-        check(op, "dx", dx.len(), s.input_len())?;
+        self.expect(op, "argmax", argmax, s.output_len())?;
+        self.expect(op, "dy", dy, s.output_len())?;
+        self.expect(op, "dx", dx, s.input_len())?;
         match self {
-            Device::Cpu => cpu::maxpool2d_backward(s, argmax.host(), dy.host(), dx.host_mut()),
+            Device::Cpu => cpu::maxpool2d_backward(s, argmax.host()?, dy.host()?, dx.host_mut()?),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::maxpool2d_backward(
+                s,
+                argmax.arg(),
+                dy.arg(),
+                dx.arg_mut(),
+            ))?,
         }
         Ok(())
     }
 
     pub fn relu_forward(&self, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
-        check("relu_forward", "y", y.len(), x.len())?;
+        self.expect("relu_forward", "x", x, x.len())?;
+        self.expect("relu_forward", "y", y, x.len())?;
         match self {
-            Device::Cpu => cpu::relu_forward(x.host(), y.host_mut()),
+            Device::Cpu => cpu::relu_forward(x.host()?, y.host_mut()?),
+            Device::Emulated | Device::Cuda(_) => {
+                self.run(launches::relu_forward(x.len(), x.arg(), y.arg_mut()))?
+            }
         }
         Ok(())
     }
@@ -237,10 +402,17 @@ impl Device {
         dy: &Buffer<f32>,
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
-        check("relu_backward", "dy", dy.len(), y.len())?;
-        check("relu_backward", "dx", dx.len(), y.len())?;
+        self.expect("relu_backward", "y", y, y.len())?;
+        self.expect("relu_backward", "dy", dy, y.len())?;
+        self.expect("relu_backward", "dx", dx, y.len())?;
         match self {
-            Device::Cpu => cpu::relu_backward(y.host(), dy.host(), dx.host_mut()),
+            Device::Cpu => cpu::relu_backward(y.host()?, dy.host()?, dx.host_mut()?),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::relu_backward(
+                y.len(),
+                y.arg(),
+                dy.arg(),
+                dx.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -254,12 +426,19 @@ impl Device {
         y: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "linear_forward";
-        check(op, "x", x.len(), s.batch * s.in_features)?;
-        check(op, "weight", w.len(), s.out_features * s.in_features)?;
-        check(op, "bias", b.len(), s.out_features)?;
-        check(op, "y", y.len(), s.batch * s.out_features)?;
+        self.expect(op, "x", x, s.batch * s.in_features)?;
+        self.expect(op, "weight", w, s.out_features * s.in_features)?;
+        self.expect(op, "bias", b, s.out_features)?;
+        self.expect(op, "y", y, s.batch * s.out_features)?;
         match self {
-            Device::Cpu => cpu::linear_forward(s, x.host(), w.host(), b.host(), y.host_mut()),
+            Device::Cpu => cpu::linear_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::linear_forward(
+                s,
+                x.arg(),
+                w.arg(),
+                b.arg(),
+                y.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -272,11 +451,17 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "linear_backward_input";
-        check(op, "weight", w.len(), s.out_features * s.in_features)?;
-        check(op, "dy", dy.len(), s.batch * s.out_features)?;
-        check(op, "dx", dx.len(), s.batch * s.in_features)?;
+        self.expect(op, "weight", w, s.out_features * s.in_features)?;
+        self.expect(op, "dy", dy, s.batch * s.out_features)?;
+        self.expect(op, "dx", dx, s.batch * s.in_features)?;
         match self {
-            Device::Cpu => cpu::linear_backward_input(s, w.host(), dy.host(), dx.host_mut()),
+            Device::Cpu => cpu::linear_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::linear_backward_input(
+                s,
+                w.arg(),
+                dy.arg(),
+                dx.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -290,14 +475,25 @@ impl Device {
         db: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "linear_backward_weight";
-        check(op, "x", x.len(), s.batch * s.in_features)?;
-        check(op, "dy", dy.len(), s.batch * s.out_features)?;
-        check(op, "dweight", dw.len(), s.out_features * s.in_features)?;
-        check(op, "dbias", db.len(), s.out_features)?;
+        self.expect(op, "x", x, s.batch * s.in_features)?;
+        self.expect(op, "dy", dy, s.batch * s.out_features)?;
+        self.expect(op, "dweight", dw, s.out_features * s.in_features)?;
+        self.expect(op, "dbias", db, s.out_features)?;
         match self {
-            Device::Cpu => {
-                cpu::linear_backward_weight(s, x.host(), dy.host(), dw.host_mut(), db.host_mut())
-            }
+            Device::Cpu => cpu::linear_backward_weight(
+                s,
+                x.host()?,
+                dy.host()?,
+                dw.host_mut()?,
+                db.host_mut()?,
+            ),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::linear_backward_weight(
+                s,
+                x.arg(),
+                dy.arg(),
+                dw.arg_mut(),
+                db.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -311,13 +507,19 @@ impl Device {
         totals: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "softmax_xent_forward";
-        check(op, "logits", logits.len(), s.batch * s.classes)?;
-        check(op, "labels", labels.len(), s.batch)?;
-        check(op, "totals", totals.len(), 2)?;
+        self.expect(op, "logits", logits, s.batch * s.classes)?;
+        self.expect(op, "labels", labels, s.batch)?;
+        self.expect(op, "totals", totals, 2)?;
         match self {
             Device::Cpu => {
-                cpu::softmax_xent_forward(s, logits.host(), labels.host(), totals.host_mut())
+                cpu::softmax_xent_forward(s, logits.host()?, labels.host()?, totals.host_mut()?)
             }
+            Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_forward(
+                s,
+                logits.arg(),
+                labels.arg(),
+                totals.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -330,13 +532,19 @@ impl Device {
         dlogits: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "softmax_xent_backward";
-        check(op, "logits", logits.len(), s.batch * s.classes)?;
-        check(op, "labels", labels.len(), s.batch)?;
-        check(op, "dlogits", dlogits.len(), s.batch * s.classes)?;
+        self.expect(op, "logits", logits, s.batch * s.classes)?;
+        self.expect(op, "labels", labels, s.batch)?;
+        self.expect(op, "dlogits", dlogits, s.batch * s.classes)?;
         match self {
             Device::Cpu => {
-                cpu::softmax_xent_backward(s, logits.host(), labels.host(), dlogits.host_mut())
+                cpu::softmax_xent_backward(s, logits.host()?, labels.host()?, dlogits.host_mut()?)
             }
+            Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_backward(
+                s,
+                logits.arg(),
+                labels.arg(),
+                dlogits.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -350,17 +558,26 @@ impl Device {
         v: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "adam_update";
-        check(op, "grads", grads.len(), params.len())?;
-        check(op, "m", m.len(), params.len())?;
-        check(op, "v", v.len(), params.len())?;
+        self.expect(op, "params", params, params.len())?;
+        self.expect(op, "grads", grads, params.len())?;
+        self.expect(op, "m", m, params.len())?;
+        self.expect(op, "v", v, params.len())?;
         match self {
             Device::Cpu => cpu::adam_update(
                 step,
-                params.host_mut(),
-                grads.host(),
-                m.host_mut(),
-                v.host_mut(),
+                params.host_mut()?,
+                grads.host()?,
+                m.host_mut()?,
+                v.host_mut()?,
             ),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::adam_update(
+                step,
+                params.len(),
+                params.arg_mut(),
+                grads.arg(),
+                m.arg_mut(),
+                v.arg_mut(),
+            ))?,
         }
         Ok(())
     }
@@ -373,27 +590,84 @@ impl Device {
         indices: &Buffer<u32>,
         out: &mut Buffer<f32>,
     ) -> Result<()> {
-        check("gather_images", "out", out.len(), indices.len() * image_len)?;
+        let op = "gather_images";
+        if image_len == 0 || !images.len().is_multiple_of(image_len) {
+            return Err(Error::Shape {
+                op,
+                what: format!(
+                    "images has {} bytes, not a multiple of image_len {image_len}",
+                    images.len()
+                ),
+            });
+        }
+        let image_count = images.len() / image_len;
+        self.expect(op, "images", images, images.len())?;
+        self.expect(op, "indices", indices, indices.len())?;
+        self.expect(op, "out", out, indices.len() * image_len)?;
         match self {
             Device::Cpu => {
-                cpu::gather_images(images.host(), image_len, indices.host(), out.host_mut())
+                let indices = indices.host()?;
+                check_indices(op, indices, image_count)?;
+                cpu::gather_images(images.host()?, image_len, indices, out.host_mut()?)
             }
+            Device::Emulated | Device::Cuda(_) => self.run(data_launches::gather_images(
+                u32_len(op, "image_len", image_len)?,
+                u32_len(op, "images", image_count)?,
+                u32_len(op, "out", out.len())? / image_len as u32,
+                images.arg(),
+                indices.arg(),
+                out.arg_mut(),
+            ))?,
         }
         Ok(())
     }
 
+    /// out[i] = labels[indices[i]].
     pub fn gather_labels(
         &self,
         labels: &Buffer<u8>,
         indices: &Buffer<u32>,
         out: &mut Buffer<u32>,
     ) -> Result<()> {
-        check("gather_labels", "out", out.len(), indices.len())?;
+        let op = "gather_labels";
+        self.expect(op, "labels", labels, labels.len())?;
+        self.expect(op, "indices", indices, indices.len())?;
+        self.expect(op, "out", out, indices.len())?;
         match self {
-            Device::Cpu => cpu::gather_labels(labels.host(), indices.host(), out.host_mut()),
+            Device::Cpu => {
+                let indices = indices.host()?;
+                check_indices(op, indices, labels.len())?;
+                cpu::gather_labels(labels.host()?, indices, out.host_mut()?)
+            }
+            Device::Emulated | Device::Cuda(_) => self.run(data_launches::gather_labels(
+                u32_len(op, "labels", labels.len())?,
+                u32_len(op, "out", out.len())?,
+                labels.arg(),
+                indices.arg(),
+                out.arg_mut(),
+            ))?,
         }
         Ok(())
     }
+}
+
+/// On the host an index past the data would panic; the kernels write NaN (or !0 for labels).
+fn check_indices(op: &'static str, indices: &[u32], count: usize) -> Result<()> {
+    match indices.iter().find(|&&i| i as usize >= count) {
+        Some(bad) => Err(Error::Shape {
+            op,
+            what: format!("index {bad} is past the {count} items"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Kernels index with 32-bit unsigned ints.
+fn u32_len(op: &'static str, operand: &str, len: usize) -> Result<u32> {
+    u32::try_from(len).map_err(|_| Error::Shape {
+        op,
+        what: format!("{operand} has {len} elements, more than the kernels' 32-bit indices reach"),
+    })
 }
 
 fn check(op: &'static str, operand: &str, len: usize, expected: usize) -> Result<()> {

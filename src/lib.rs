@@ -9,13 +9,17 @@
 //! `[out, in]`, all f32.
 
 pub mod cpu;
+mod cuda;
+mod data_launches;
 mod device;
+mod emulator;
 mod error;
 pub mod launch;
 mod launches;
 pub mod reference;
 mod shapes;
 
+pub use cuda::Gpu;
 pub use device::{Buffer, Device, Element};
 pub use error::{Error, Result};
 pub use shapes::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};

@@ -1,0 +1,450 @@
+//! Builds every `kernels/*.cu` twice:
+//! - with g++ against `src/emulator/cuda_emulator.h`, into the CPU emulator, together with a
+//!   table that lets Rust launch each `extern "C" __global__` kernel by name;
+//! - with NVRTC (when libnvrtc is found) into PTX for `compute_90` and a CUBIN for `sm_90`,
+//!   embedded in the binary for the cuda device. Without NVRTC the build still succeeds (with a
+//!   warning) unless `HANDWRITTEN_REQUIRE_NVRTC=1`.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The PTX target: the H200's compute capability. NVRTC 13 no longer accepts anything below 7.5.
+const PTX_ARCH: &str = "compute_90";
+const CUBIN_ARCH: &str = "sm_90";
+
+struct KernelFile {
+    path: PathBuf,
+    /// `data` for `kernels/data.cu`.
+    stem: String,
+    source: String,
+    /// The source with comments blanked out (lines kept), for scanning and for g++.
+    code: String,
+    kernels: Vec<String>,
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=src/emulator/cuda_emulator.h");
+    println!("cargo:rerun-if-changed=src/emulator/cuda_emulator.cpp");
+    println!("cargo:rerun-if-env-changed=HANDWRITTEN_REQUIRE_NVRTC");
+    println!("cargo:rerun-if-env-changed=LD_LIBRARY_PATH");
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let files = match read_kernel_files(Path::new("kernels")) {
+        Ok(files) => files,
+        Err(message) => fail(&message),
+    };
+    if let Err(message) = build_emulator(&files, &out_dir) {
+        fail(&message);
+    }
+    if let Err(message) = build_gpu_modules(&files, &out_dir) {
+        fail(&message);
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}
+
+fn read_kernel_files(dir: &Path) -> Result<Vec<KernelFile>, String> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cu"))
+        .collect();
+    paths.sort();
+    let mut files: Vec<KernelFile> = Vec::new();
+    for path in paths {
+        let source = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let code = blank_comments(&source);
+        let kernels = find_kernels(&code).map_err(|e| format!("{}: {e}", path.display()))?;
+        for kernel in &kernels {
+            if let Some(other) = files.iter().find(|f| f.kernels.contains(kernel)) {
+                return Err(format!(
+                    "kernel {kernel} is defined in both {} and {}",
+                    other.path.display(),
+                    path.display()
+                ));
+            }
+        }
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        files.push(KernelFile {
+            path,
+            stem,
+            source,
+            code,
+            kernels,
+        });
+    }
+    Ok(files)
+}
+
+/// Replaces comments by spaces, keeping newlines so that line numbers still match.
+fn blank_comments(source: &str) -> String {
+    let bytes = source.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"//") {
+            while i < bytes.len() && bytes[i] != b'\n' {
+                i += 1;
+            }
+        } else if bytes[i..].starts_with(b"/*") {
+            i += 2;
+            while i < bytes.len() && !bytes[i..].starts_with(b"*/") {
+                if bytes[i] == b'\n' {
+                    out.push(b'\n');
+                }
+                i += 1;
+            }
+            i += 2;
+            out.push(b' ');
+        } else if bytes[i] == b'"' || bytes[i] == b'\'' {
+            let quote = bytes[i];
+            out.push(quote);
+            i += 1;
+            while i < bytes.len() && bytes[i] != quote {
+                if bytes[i] == b'\\' && i + 1 < bytes.len() {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+                out.push(bytes[i]);
+                i += 1;
+            }
+            if i < bytes.len() {
+                out.push(quote);
+                i += 1;
+            }
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).expect("only ASCII bytes were removed")
+}
+
+fn is_ident(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || byte == b'_'
+}
+
+/// Byte offsets where `word` occurs as a whole identifier.
+fn word_offsets<'a>(code: &'a str, word: &'a str) -> impl Iterator<Item = usize> + 'a {
+    code.match_indices(word)
+        .map(|(at, _)| at)
+        .filter(move |&at| {
+            let bytes = code.as_bytes();
+            let end = at + word.len();
+            (at == 0 || !is_ident(bytes[at - 1])) && (end == bytes.len() || !is_ident(bytes[end]))
+        })
+}
+
+fn line_of(code: &str, offset: usize) -> usize {
+    code[..offset].matches('\n').count() + 1
+}
+
+/// The names of the `extern "C" __global__ void NAME(...)` kernels.
+fn find_kernels(code: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for at in word_offsets(code, "__global__") {
+        let before: String = code[..at]
+            .split_whitespace()
+            .rev()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        if before != "\"C\" extern" {
+            return Err(format!(
+                "line {}: write kernels as `extern \"C\" __global__ void name(...)`, so that both \
+                 executors find them by name",
+                line_of(code, at)
+            ));
+        }
+        let mut rest = code[at + "__global__".len()..].trim_start();
+        rest = rest
+            .strip_prefix("void")
+            .map(str::trim_start)
+            .ok_or_else(|| format!("line {}: a kernel returns void", line_of(code, at)))?;
+        if let Some(after) = rest.strip_prefix("__launch_bounds__") {
+            let close = after.find(')').ok_or("unclosed __launch_bounds__")?;
+            rest = after[close + 1..].trim_start();
+        }
+        let name: String = rest
+            .bytes()
+            .take_while(|&b| is_ident(b))
+            .map(char::from)
+            .collect();
+        if name.is_empty() {
+            return Err(format!(
+                "line {}: cannot read the kernel's name",
+                line_of(code, at)
+            ));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Turns each `extern __shared__ T name[];` into a pointer to the emulator's dynamic shared
+/// memory: g++ has no such arrays, and a `static __thread` array of unknown size is not C++.
+fn rewrite_extern_shared(code: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(code.len());
+    let mut copied = 0;
+    for at in word_offsets(code, "extern") {
+        let rest = &code[at + "extern".len()..];
+        let Some(decl) = rest.trim_start().strip_prefix("__shared__") else {
+            continue;
+        };
+        let end = at
+            + code[at..]
+                .find(';')
+                .ok_or("unterminated extern __shared__")?
+            + 1;
+        let line = line_of(code, at);
+        let mut decl = decl[..decl.find(';').unwrap()].trim();
+        for attribute in ["__align__", "alignas"] {
+            if let Some(after) = decl.strip_prefix(attribute) {
+                let close = after
+                    .find(')')
+                    .ok_or(format!("line {line}: unclosed {attribute}"))?;
+                decl = after[close + 1..].trim();
+            }
+        }
+        let declarator = decl
+            .strip_suffix(']')
+            .map(|d| d.trim_end())
+            .and_then(|d| d.strip_suffix('['))
+            .map(str::trim_end)
+            .ok_or(format!(
+                "line {line}: expected `extern __shared__ T name[];`"
+            ))?;
+        let name_start = declarator
+            .rfind(|c: char| !is_ident(c as u8))
+            .map_or(0, |i| i + 1);
+        let (ty, name) = (declarator[..name_start].trim(), &declarator[name_start..]);
+        if ty.is_empty() || name.is_empty() {
+            return Err(format!(
+                "line {line}: expected `extern __shared__ T name[];`"
+            ));
+        }
+        out.push_str(&code[copied..at]);
+        write!(
+            out,
+            "{ty}* const {name} = static_cast<{ty}*>(hw::dynamic_shared());"
+        )
+        .unwrap();
+        out.extend(std::iter::repeat_n(
+            '\n',
+            code[at..end].matches('\n').count(),
+        ));
+        copied = end;
+    }
+    out.push_str(&code[copied..]);
+    Ok(out)
+}
+
+fn build_emulator(files: &[KernelFile], out_dir: &Path) -> Result<(), String> {
+    let dir = out_dir.join("emulator");
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        // The emulator runs every thread of every kernel: unoptimised it is unbearably slow.
+        .opt_level(2)
+        .include("src/emulator")
+        .flag("-fno-strict-aliasing")
+        // Fibers read threadIdx and friends constantly; keep thread-local access a single load.
+        .flag("-ftls-model=initial-exec")
+        .flag("-Wno-unknown-pragmas")
+        .file("src/emulator/cuda_emulator.cpp");
+
+    let mut tables = String::from(
+        "// Generated by build.rs: the kernel tables of every kernels/*.cu file.\n\
+         #include \"cuda_emulator.h\"\n\nnamespace hw {\n",
+    );
+    let mut listed = Vec::new();
+    for file in files.iter().filter(|f| !f.kernels.is_empty()) {
+        let table = format!("kernels_{}", identifier(&file.stem));
+        let code = rewrite_extern_shared(&file.code)
+            .map_err(|e| format!("{}: {e}", file.path.display()))?;
+        let path = fs::canonicalize(&file.path).unwrap_or_else(|_| file.path.clone());
+        let mut unit = format!(
+            "// Generated by build.rs from {}.\n#include \"cuda_emulator.h\"\n#line 1 \"{}\"\n{code}\n",
+            file.path.display(),
+            path.display()
+        );
+        writeln!(unit, "#line 1 \"kernel table of {}\"", file.path.display()).unwrap();
+        writeln!(
+            unit,
+            "namespace hw {{\nextern const KernelEntry {table}[] = {{"
+        )
+        .unwrap();
+        for kernel in &file.kernels {
+            writeln!(unit, "    HW_KERNEL_ENTRY({kernel}),").unwrap();
+        }
+        writeln!(
+            unit,
+            "}};\nextern const unsigned {table}_count = {};\n}}",
+            file.kernels.len()
+        )
+        .unwrap();
+        let unit_path = dir.join(format!("{}.cpp", file.stem));
+        fs::write(&unit_path, unit)
+            .map_err(|e| format!("cannot write {}: {e}", unit_path.display()))?;
+        build.file(&unit_path);
+        writeln!(
+            tables,
+            "extern const KernelEntry {table}[];\nextern const unsigned {table}_count;"
+        )
+        .unwrap();
+        listed.push(table);
+    }
+    let entries: Vec<String> = listed
+        .iter()
+        .map(|t| format!("{{{t}, &{t}_count}}"))
+        .collect();
+    let entries = if entries.is_empty() {
+        "{nullptr, &kernel_table_count}".into()
+    } else {
+        entries.join(", ")
+    };
+    writeln!(
+        tables,
+        "extern const unsigned kernel_table_count = {};\n\
+         extern const KernelTable kernel_tables[] = {{{entries}}};\n}}",
+        listed.len()
+    )
+    .unwrap();
+    let tables_path = dir.join("kernel_tables.cpp");
+    fs::write(&tables_path, tables)
+        .map_err(|e| format!("cannot write {}: {e}", tables_path.display()))?;
+    build.file(&tables_path);
+    build.compile("cuda_emulator");
+    Ok(())
+}
+
+fn identifier(stem: &str) -> String {
+    stem.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// Compiles every file with NVRTC and writes `kernel_modules.rs`, which embeds the results.
+fn build_gpu_modules(files: &[KernelFile], out_dir: &Path) -> Result<(), String> {
+    let generated = out_dir.join("kernel_modules.rs");
+    let require = env::var("HANDWRITTEN_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+    // cudarc panics when the library is missing, so look before calling into it.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        let message = "NVRTC (libnvrtc.so.13 or .12) is not on LD_LIBRARY_PATH or the system \
+                       library path; building without GPU kernels (the cuda device will say so)";
+        if require {
+            return Err(format!("HANDWRITTEN_REQUIRE_NVRTC=1, but {message}"));
+        }
+        println!("cargo:warning={message}");
+        let rust = "pub(crate) const NVRTC_VERSION: Option<(i32, i32)> = None;\n\
+                    pub(crate) static KERNEL_MODULES: &[KernelModule] = &[];\n";
+        return fs::write(&generated, rust)
+            .map_err(|e| format!("cannot write {}: {e}", generated.display()));
+    }
+    let (major, minor) = nvrtc_version()?;
+    let dir = out_dir.join("gpu");
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut rust = format!(
+        "pub(crate) const NVRTC_VERSION: Option<(i32, i32)> = Some(({major}, {minor}));\n\
+         pub(crate) static KERNEL_MODULES: &[KernelModule] = &[\n"
+    );
+    for file in files {
+        let name = file.path.display().to_string();
+        let ptx = nvrtc_compile(&file.source, &name, PTX_ARCH, Output::Ptx)?;
+        let cubin = nvrtc_compile(&file.source, &name, CUBIN_ARCH, Output::Cubin)?;
+        let ptx_path = dir.join(format!("{}.ptx", file.stem));
+        let cubin_path = dir.join(format!("{}.cubin", file.stem));
+        fs::write(&ptx_path, &ptx)
+            .map_err(|e| format!("cannot write {}: {e}", ptx_path.display()))?;
+        fs::write(&cubin_path, &cubin)
+            .map_err(|e| format!("cannot write {}: {e}", cubin_path.display()))?;
+        println!(
+            "cargo:warning=NVRTC {major}.{minor} compiled {name}: {} kernels, {PTX_ARCH} PTX + \
+             {CUBIN_ARCH} CUBIN",
+            file.kernels.len()
+        );
+        writeln!(
+            rust,
+            "    KernelModule {{ file: {name:?}, kernels: &{:?}, ptx: include_str!({:?}), \
+             cubin: include_bytes!({:?}) }},",
+            file.kernels,
+            ptx_path.display().to_string(),
+            cubin_path.display().to_string()
+        )
+        .unwrap();
+    }
+    rust.push_str("];\n");
+    fs::write(&generated, rust).map_err(|e| format!("cannot write {}: {e}", generated.display()))
+}
+
+fn nvrtc_version() -> Result<(i32, i32), String> {
+    let (mut major, mut minor) = (0, 0);
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
+    Ok((major, minor))
+}
+
+enum Output {
+    Ptx,
+    Cubin,
+}
+
+fn nvrtc_compile(source: &str, name: &str, arch: &str, output: Output) -> Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::{CStr, CString};
+
+    let source_c = CString::new(source).map_err(|_| format!("{name} contains a NUL byte"))?;
+    let name_c = CString::new(name).unwrap();
+    let program = result::create_program(&source_c, Some(&name_c))
+        .map_err(|e| format!("{name}: nvrtcCreateProgram failed: {e:?}"))?;
+    let options = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        // Lets compute-sanitizer and profilers point at source lines.
+        "--generate-line-info".to_string(),
+    ];
+    let compiled = unsafe { result::compile_program(program, &options) };
+    let outcome = match compiled {
+        Err(e) => {
+            let log = unsafe { result::get_program_log(program) }.unwrap_or_default();
+            let log = unsafe { CStr::from_ptr(log.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
+            Err(format!(
+                "NVRTC could not compile {name} for {arch} ({e:?}):\n{log}"
+            ))
+        }
+        Ok(()) => match output {
+            Output::Ptx => unsafe { result::get_ptx(program) }
+                .map(|ptx| {
+                    let bytes: Vec<u8> = ptx.into_iter().map(|c| c as u8).collect();
+                    bytes.into_iter().take_while(|&b| b != 0).collect()
+                })
+                .map_err(|e| format!("{name}: nvrtcGetPTX failed: {e:?}")),
+            Output::Cubin => unsafe {
+                let mut size = 0usize;
+                sys::nvrtcGetCUBINSize(program, &mut size)
+                    .result()
+                    .and_then(|()| {
+                        let mut cubin = vec![0u8; size];
+                        sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast())
+                            .result()
+                            .map(|()| cubin)
+                    })
+            }
+            .map_err(|e| format!("{name}: nvrtcGetCUBIN failed: {e:?}")),
+        },
+    };
+    unsafe { result::destroy_program(program) }.map_err(|e| format!("{name}: {e:?}"))?;
+    outcome
+}

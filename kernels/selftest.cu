@@ -1,0 +1,115 @@
+// Kernels that exercise the CUDA features the emulator implements, one feature each. They are
+// no part of training: tests/device_runtime.rs runs them on the emulator in CI and on the GPU in
+// scripts/gpu-check.sh, so both executors are held to the same results.
+
+// sums[b] = the sum of block b's elements of x, by a tree reduction in static shared memory
+// (blockDim.x a power of two, at most 1024).
+extern "C" __global__ void selftest_block_sum(const float* __restrict__ x, float* __restrict__ sums,
+                                              unsigned n) {
+    __shared__ float partial[1024];
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    partial[threadIdx.x] = i < n ? x[i] : 0.0f;
+    __syncthreads();
+    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) sums[blockIdx.x] = partial[0];
+}
+
+// sums[w] = the sum of the 32 elements of warp w, by __shfl_down_sync; every lane's out[i] = the
+// same warp's maximum, by __shfl_xor_sync (a butterfly, so every lane ends with it).
+extern "C" __global__ void selftest_warp_reduce(const float* __restrict__ x, float* __restrict__ sums,
+                                                float* __restrict__ maxima, unsigned n) {
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    float value = i < n ? x[i] : 0.0f;
+    float sum = value;
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+    float largest = i < n ? value : __int_as_float(0xff800000);
+    for (int mask = 16; mask > 0; mask /= 2) {
+        largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, mask));
+    }
+    if (threadIdx.x % 32 == 0) sums[i / 32] = sum;
+    if (i < n) maxima[i] = largest;
+}
+
+// Each lane's view of its neighbours through every shuffle flavour, plus a ballot, on int data:
+// out[6 i + k] for k = shfl(lane 3), shfl(lane 3 of 8-lane segments), shfl_up(1),
+// shfl_down(2, width 16), shfl_xor(5, width 8), ballot(x odd).
+extern "C" __global__ void selftest_shuffles(const int* __restrict__ x, int* __restrict__ out) {
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    int v = x[i];
+    const unsigned all = 0xffffffffu;
+    out[6 * i + 0] = __shfl_sync(all, v, 3);
+    out[6 * i + 1] = __shfl_sync(all, v, 3, 8);
+    out[6 * i + 2] = __shfl_up_sync(all, v, 1);
+    out[6 * i + 3] = __shfl_down_sync(all, v, 2, 16);
+    out[6 * i + 4] = __shfl_xor_sync(all, v, 5, 8);
+    out[6 * i + 5] = (int)__ballot_sync(all, v & 1);
+}
+
+// y = x with each block's elements reversed, staged through dynamic shared memory
+// (shared_bytes = blockDim.x * 4, n a multiple of blockDim.x).
+extern "C" __global__ void selftest_reverse_blocks(const float* __restrict__ x, float* __restrict__ y) {
+    extern __shared__ float staged[];
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    staged[threadIdx.x] = x[i];
+    __syncthreads();
+    y[i] = staged[blockDim.x - 1 - threadIdx.x];
+}
+
+// bins[v % bin_count] counts the values v; total[0] += x; largest[0] = max of (int)x.
+extern "C" __global__ void selftest_atomics(const unsigned* __restrict__ values, const float* __restrict__ x,
+                                            unsigned* __restrict__ bins, float* __restrict__ total,
+                                            int* __restrict__ largest, unsigned bin_count, unsigned n) {
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    atomicAdd(&bins[values[i] % bin_count], 1u);
+    atomicAdd(total, x[i]);
+    atomicMax(largest, (int)x[i]);
+}
+
+// Every thread of a 3-D grid of 3-D blocks writes its coordinates (threadIdx, blockIdx) to
+// out[6 g .. 6 g + 6], g its global index with x fastest, so a test sees each ran exactly once.
+extern "C" __global__ void selftest_coordinates(unsigned* __restrict__ out) {
+    unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    unsigned thread = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    unsigned g = block * blockDim.x * blockDim.y * blockDim.z + thread;
+    out[6 * g + 0] = threadIdx.x;
+    out[6 * g + 1] = threadIdx.y;
+    out[6 * g + 2] = threadIdx.z;
+    out[6 * g + 3] = blockIdx.x;
+    out[6 * g + 4] = blockIdx.y;
+    out[6 * g + 5] = blockIdx.z;
+}
+
+// c[m x n] = a[m x k] · b[k x n], 16x16 tiles in shared memory, a 2-D grid of 16x16 blocks:
+// barriers inside a loop, the pattern of every tiled kernel.
+extern "C" __global__ void selftest_matmul(const float* __restrict__ a, const float* __restrict__ b,
+                                           float* __restrict__ c, unsigned m, unsigned n, unsigned k) {
+    __shared__ float a_tile[16][16];
+    __shared__ float b_tile[16][16];
+    unsigned row = blockIdx.y * 16 + threadIdx.y;
+    unsigned col = blockIdx.x * 16 + threadIdx.x;
+    float acc = 0.0f;
+    for (unsigned t = 0; t < k; t += 16) {
+        a_tile[threadIdx.y][threadIdx.x] = row < m && t + threadIdx.x < k ? a[row * k + t + threadIdx.x] : 0.0f;
+        b_tile[threadIdx.y][threadIdx.x] = col < n && t + threadIdx.y < k ? b[(t + threadIdx.y) * n + col] : 0.0f;
+        __syncthreads();
+        for (unsigned j = 0; j < 16; ++j) acc += a_tile[threadIdx.y][j] * b_tile[j][threadIdx.x];
+        __syncthreads();
+    }
+    if (row < m && col < n) c[row * n + col] = acc;
+}
+
+// Deliberately wrong, for the emulator's diagnosis only (a GPU would hang): lane 0 of the warp
+// waits at __syncthreads while the other lanes wait for it in a shuffle.
+extern "C" __global__ void selftest_divergent_barrier(float* __restrict__ out) {
+    float v = (float)threadIdx.x;
+    if (threadIdx.x == 0) {
+        __syncthreads();
+    } else {
+        v += __shfl_down_sync(0xffffffffu, v, 1);
+    }
+    out[threadIdx.x] = v;
+}

@@ -1,0 +1,31 @@
+//! Per-thread scratch buffers that grow to the largest size asked of them and are then reused,
+//! so the training loop does not allocate.
+
+use std::cell::Cell;
+use std::thread::LocalKey;
+
+thread_local! {
+    /// im2col columns of one image.
+    pub(super) static COLUMNS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// Per-thread partial sums of a weight gradient, owned by the thread that reduces them.
+    pub(super) static PARTIALS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats of this thread's `buffer` (contents unspecified).
+///
+/// The buffer is taken out of its cell while `f` runs, so a re-entrant call on the same thread
+/// (rayon may run another task here while this one waits) gets a fresh buffer instead of a
+/// borrow conflict.
+pub(super) fn with_scratch<R>(
+    buffer: &'static LocalKey<Cell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    let mut scratch = buffer.take();
+    if scratch.len() < len {
+        scratch.resize(len, 0.0);
+    }
+    let result = f(&mut scratch[..len]);
+    buffer.set(scratch);
+    result
+}

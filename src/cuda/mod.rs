@@ -1,0 +1,303 @@
+//! The `cuda` device's executor: the kernels NVRTC compiled at build time, run through cudarc.
+//!
+//! One context and one stream per [`Gpu`]; everything is issued on that stream, so launches and
+//! copies run in issue order and the host only waits in `synchronize` and `download`. cudarc
+//! panics where a library is missing, so every entry point looks for the library first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
+    LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::launch::Launch;
+use crate::{Element, Error, Result};
+
+/// The PTX (and CUBIN) of one `kernels/*.cu` file, embedded by build.rs.
+pub(crate) struct KernelModule {
+    pub file: &'static str,
+    pub kernels: &'static [&'static str],
+    pub ptx: &'static str,
+    pub cubin: &'static [u8],
+}
+
+// Defines NVRTC_VERSION and KERNEL_MODULES.
+include!(concat!(env!("OUT_DIR"), "/kernel_modules.rs"));
+
+/// Above this much dynamic shared memory CUDA wants the kernel opted in first.
+const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
+
+/// A GPU with the kernels loaded.
+pub struct Gpu {
+    stream: Arc<CudaStream>,
+    modules: Vec<(&'static KernelModule, Arc<CudaModule>)>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// The kernel launched last: an asynchronous fault shows up at the next synchronisation,
+    /// and this is the best guess of whose it is.
+    last_kernel: Mutex<&'static str>,
+    name: String,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.name)
+    }
+}
+
+fn device_error(what: impl Into<String>) -> Error {
+    Error::Device {
+        device: "cuda".to_string(),
+        what: what.into(),
+    }
+}
+
+/// Turns a driver error into a device error that says what was being done.
+fn driver(doing: &'static str) -> impl Fn(DriverError) -> Error {
+    move |e| device_error(format!("{doing}: {e}"))
+}
+
+impl Gpu {
+    /// Opens GPU 0 and loads every kernel module.
+    pub fn new() -> Result<Gpu> {
+        if NVRTC_VERSION.is_none() {
+            return Err(device_error(
+                "this binary was built without NVRTC, so it has no GPU kernels; build it with \
+                 libnvrtc on LD_LIBRARY_PATH (see .ci/run)",
+            ));
+        }
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(device_error("no CUDA driver (libcuda.so) found"));
+        }
+        let count = CudaContext::device_count().map_err(driver("cannot count GPUs"))?;
+        if count == 0 {
+            return Err(device_error("the CUDA driver sees no GPU"));
+        }
+        let ctx = CudaContext::new(0).map_err(driver("cannot open GPU 0"))?;
+        // SAFETY: every buffer lives on the one stream below, which orders all uses of it; the
+        // per-buffer events cudarc would otherwise record are pure overhead. Called before any
+        // buffer exists.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver("cannot create a stream"))?;
+        let name = ctx.name().unwrap_or_else(|_| "GPU 0".to_string());
+        let capability = ctx
+            .compute_capability()
+            .map_err(driver("cannot read the compute capability"))?;
+        let mut modules = Vec::new();
+        for module in KERNEL_MODULES {
+            // The CUBIN is for sm_90 exactly; anything else JIT-compiles the PTX.
+            let cubin = (capability == (9, 0))
+                .then(|| {
+                    ctx.load_module(Ptx::from_binary(module.cubin.to_vec()))
+                        .ok()
+                })
+                .flatten();
+            let loaded = match cubin {
+                Some(loaded) => loaded,
+                None => ctx.load_module(Ptx::from_src(module.ptx)).map_err(|e| {
+                    device_error(format!(
+                        "cannot load the PTX of {} on {name} (compute capability {}.{}): {e}; \
+                         CUDA_ERROR_UNSUPPORTED_PTX_VERSION means the driver is older than the \
+                         NVRTC the kernels were compiled with ({:?})",
+                        module.file, capability.0, capability.1, NVRTC_VERSION
+                    ))
+                })?,
+            };
+            modules.push((module, loaded));
+        }
+        Ok(Gpu {
+            stream,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            last_kernel: Mutex::new("(none yet)"),
+            name,
+        })
+    }
+
+    /// The GPU's name, as the driver reports it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
+        let mut functions = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(function) = functions.get(kernel) {
+            return Ok(function.clone());
+        }
+        let fail = |what: String| Error::Launch {
+            kernel: kernel.to_string(),
+            what,
+        };
+        let (_, module) = self
+            .modules
+            .iter()
+            .find(|(module, _)| module.kernels.contains(&kernel))
+            .ok_or_else(|| fail("no kernel of that name in kernels/*.cu".to_string()))?;
+        let function = module
+            .load_function(kernel)
+            .map_err(|e| fail(format!("cannot load it from its module: {e}")))?;
+        functions.insert(kernel, function.clone());
+        Ok(function)
+    }
+
+    /// Issues one launch on the stream; it runs asynchronously.
+    ///
+    /// # Safety
+    /// Every pointer argument must be the device address of a buffer on this GPU large enough for
+    /// everything the kernel reads and writes through it.
+    pub(crate) unsafe fn launch(&self, launch: &Launch) -> Result<()> {
+        launch.check_limits()?;
+        let fail = |what: String| Error::Launch {
+            kernel: launch.kernel.to_string(),
+            what,
+        };
+        let function = self.function(launch.kernel)?;
+        if launch.shared_bytes > DEFAULT_SHARED_BYTES {
+            function
+                .set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    launch.shared_bytes as i32,
+                )
+                .map_err(|e| {
+                    fail(format!(
+                        "cannot allow {} bytes of shared memory: {e}",
+                        launch.shared_bytes
+                    ))
+                })?;
+        }
+        let slots = launch.param_slots();
+        let mut builder = self.stream.launch_builder(&function);
+        for slot in &slots {
+            builder.arg(slot);
+        }
+        let config = LaunchConfig {
+            grid_dim: launch.grid.into(),
+            block_dim: launch.block.into(),
+            shared_mem_bytes: launch.shared_bytes,
+        };
+        *self.last_kernel.lock().unwrap_or_else(|e| e.into_inner()) = launch.kernel;
+        // SAFETY: the caller vouches for the pointers; the scalars match the kernel's parameter
+        // kinds (the emulator checks the same launches against the kernels' signatures).
+        unsafe { builder.launch(config) }
+            .map(|_| ())
+            .map_err(|e| fail(format!("launch failed: {e}")))
+    }
+
+    /// Names the kernel that most likely caused an error that surfaced asynchronously.
+    fn async_error(&self, doing: &str, e: DriverError) -> Error {
+        let kernel = *self.last_kernel.lock().unwrap_or_else(|e| e.into_inner());
+        Error::Launch {
+            kernel: kernel.to_string(),
+            what: format!(
+                "{doing} failed: {e} (raised by this kernel or an earlier one; run with \
+                 CUDA_LAUNCH_BLOCKING=1 to pin it down)"
+            ),
+        }
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| self.async_error("synchronize", e))
+    }
+
+    pub(crate) fn zeros<T: Element>(&self, len: usize) -> Result<CudaSlice<T>> {
+        let slice = if len == 0 {
+            self.stream.null()
+        } else {
+            self.stream.alloc_zeros(len)
+        };
+        slice.map_err(|e| self.async_error(&format!("allocating {len} elements"), e))
+    }
+
+    pub(crate) fn upload<T: Element>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        let slice = if data.is_empty() {
+            self.stream.null()
+        } else {
+            self.stream.clone_htod(data)
+        };
+        slice.map_err(|e| self.async_error(&format!("uploading {} elements", data.len()), e))
+    }
+
+    pub(crate) fn write<T: Element>(&self, data: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_htod(data, dst)
+            .map_err(|e| self.async_error(&format!("writing {} elements", data.len()), e))
+    }
+
+    pub(crate) fn download<T: Element>(&self, src: &CudaSlice<T>) -> Result<Vec<T>> {
+        if src.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.stream
+            .clone_dtoh(src)
+            .map_err(|e| self.async_error(&format!("downloading {} elements", src.len()), e))
+    }
+
+    pub(crate) fn memset_zero<T: Element>(&self, dst: &mut CudaSlice<T>) -> Result<()> {
+        self.stream
+            .memset_zeros(dst)
+            .map_err(|e| self.async_error(&format!("zeroing {} elements", dst.len()), e))
+    }
+
+    /// Whether `slice` was allocated on this GPU's stream.
+    pub(crate) fn owns<T>(&self, slice: &CudaSlice<T>) -> bool {
+        Arc::ptr_eq(slice.stream(), &self.stream)
+    }
+}
+
+/// The device address of a slice, as a kernel argument takes it.
+pub(crate) fn device_address<T>(slice: &CudaSlice<T>) -> u64 {
+    let (address, _no_event) = slice.device_ptr(slice.stream());
+    address
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A driver accepts PTX only up to its own CUDA version: the GPU machine's is 13.0, whose PTX
+    /// ISA is 9.0, so an unpinned (newer) NVRTC would produce modules it cannot load.
+    #[test]
+    fn embedded_ptx_is_at_most_isa_9_0() {
+        if NVRTC_VERSION.is_none() {
+            eprintln!("skipped: built without NVRTC, no PTX embedded");
+            return;
+        }
+        assert!(!KERNEL_MODULES.is_empty());
+        for module in KERNEL_MODULES {
+            let version = module
+                .ptx
+                .lines()
+                .find_map(|line| line.trim().strip_prefix(".version "))
+                .unwrap_or_else(|| panic!("{}: no .version line in its PTX", module.file));
+            let (major, minor) = version.trim().split_once('.').expect("major.minor");
+            let version = (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap());
+            assert!(
+                version <= (9, 0),
+                "{}: PTX ISA {version:?} is newer than 9.0",
+                module.file
+            );
+            assert!(
+                module.ptx.contains(".target sm_90"),
+                "{}: not compiled for compute_90",
+                module.file
+            );
+            for kernel in module.kernels {
+                assert!(
+                    module.ptx.contains(&format!(".entry {kernel}(")),
+                    "{}: kernel {kernel} missing from the PTX",
+                    module.file
+                );
+            }
+            assert!(!module.cubin.is_empty(), "{}: no CUBIN", module.file);
+        }
+    }
+}

@@ -1,0 +1,294 @@
+// The subset of CUDA C that kernels/*.cu use, implemented for the CPU.
+//
+// Every kernel file is compiled by g++ with this header in front of it (build.rs does that), so the
+// same source runs on the GPU (through NVRTC) and here. The model:
+// - a block's threads are fibers on one OS thread; a fiber only gives up the CPU at a barrier
+//   (__syncthreads, __syncwarp, a shuffle), so kernels without barriers run thread after thread;
+// - blocks run one at a time on each OS thread, so `__shared__` is simply thread-local storage;
+// - a warp's shuffles meet at a warp barrier and trade values through a per-warp exchange.
+// Keep to what is here; anything else is a compile error, which is the point.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <math.h>
+#include <type_traits>
+#include <utility>
+
+// ---- Qualifiers -------------------------------------------------------------------------------
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+// Blocks run one at a time per OS thread, so block-shared arrays are per-OS-thread arrays.
+// (`extern __shared__` arrays are rewritten by build.rs into pointers to hw::dynamic_shared().)
+#define __shared__ static __thread
+
+// ---- Built-in variables -----------------------------------------------------------------------
+
+struct uint3 {
+    unsigned x, y, z;
+};
+struct dim3 {
+    unsigned x, y, z;
+};
+
+extern __thread uint3 threadIdx;
+extern __thread uint3 blockIdx;
+extern __thread dim3 blockDim;
+extern __thread dim3 gridDim;
+constexpr int warpSize = 32;
+
+// ---- Vector types -----------------------------------------------------------------------------
+
+struct __align__(8) float2 {
+    float x, y;
+};
+struct __align__(16) float4 {
+    float x, y, z, w;
+};
+struct __align__(8) int2 {
+    int x, y;
+};
+struct __align__(16) int4 {
+    int x, y, z, w;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline int2 make_int2(int x, int y) { return {x, y}; }
+inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+
+// ---- The runtime the intrinsics call (cuda_emulator.cpp) --------------------------------------
+
+namespace hw {
+// Waits until every thread of the block still running has arrived.
+void block_barrier();
+// Waits until the threads of this warp named in `mask` (and still running) have arrived.
+void warp_barrier(unsigned mask);
+// Publishes `value` for this lane, meets the warp, and returns the 32 values the lanes published.
+const std::uint64_t* warp_exchange(unsigned mask, std::uint64_t value);
+// This thread's lane within its warp (threads are numbered x fastest, then y, then z).
+unsigned lane_id();
+// The launch's dynamic shared memory (`extern __shared__`), 16-byte aligned.
+void* dynamic_shared();
+
+template <typename T> std::uint64_t to_bits(T value) {
+    static_assert(sizeof(T) <= sizeof(std::uint64_t), "shuffles move at most 8 bytes");
+    std::uint64_t bits = 0;
+    std::memcpy(&bits, &value, sizeof(T));
+    return bits;
+}
+
+template <typename T> T from_bits(std::uint64_t bits) {
+    T value;
+    std::memcpy(&value, &bits, sizeof(T));
+    return value;
+}
+
+template <typename T> T shuffle(unsigned mask, T value, unsigned src_lane) {
+    return from_bits<T>(warp_exchange(mask, to_bits(value))[src_lane]);
+}
+}  // namespace hw
+
+// ---- Bit casts ------------------------------------------------------------------------------
+
+inline float __int_as_float(int x) { return hw::from_bits<float>(std::uint32_t(x)); }
+inline int __float_as_int(float x) { return int(std::uint32_t(hw::to_bits(x))); }
+inline float __uint_as_float(unsigned x) { return hw::from_bits<float>(x); }
+inline unsigned __float_as_uint(float x) { return unsigned(hw::to_bits(x)); }
+
+// ---- Synchronisation and warp intrinsics ------------------------------------------------------
+
+inline void __syncthreads() { hw::block_barrier(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { hw::warp_barrier(mask); }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+template <typename T> T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize) {
+    unsigned segment = hw::lane_id() & ~unsigned(width - 1);
+    return hw::shuffle(mask, var, segment + (unsigned(src_lane) & unsigned(width - 1)));
+}
+
+// Lanes whose source falls outside their segment of `width` lanes keep their own value.
+template <typename T> T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+    unsigned lane = hw::lane_id();
+    bool inside = (lane & unsigned(width - 1)) + delta < unsigned(width);
+    return hw::shuffle(mask, var, inside ? lane + delta : lane);
+}
+
+template <typename T> T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
+    unsigned lane = hw::lane_id();
+    bool inside = (lane & unsigned(width - 1)) >= delta;
+    return hw::shuffle(mask, var, inside ? lane - delta : lane);
+}
+
+template <typename T> T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize) {
+    unsigned lane = hw::lane_id();
+    unsigned src = lane ^ unsigned(lane_mask);
+    bool inside = src <= (lane | unsigned(width - 1));
+    return hw::shuffle(mask, var, inside ? src : lane);
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+    const std::uint64_t* votes = hw::warp_exchange(mask, predicate != 0);
+    unsigned ballot = 0;
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        if ((mask >> lane & 1u) && votes[lane]) ballot |= 1u << lane;
+    }
+    return ballot;
+}
+inline int __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
+inline int __all_sync(unsigned mask, int predicate) {
+    return __ballot_sync(mask, !predicate) == 0;
+}
+
+// ---- Atomics (blocks may run on several OS threads at once, so these are real atomics) ---------
+
+#define HW_ATOMIC_INTEGER(T)                                                                       \
+    inline T atomicAdd(T* address, T val) {                                                        \
+        return __atomic_fetch_add(address, val, __ATOMIC_RELAXED);                                 \
+    }                                                                                              \
+    inline T atomicSub(T* address, T val) {                                                        \
+        return __atomic_fetch_sub(address, val, __ATOMIC_RELAXED);                                 \
+    }                                                                                              \
+    inline T atomicExch(T* address, T val) {                                                       \
+        return __atomic_exchange_n(address, val, __ATOMIC_RELAXED);                                \
+    }                                                                                              \
+    inline T atomicCAS(T* address, T compare, T val) {                                             \
+        __atomic_compare_exchange_n(address, &compare, val, false, __ATOMIC_RELAXED,               \
+                                    __ATOMIC_RELAXED);                                             \
+        return compare;                                                                            \
+    }                                                                                              \
+    inline T atomicMax(T* address, T val) {                                                        \
+        T old = __atomic_load_n(address, __ATOMIC_RELAXED);                                        \
+        while (old < val && !__atomic_compare_exchange_n(address, &old, val, true,                 \
+                                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {    \
+        }                                                                                          \
+        return old;                                                                                \
+    }                                                                                              \
+    inline T atomicMin(T* address, T val) {                                                        \
+        T old = __atomic_load_n(address, __ATOMIC_RELAXED);                                        \
+        while (old > val && !__atomic_compare_exchange_n(address, &old, val, true,                 \
+                                                         __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {    \
+        }                                                                                          \
+        return old;                                                                                \
+    }
+HW_ATOMIC_INTEGER(int)
+HW_ATOMIC_INTEGER(unsigned)
+HW_ATOMIC_INTEGER(unsigned long long)
+#undef HW_ATOMIC_INTEGER
+
+// Floating-point adds as a compare-and-swap loop on the bits, as GPUs did before native support.
+template <typename F, typename Bits> F hw_atomic_add_float(F* address, F val) {
+    Bits* bits = reinterpret_cast<Bits*>(address);
+    Bits old = __atomic_load_n(bits, __ATOMIC_RELAXED);
+    for (;;) {
+        F sum = hw::from_bits<F>(old) + val;
+        Bits desired;
+        std::memcpy(&desired, &sum, sizeof(F));
+        if (__atomic_compare_exchange_n(bits, &old, desired, true, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED)) {
+            return hw::from_bits<F>(old);
+        }
+    }
+}
+inline float atomicAdd(float* address, float val) {
+    return hw_atomic_add_float<float, std::uint32_t>(address, val);
+}
+inline double atomicAdd(double* address, double val) {
+    return hw_atomic_add_float<double, std::uint64_t>(address, val);
+}
+inline float atomicExch(float* address, float val) {
+    std::uint32_t old = __atomic_exchange_n(reinterpret_cast<std::uint32_t*>(address),
+                                            __float_as_uint(val), __ATOMIC_RELAXED);
+    return __uint_as_float(old);
+}
+
+// ---- Math and bit intrinsics (the fast variants are the exact ones here) -----------------------
+
+
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __powf(float x, float y) { return powf(x, y); }
+inline float __sinf(float x) { return sinf(x); }
+inline float __cosf(float x) { return cosf(x); }
+inline float __tanhf(float x) { return tanhf(x); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline float __fadd_rn(float x, float y) { return x + y; }
+inline float __fmul_rn(float x, float y) { return x * y; }
+inline float __fmaf_rn(float x, float y, float z) { return fmaf(x, y, z); }
+inline float __saturatef(float x) { return fminf(fmaxf(x, 0.0f), 1.0f); }
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
+inline unsigned min(int a, unsigned b) { return min(unsigned(a), b); }
+inline unsigned max(int a, unsigned b) { return max(unsigned(a), b); }
+inline unsigned min(unsigned a, int b) { return min(a, unsigned(b)); }
+inline unsigned max(unsigned a, int b) { return max(a, unsigned(b)); }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
+inline unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); }
+inline double max(double a, double b) { return fmax(a, b); }
+
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(unsigned(x)); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+
+template <typename T> T __ldg(const T* address) { return *address; }
+
+// ---- The table of kernels build.rs generates for each .cu file -------------------------------
+
+namespace hw {
+// 'p' pointer, 'i' int, 'u' unsigned, 'f' float, '?' anything else (not launchable from Rust).
+template <typename T> constexpr char param_kind() {
+    if constexpr (std::is_pointer<T>::value) return 'p';
+    else if constexpr (std::is_same<T, float>::value) return 'f';
+    else if constexpr (std::is_integral<T>::value && sizeof(T) == 4)
+        return std::is_signed<T>::value ? 'i' : 'u';
+    else return '?';
+}
+
+struct KernelEntry {
+    const char* name;
+    // Calls the kernel with arguments unpacked from cuLaunchKernel's `kernelParams` shape.
+    void (*invoke)(void** args);
+    // One param_kind per parameter, NUL-terminated.
+    const char* params;
+};
+
+// The kernels of one .cu file.
+struct KernelTable {
+    const KernelEntry* entries;
+    const unsigned* count;
+};
+
+template <auto Kernel> struct Signature;
+template <typename... P, void (*Kernel)(P...)> struct Signature<Kernel> {
+    static void invoke([[maybe_unused]] void** args) {
+        call(args, std::index_sequence_for<P...>{});
+    }
+    template <std::size_t... I> static void call(void** args, std::index_sequence<I...>) {
+        Kernel(*static_cast<P*>(args[I])...);
+    }
+    static constexpr char params[] = {param_kind<P>()..., '\0'};
+};
+}  // namespace hw
+
+#define HW_KERNEL_ENTRY(name)                                                                      \
+    hw::KernelEntry { #name, hw::Signature<&name>::invoke, hw::Signature<&name>::params }

@@ -1,0 +1,276 @@
+//! The CUDA features the emulator implements, each exercised by a kernel of kernels/selftest.cu
+//! and checked against plain Rust. Runs on the device named by HANDWRITTEN_TEST_DEVICE (default
+//! `emulated`), so the same expectations hold the emulator and a real GPU to the same semantics.
+
+use kernels::launch::{KernelArg, Launch};
+use kernels::{Buffer, Device, Element};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn device() -> Device {
+    let name = std::env::var("HANDWRITTEN_TEST_DEVICE").unwrap_or_else(|_| "emulated".into());
+    Device::from_name(&name).unwrap_or_else(|e| panic!("HANDWRITTEN_TEST_DEVICE={name}: {e}"))
+}
+
+fn launch(dev: &Device, launch: Launch) {
+    // SAFETY: every test passes buffers sized for what its kernel reads and writes.
+    unsafe { dev.launch(&launch) }.unwrap();
+}
+
+fn download<T: Element>(dev: &Device, buf: &Buffer<T>) -> Vec<T> {
+    dev.synchronize().unwrap();
+    dev.download(buf).unwrap()
+}
+
+fn random_floats(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tolerance: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tolerance * (1.0 + w.abs()),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+#[test]
+fn block_reduction_through_shared_memory_and_syncthreads() {
+    let dev = device();
+    let mut rng = StdRng::seed_from_u64(1);
+    for (n, block) in [(1000, 256u32), (64, 64), (5000, 1024), (33, 32)] {
+        let x = random_floats(&mut rng, n);
+        let blocks = n.div_ceil(block as usize);
+        let xb = dev.upload(&x).unwrap();
+        let mut sums = dev.zeros::<f32>(blocks).unwrap();
+        let args = vec![xb.arg(), sums.arg_mut(), KernelArg::U32(n as u32)];
+        launch(&dev, Launch::linear("selftest_block_sum", n, block, args));
+        let want: Vec<f32> = x.chunks(block as usize).map(|c| c.iter().sum()).collect();
+        assert_close("block sums", &download(&dev, &sums), &want, 1e-5);
+    }
+}
+
+#[test]
+fn warp_reductions_through_shuffles() {
+    let dev = device();
+    let mut rng = StdRng::seed_from_u64(2);
+    // 200 threads: the last warp of the second block is partly past n.
+    let n = 200;
+    let x = random_floats(&mut rng, n);
+    let xb = dev.upload(&x).unwrap();
+    let mut sums = dev.zeros::<f32>(n.div_ceil(32)).unwrap();
+    let mut maxima = dev.zeros::<f32>(n).unwrap();
+    let args = vec![
+        xb.arg(),
+        sums.arg_mut(),
+        maxima.arg_mut(),
+        KernelArg::U32(n as u32),
+    ];
+    launch(&dev, Launch::linear("selftest_warp_reduce", n, 128, args));
+    let want_sums: Vec<f32> = x.chunks(32).map(|c| c.iter().sum()).collect();
+    let want_maxima: Vec<f32> = (0..n)
+        .map(|i| {
+            x[i / 32 * 32..(i / 32 * 32 + 32).min(n)]
+                .iter()
+                .copied()
+                .fold(f32::MIN, f32::max)
+        })
+        .collect();
+    assert_close("warp sums", &download(&dev, &sums), &want_sums, 1e-5);
+    assert_eq!(download(&dev, &maxima), want_maxima, "warp maxima");
+}
+
+/// What CUDA documents each shuffle flavour to return, lane by lane.
+fn expected_shuffles(x: &[i32]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for (i, _) in x.iter().enumerate() {
+        let base = i / 32 * 32;
+        let lane = i % 32;
+        let value = |l: usize| x[base + l];
+        let segment = |width: usize| lane / width * width;
+        let up = if lane % 32 >= 1 {
+            value(lane - 1)
+        } else {
+            value(lane)
+        };
+        let down = if lane % 16 + 2 < 16 {
+            value(lane + 2)
+        } else {
+            value(lane)
+        };
+        let xor = lane ^ 5;
+        let xor = if xor < segment(8) + 8 {
+            value(xor)
+        } else {
+            value(lane)
+        };
+        let ballot = (0..32)
+            .filter(|&l| value(l) & 1 == 1)
+            .fold(0u32, |b, l| b | 1 << l);
+        out.extend([
+            value(3),
+            value(segment(8) + 3),
+            up,
+            down,
+            xor,
+            ballot as i32,
+        ]);
+    }
+    out
+}
+
+#[test]
+fn every_shuffle_flavour_and_ballot() {
+    let dev = device();
+    let mut rng = StdRng::seed_from_u64(3);
+    let n = 128;
+    let x: Vec<i32> = (0..n).map(|_| rng.random_range(-1000..1000)).collect();
+    // Buffers hold u32; the kernel reads the same bits as int.
+    let xb = dev
+        .upload(&x.iter().map(|&v| v as u32).collect::<Vec<_>>())
+        .unwrap();
+    let mut out = dev.zeros::<u32>(6 * n).unwrap();
+    launch(
+        &dev,
+        Launch::linear("selftest_shuffles", n, 64, vec![xb.arg(), out.arg_mut()]),
+    );
+    let got: Vec<i32> = download(&dev, &out).into_iter().map(|v| v as i32).collect();
+    assert_eq!(got, expected_shuffles(&x));
+}
+
+#[test]
+fn dynamic_shared_memory() {
+    let dev = device();
+    let mut rng = StdRng::seed_from_u64(4);
+    for block in [32u32, 256, 1024] {
+        let n = block as usize * 3;
+        let x = random_floats(&mut rng, n);
+        let xb = dev.upload(&x).unwrap();
+        let mut y = dev.zeros::<f32>(n).unwrap();
+        let mut reverse = Launch::linear(
+            "selftest_reverse_blocks",
+            n,
+            block,
+            vec![xb.arg(), y.arg_mut()],
+        );
+        reverse.shared_bytes = block * 4;
+        launch(&dev, reverse);
+        let want: Vec<f32> = x
+            .chunks(block as usize)
+            .flat_map(|c| c.iter().rev().copied())
+            .collect();
+        assert_eq!(download(&dev, &y), want, "block {block}");
+    }
+}
+
+#[test]
+fn atomics_across_blocks() {
+    let dev = device();
+    let mut rng = StdRng::seed_from_u64(5);
+    let (n, bins) = (10_000, 7);
+    let values: Vec<u32> = (0..n).map(|_| rng.random_range(0..1000)).collect();
+    let x: Vec<f32> = (0..n).map(|_| rng.random_range(-100.0..100.0)).collect();
+    let (vb, xb) = (dev.upload(&values).unwrap(), dev.upload(&x).unwrap());
+    let mut counts = dev.zeros::<u32>(bins).unwrap();
+    let mut total = dev.zeros::<f32>(1).unwrap();
+    let mut largest = dev.upload(&[i32::MIN as u32]).unwrap();
+    let args = vec![
+        vb.arg(),
+        xb.arg(),
+        counts.arg_mut(),
+        total.arg_mut(),
+        largest.arg_mut(),
+        KernelArg::U32(bins as u32),
+        KernelArg::U32(n as u32),
+    ];
+    launch(&dev, Launch::linear("selftest_atomics", n, 128, args));
+    let mut want_counts = vec![0u32; bins];
+    values
+        .iter()
+        .for_each(|&v| want_counts[v as usize % bins] += 1);
+    assert_eq!(download(&dev, &counts), want_counts);
+    let want_total: f64 = x.iter().map(|&v| v as f64).sum();
+    let got_total = download(&dev, &total)[0] as f64;
+    // 10 000 float additions in any order: allow their rounding.
+    assert!(
+        (got_total - want_total).abs() < 0.05,
+        "total {got_total}, want {want_total}"
+    );
+    let want_largest = x.iter().map(|&v| v as i32).max().unwrap();
+    assert_eq!(download(&dev, &largest)[0] as i32, want_largest);
+}
+
+#[test]
+fn three_dimensional_grids_run_every_thread_once() {
+    let dev = device();
+    for (grid, block) in [
+        ([3, 2, 2], [4, 3, 2]),
+        ([1, 5, 1], [32, 1, 1]),
+        ([2, 1, 3], [7, 5, 3]),
+    ] {
+        let per_block = block.iter().product::<u32>() as usize;
+        let threads = grid.iter().product::<u32>() as usize * per_block;
+        let mut out = dev.upload(&vec![u32::MAX; 6 * threads]).unwrap();
+        let args = vec![out.arg_mut()];
+        launch(
+            &dev,
+            Launch {
+                kernel: "selftest_coordinates",
+                grid,
+                block,
+                shared_bytes: 0,
+                args,
+            },
+        );
+        let got = download(&dev, &out);
+        let mut want = Vec::new();
+        for bz in 0..grid[2] {
+            for by in 0..grid[1] {
+                for bx in 0..grid[0] {
+                    for tz in 0..block[2] {
+                        for ty in 0..block[1] {
+                            for tx in 0..block[0] {
+                                want.extend([tx, ty, tz, bx, by, bz]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(got, want, "grid {grid:?} block {block:?}");
+    }
+}
+
+#[test]
+fn tiled_matmul_with_barriers_in_a_loop() {
+    let dev = device();
+    let mut rng = StdRng::seed_from_u64(6);
+    for (m, n, k) in [(37, 53, 29), (64, 64, 64), (1, 100, 17)] {
+        let a = random_floats(&mut rng, m * k);
+        let b = random_floats(&mut rng, k * n);
+        let (ab, bb) = (dev.upload(&a).unwrap(), dev.upload(&b).unwrap());
+        let mut c = dev.zeros::<f32>(m * n).unwrap();
+        let u = |v: usize| KernelArg::U32(v as u32);
+        let args = vec![ab.arg(), bb.arg(), c.arg_mut(), u(m), u(n), u(k)];
+        let grid = [n.div_ceil(16) as u32, m.div_ceil(16) as u32, 1];
+        launch(
+            &dev,
+            Launch {
+                kernel: "selftest_matmul",
+                grid,
+                block: [16, 16, 1],
+                shared_bytes: 0,
+                args,
+            },
+        );
+        let mut want = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        assert_close(&format!("{m}x{n}x{k}"), &download(&dev, &c), &want, 1e-5);
+    }
+}

@@ -1,0 +1,126 @@
+//! The emulated device turns bad launches into errors that name the kernel, where a GPU would
+//! fail or hang.
+
+use kernels::launch::{KernelArg, Launch, MAX_SHARED_BYTES};
+use kernels::{Device, Error};
+
+fn launch_error(launch: Launch) -> String {
+    let dev = Device::Emulated;
+    let mut out = dev.zeros::<f32>(1024).unwrap();
+    let launch = Launch {
+        args: launch
+            .args
+            .into_iter()
+            .map(|a| {
+                if a == KernelArg::Ptr(0) {
+                    out.arg_mut()
+                } else {
+                    a
+                }
+            })
+            .collect(),
+        ..launch
+    };
+    // SAFETY: every launch here is refused before any thread runs, except the divergent one,
+    // whose 32 threads write within `out`.
+    match unsafe { dev.launch(&launch) } {
+        Err(e @ Error::Launch { .. }) => e.to_string(),
+        other => panic!("expected a launch error, got {other:?}"),
+    }
+}
+
+/// A launch of `kernel` whose first argument is replaced by a real buffer.
+fn reverse_blocks(block: [u32; 3], shared_bytes: u32, args: Vec<KernelArg>) -> Launch {
+    Launch {
+        kernel: "selftest_reverse_blocks",
+        grid: [1, 1, 1],
+        block,
+        shared_bytes,
+        args,
+    }
+}
+
+#[test]
+fn unknown_kernels_are_named() {
+    let message = launch_error(Launch::linear("no_such_kernel", 32, 32, vec![]));
+    assert!(
+        message.contains("no_such_kernel") && message.contains("no kernel"),
+        "{message}"
+    );
+}
+
+#[test]
+fn argument_count_and_kinds_are_checked_against_the_signature() {
+    let out = KernelArg::Ptr(0);
+    let message = launch_error(reverse_blocks([32, 1, 1], 128, vec![out]));
+    assert!(
+        message.contains("selftest_reverse_blocks") && message.contains("takes 2 arguments"),
+        "{message}"
+    );
+    let message = launch_error(reverse_blocks(
+        [32, 1, 1],
+        128,
+        vec![out, KernelArg::F32(1.0)],
+    ));
+    assert!(
+        message.contains("argument 1") && message.contains("pointer"),
+        "{message}"
+    );
+}
+
+#[test]
+fn configurations_past_the_gpu_limits_are_refused() {
+    let out = KernelArg::Ptr(0);
+    for (block, shared, limit) in [
+        ([1025, 1, 1], 0, "1024"),
+        ([32, 32, 2], 0, "2048 threads"),
+        ([1, 1, 65], 0, "1..=64"),
+        ([0, 1, 1], 0, "block"),
+        ([32, 1, 1], MAX_SHARED_BYTES + 4, "shared memory"),
+    ] {
+        let message = launch_error(reverse_blocks(block, shared, vec![out, out]));
+        assert!(
+            message.contains("selftest_reverse_blocks") && message.contains(limit),
+            "{message}"
+        );
+    }
+    let message = launch_error(Launch {
+        grid: [1, 0, 1],
+        ..reverse_blocks([32, 1, 1], 128, vec![out, out])
+    });
+    assert!(message.contains("grid"), "{message}");
+}
+
+#[test]
+fn a_shuffle_waiting_for_a_lane_at_syncthreads_is_reported() {
+    let launch = Launch::linear(
+        "selftest_divergent_barrier",
+        32,
+        32,
+        vec![KernelArg::Ptr(0)],
+    );
+    let message = launch_error(launch);
+    assert!(
+        message.contains("selftest_divergent_barrier") && message.contains("__syncthreads"),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_cpu_device_runs_no_kernels() {
+    let launch = Launch::linear("fill_zero", 1, 32, vec![]);
+    // SAFETY: refused before anything runs.
+    let error = unsafe { Device::Cpu.launch(&launch) }.unwrap_err();
+    assert!(error.to_string().contains("fill_zero"), "{error}");
+}
+
+#[test]
+fn device_names() {
+    assert_eq!(Device::from_name("emulated").unwrap(), Device::Emulated);
+    assert_eq!(Device::from_name("cpu").unwrap(), Device::Cpu);
+    let error = Device::from_name("tpu").unwrap_err().to_string();
+    assert!(
+        error.contains("tpu") && error.contains("emulated"),
+        "{error}"
+    );
+}

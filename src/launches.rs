@@ -5,9 +5,6 @@
 //! kernel computes is below the length of some buffer, so buffers must hold fewer than 2³¹
 //! elements.
 
-// Called by the CUDA and emulated devices, which are wired in separately.
-#![allow(dead_code)]
-
 use crate::launch::{KernelArg, Launch};
 use crate::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
 

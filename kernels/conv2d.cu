@@ -227,7 +227,8 @@ extern "C" __global__ void conv2d_backward_input(const float* w, const float* dy
 
 // dW = the gradient of the weight: C[out_channels, D], the sum over the batch and the output
 // pixels running along the depth inside each block, so no two blocks write the same element and
-// there are no atomics.
+// there are no atomics. The price: only as many blocks as dW has tiles (one for the network's
+// first layer), each walking a depth of batch·P.
 // Grid: (⌈D / 64⌉, ⌈out_channels / 64⌉) blocks of 256 threads.
 extern "C" __global__ void conv2d_backward_weight(const float* x, const float* dy, float* dw,
                                                   int batch, int in_channels, int out_channels,

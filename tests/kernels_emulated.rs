@@ -80,7 +80,7 @@ const fn conv(
     }
 }
 
-const CONV_SHAPES: [Conv2dShape; 7] = [
+const CONV_SHAPES: [Conv2dShape; 8] = [
     conv(2, 3, 5, 7, 9, 3, 1, 1),
     conv(2, 4, 6, 9, 8, 3, 2, 0),
     // The network's two layers, with small batches.
@@ -90,6 +90,8 @@ const CONV_SHAPES: [Conv2dShape; 7] = [
     conv(3, 5, 70, 6, 5, 3, 2, 1),
     conv(2, 70, 3, 5, 5, 1, 1, 0),
     conv(1, 2, 3, 8, 7, 5, 2, 2),
+    // The network's second layer, whole: long sums over the batch in the weight gradient.
+    conv(64, 32, 64, 14, 14, 3, 1, 1),
 ];
 
 #[test]
@@ -260,6 +262,12 @@ fn linear_matches_reference() {
             batch: 64,
             in_features: 512,
             out_features: 10,
+        },
+        // The network's first fully connected layer, whole.
+        LinearShape {
+            batch: 64,
+            in_features: 3136,
+            out_features: 1024,
         },
     ];
     for s in &shapes {

@@ -2,12 +2,13 @@
 //!
 //! Each image is unfolded into a column matrix `[in·k·k, out_h·out_w]` whose row (c, di, dj)
 //! holds the pixel every output position multiplies with w[·, c, di, dj]; the convolution is then
-//! one product with the weight viewed as `[out, in·k·k]`. Columns live in per-thread scratch, so
-//! a step allocates nothing once the buffers have grown.
+//! one product with the weight viewed as `[out, in·k·k]`. Columns live in per-thread scratch that
+//! grows once, so the ops allocate nothing per step (the gemm crate still allocates its packing
+//! buffers inside each product).
 
 use super::matmul::{matmul, Layout};
 use super::scratch::{with_scratch, COLUMNS, PARTIALS};
-use crate::Conv2dShape;
+use crate::{reference, Conv2dShape};
 use rayon::prelude::*;
 
 /// The weight as a `[out, in·k·k]` matrix.
@@ -28,7 +29,15 @@ fn output_layout(s: &Conv2dShape) -> Layout {
     Layout::row_major(s.out_channels, s.out_height() * s.out_width())
 }
 
+/// A shape with a zero extent has no images to split; the reference loops cover it.
+fn degenerate(s: &Conv2dShape) -> bool {
+    s.input_len() == 0 || s.output_len() == 0
+}
+
 pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    if degenerate(s) {
+        return reference::conv2d_forward(s, x, w, b, y);
+    }
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
     let columns = columns_layout(s);
@@ -36,7 +45,8 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) 
         .zip(x.par_chunks(image_len))
         .for_each(|(y, x)| {
             with_scratch(&COLUMNS, unfold_len(s), |scratch| {
-                let col = im2col(s, x, scratch);
+                let (padded, col) = split_scratch(s, scratch);
+                im2col(s, x, padded, col);
                 for (plane, &bias) in y.chunks_exact_mut(columns.cols).zip(b) {
                     plane.fill(bias);
                 }
@@ -52,15 +62,17 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) 
 }
 
 pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    if degenerate(s) {
+        return reference::conv2d_backward_input(s, w, dy, dx);
+    }
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
     let columns = columns_layout(s);
-    let padded_len = unfold_len(s) - columns.rows * columns.cols;
     dx.par_chunks_mut(image_len)
         .zip(dy.par_chunks(out_len))
         .for_each(|(dx, dy)| {
             with_scratch(&COLUMNS, unfold_len(s), |scratch| {
-                let dcol = &mut scratch[padded_len..];
+                let (padded, dcol) = split_scratch(s, scratch);
                 matmul(
                     dcol,
                     columns,
@@ -68,7 +80,7 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
                     (w, weight_layout(s).t()),
                     (dy, output_layout(s)),
                 );
-                col2im(s, scratch, dx);
+                col2im(s, dcol, padded, dx);
             })
         });
 }
@@ -76,6 +88,9 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
 /// Each thread sums its share of the images' gradients into its own partial; the partials are
 /// added at the end, so no two threads write the same memory.
 pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) {
+    if degenerate(s) {
+        return reference::conv2d_backward_weight(s, x, dy, dw, db);
+    }
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
     let columns = columns_layout(s);
@@ -91,16 +106,17 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
                 pdb.fill(0.0);
                 let images = group * s.batch / groups..(group + 1) * s.batch / groups;
                 with_scratch(&COLUMNS, unfold_len(s), |scratch| {
+                    let (padded, col) = split_scratch(s, scratch);
                     for n in images {
                         let x = &x[n * image_len..][..image_len];
                         let dy = &dy[n * out_len..][..out_len];
-                        let col = im2col(s, x, scratch);
+                        im2col(s, x, padded, col);
                         matmul(
                             pdw,
                             weight_layout(s),
                             true,
                             (dy, output_layout(s)),
-                            (col, columns.t()),
+                            (&*col, columns.t()),
                         );
                         for (sum, plane) in pdb.iter_mut().zip(dy.chunks_exact(columns.cols)) {
                             *sum += sum_of(plane);
@@ -120,27 +136,34 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
     });
 }
 
-/// Scratch floats [`im2col`] needs: a zero-padded copy of the image, then the columns.
+/// Scratch floats per image: a zero-padded copy of the image, then its columns.
 fn unfold_len(s: &Conv2dShape) -> usize {
-    let padded = s.in_channels * (s.height + 2 * s.padding) * (s.width + 2 * s.padding);
-    padded + s.in_channels * s.kernel * s.kernel * s.out_height() * s.out_width()
+    padded_len(s) + s.in_channels * s.kernel * s.kernel * s.out_height() * s.out_width()
 }
 
-/// Unfolds one image `[in, h, w]` into its columns `[in·k·k, out_h·out_w]` inside `scratch` and
-/// returns them. Copying from a zero-padded image first leaves the loops no bounds to check:
-/// every tap of every output position lands inside the padded image.
-fn im2col<'a>(s: &Conv2dShape, image: &[f32], scratch: &'a mut [f32]) -> &'a [f32] {
+fn padded_len(s: &Conv2dShape) -> usize {
+    s.in_channels * (s.height + 2 * s.padding) * (s.width + 2 * s.padding)
+}
+
+/// Splits [`unfold_len`] floats of scratch into the padded image and the columns.
+fn split_scratch<'a>(s: &Conv2dShape, scratch: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
+    scratch.split_at_mut(padded_len(s))
+}
+
+/// Unfolds one image `[in, h, w]` into its columns `[in·k·k, out_h·out_w]`. Copying through a
+/// zero-padded image first leaves the loops no bounds to check: every tap of every output
+/// position lands inside the padded image.
+fn im2col(s: &Conv2dShape, image: &[f32], padded: &mut [f32], col: &mut [f32]) {
     let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
-    let (padded, col) = scratch.split_at_mut(s.in_channels * ph * pw);
     padded.fill(0.0);
-    for (padded, image) in padded
+    let planes = padded
         .chunks_exact_mut(ph * pw)
-        .zip(image.chunks_exact(s.height * s.width))
-    {
-        for (padded, image) in padded[s.padding * pw..]
+        .zip(image.chunks_exact(s.height * s.width));
+    for (padded, image) in planes {
+        let rows = padded[s.padding * pw..]
             .chunks_exact_mut(pw)
-            .zip(image.chunks_exact(s.width))
-        {
+            .zip(image.chunks_exact(s.width));
+        for (padded, image) in rows {
             padded[s.padding..][..s.width].copy_from_slice(image);
         }
     }
@@ -163,15 +186,12 @@ fn im2col<'a>(s: &Conv2dShape, image: &[f32], scratch: &'a mut [f32]) -> &'a [f3
             }
         }
     }
-    col
 }
 
 /// The adjoint of [`im2col`]: adds every column entry back onto the pixel it was copied from,
-/// by way of a zero-padded image whose border is then dropped. `scratch` is [`unfold_len`] long
-/// and holds the columns after the padded image, as `im2col` leaves them.
-fn col2im(s: &Conv2dShape, scratch: &mut [f32], image: &mut [f32]) {
+/// in a zero-padded image whose border is then dropped.
+fn col2im(s: &Conv2dShape, col: &[f32], padded: &mut [f32], image: &mut [f32]) {
     let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
-    let (padded, col) = scratch.split_at_mut(s.in_channels * ph * pw);
     padded.fill(0.0);
     let ow = s.out_width();
     let mut rows = col.chunks_exact(s.out_height() * ow);
@@ -195,14 +215,14 @@ fn col2im(s: &Conv2dShape, scratch: &mut [f32], image: &mut [f32]) {
             }
         }
     }
-    for (padded, image) in padded
+    let planes = padded
         .chunks_exact(ph * pw)
-        .zip(image.chunks_exact_mut(s.height * s.width))
-    {
-        for (padded, image) in padded[s.padding * pw..]
+        .zip(image.chunks_exact_mut(s.height * s.width));
+    for (padded, image) in planes {
+        let rows = padded[s.padding * pw..]
             .chunks_exact(pw)
-            .zip(image.chunks_exact_mut(s.width))
-        {
+            .zip(image.chunks_exact_mut(s.width));
+        for (padded, image) in rows {
             image.copy_from_slice(&padded[s.padding..][..s.width]);
         }
     }

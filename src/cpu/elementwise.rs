@@ -70,6 +70,9 @@ pub fn adam_update(
 }
 
 pub fn gather_images(images: &[u8], image_len: usize, indices: &[u32], out: &mut [f32]) {
+    if image_len == 0 {
+        return;
+    }
     let gather = |row: &mut [f32], index: u32| {
         let image = &images[index as usize * image_len..][..image_len];
         for (o, &pixel) in row.iter_mut().zip(image) {

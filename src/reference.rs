@@ -344,6 +344,9 @@ pub fn adam_update<T: Real>(
 
 /// out[i, :] = (images[indices[i], :] / 255 − 0.5) / 0.5 for u8 images of `image_len` pixels.
 pub fn gather_images(images: &[u8], image_len: usize, indices: &[u32], out: &mut [f32]) {
+    if image_len == 0 {
+        return;
+    }
     for (row, &index) in out.chunks_exact_mut(image_len).zip(indices) {
         let image = &images[index as usize * image_len..][..image_len];
         for (o, &pixel) in row.iter_mut().zip(image) {

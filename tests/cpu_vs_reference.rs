@@ -398,3 +398,95 @@ fn init_threads_is_idempotent() {
     let on_workers = rayon::broadcast(|_| std::hint::black_box(1e-30f32) * 1e-10 * 1e10);
     assert!(on_workers.iter().all(|&v| v == 0.0), "{on_workers:?}");
 }
+
+#[test]
+fn degenerate_shapes_match_reference() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let convs = [
+        Conv2dShape {
+            batch: 0,
+            in_channels: 2,
+            out_channels: 3,
+            height: 4,
+            width: 4,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        },
+        Conv2dShape {
+            batch: 2,
+            in_channels: 0,
+            out_channels: 3,
+            height: 4,
+            width: 4,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        },
+        Conv2dShape {
+            batch: 2,
+            in_channels: 2,
+            out_channels: 0,
+            height: 4,
+            width: 4,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        },
+    ];
+    for s in &convs {
+        let (x, w, b) = (
+            random(&mut rng, s.input_len()),
+            random(&mut rng, s.weight_len()),
+            random(&mut rng, s.out_channels),
+        );
+        let dy = random(&mut rng, s.output_len());
+        let mut y = vec![f32::NAN; s.output_len()];
+        cpu::conv2d_forward(s, &x, &w, &b, &mut y);
+        let mut exact = vec![0.0; s.output_len()];
+        r::conv2d_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
+        assert_close(&format!("y {s:?}"), &y, &exact);
+        let mut dx = vec![f32::NAN; s.input_len()];
+        cpu::conv2d_backward_input(s, &w, &dy, &mut dx);
+        assert!(dx.iter().all(|&v| v == 0.0), "dx {s:?}");
+        let (mut dw, mut db) = (
+            vec![f32::NAN; s.weight_len()],
+            vec![f32::NAN; s.out_channels],
+        );
+        cpu::conv2d_backward_weight(s, &x, &dy, &mut dw, &mut db);
+        let (mut exact_dw, mut exact_db) = (vec![0.0; s.weight_len()], vec![0.0; s.out_channels]);
+        r::conv2d_backward_weight(s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
+        assert_close(&format!("dw {s:?}"), &dw, &exact_dw);
+        assert_close(&format!("db {s:?}"), &db, &exact_db);
+    }
+    for s in [
+        LinearShape {
+            batch: 0,
+            in_features: 5,
+            out_features: 3,
+        },
+        LinearShape {
+            batch: 2,
+            in_features: 0,
+            out_features: 3,
+        },
+    ] {
+        let (x, w, b) = (
+            random(&mut rng, s.batch * s.in_features),
+            random(&mut rng, s.out_features * s.in_features),
+            random(&mut rng, s.out_features),
+        );
+        let dy = random(&mut rng, s.batch * s.out_features);
+        let mut y = vec![f32::NAN; s.batch * s.out_features];
+        cpu::linear_forward(&s, &x, &w, &b, &mut y);
+        let mut exact = vec![0.0; y.len()];
+        r::linear_forward(&s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
+        assert_close(&format!("y {s:?}"), &y, &exact);
+        let (mut dw, mut db) = (vec![f32::NAN; w.len()], vec![f32::NAN; b.len()]);
+        cpu::linear_backward_weight(&s, &x, &dy, &mut dw, &mut db);
+        let (mut exact_dw, mut exact_db) = (vec![0.0; w.len()], vec![0.0; b.len()]);
+        r::linear_backward_weight(&s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
+        assert_close(&format!("dw {s:?}"), &dw, &exact_dw);
+        assert_close(&format!("db {s:?}"), &db, &exact_db);
+    }
+}

@@ -1,30 +1,41 @@
 //! Elementwise and gather ops: memory-bound loops split into chunks across threads.
+//!
+//! Handing work to the pool costs a wake-up of a few microseconds, so tensors of one chunk or
+//! less run on the calling thread.
 
 use crate::AdamStep;
 use rayon::prelude::*;
 
 /// Elements per task: large enough that scheduling is noise, small enough to balance two threads.
-const CHUNK: usize = 1 << 14;
+const CHUNK: usize = 1 << 15;
 
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {
+    fn relu(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = if x > 0.0 { x } else { 0.0 };
+        }
+    }
+    if x.len() <= CHUNK {
+        return relu(x, y);
+    }
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = if x > 0.0 { x } else { 0.0 };
-            }
-        });
+        .for_each(|(y, x)| relu(x, y));
 }
 
 pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    fn mask(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
+            *dx = if y > 0.0 { dy } else { 0.0 };
+        }
+    }
+    if y.len() <= CHUNK {
+        return mask(y, dy, dx);
+    }
     dx.par_chunks_mut(CHUNK)
         .zip(y.par_chunks(CHUNK))
         .zip(dy.par_chunks(CHUNK))
-        .for_each(|((dx, y), dy)| {
-            for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
-                *dx = if y > 0.0 { dy } else { 0.0 };
-            }
-        });
+        .for_each(|((dx, y), dy)| mask(y, dy, dx));
 }
 
 /// The whole update in one pass over memory; torch's unfused Adam makes seven.
@@ -35,32 +46,46 @@ pub fn adam_update(
     m: &mut [f32],
     v: &mut [f32],
 ) {
-    let AdamStep {
-        beta1, beta2, eps, ..
-    } = *step;
-    let step_size = step.step_size();
-    let bias_correction2_sqrt = step.bias_correction2_sqrt();
+    let update = |params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]| {
+        let AdamStep {
+            beta1, beta2, eps, ..
+        } = *step;
+        let step_size = step.step_size();
+        let bias_correction2_sqrt = step.bias_correction2_sqrt();
+        for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m).zip(v) {
+            *m = beta1 * *m + (1.0 - beta1) * g;
+            *v = beta2 * *v + (1.0 - beta2) * g * g;
+            *p -= step_size * *m / (v.sqrt() / bias_correction2_sqrt + eps);
+        }
+    };
+    if params.len() <= CHUNK {
+        return update(params, grads, m, v);
+    }
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
-        .for_each(|(((params, grads), m), v)| {
-            for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m).zip(v) {
-                *m = beta1 * *m + (1.0 - beta1) * g;
-                *v = beta2 * *v + (1.0 - beta2) * g * g;
-                *p -= step_size * *m / (v.sqrt() / bias_correction2_sqrt + eps);
-            }
-        });
+        .for_each(|(((params, grads), m), v)| update(params, grads, m, v));
 }
 
 pub fn gather_images(images: &[u8], image_len: usize, indices: &[u32], out: &mut [f32]) {
+    if image_len == 0 {
+        return;
+    }
+    let gather = |row: &mut [f32], index: u32| {
+        let image = &images[index as usize * image_len..][..image_len];
+        for (o, &pixel) in row.iter_mut().zip(image) {
+            *o = (pixel as f32 / 255.0 - 0.5) / 0.5;
+        }
+    };
+    if out.len() <= CHUNK {
+        return out
+            .chunks_exact_mut(image_len)
+            .zip(indices)
+            .for_each(|(row, &i)| gather(row, i));
+    }
     out.par_chunks_mut(image_len)
         .zip(indices)
-        .for_each(|(row, &index)| {
-            let image = &images[index as usize * image_len..][..image_len];
-            for (o, &pixel) in row.iter_mut().zip(image) {
-                *o = (pixel as f32 / 255.0 - 0.5) / 0.5;
-            }
-        });
+        .for_each(|(row, &i)| gather(row, i));
 }

@@ -14,8 +14,10 @@ fn layouts(s: &LinearShape) -> (Layout, Layout, Layout) {
 
 pub fn forward(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     let (x_layout, w_layout, y_layout) = layouts(s);
-    for row in y.chunks_exact_mut(s.out_features) {
-        row.copy_from_slice(b);
+    if s.out_features > 0 {
+        for row in y.chunks_exact_mut(s.out_features) {
+            row.copy_from_slice(b);
+        }
     }
     matmul(y, y_layout, true, (x, x_layout), (w, w_layout.t()));
 }
@@ -29,7 +31,9 @@ pub fn backward_weight(s: &LinearShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
     let (x_layout, w_layout, y_layout) = layouts(s);
     matmul(dw, w_layout, false, (dy, y_layout.t()), (x, x_layout));
     db.fill(0.0);
-    for row in dy.chunks_exact(s.out_features) {
-        db.iter_mut().zip(row).for_each(|(sum, g)| *sum += g);
+    if s.out_features > 0 {
+        for row in dy.chunks_exact(s.out_features) {
+            db.iter_mut().zip(row).for_each(|(sum, g)| *sum += g);
+        }
     }
 }

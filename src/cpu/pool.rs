@@ -18,24 +18,31 @@ pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
         .enumerate()
         .with_min_len(PLANES_PER_TASK)
         .for_each(|(plane, ((y, argmax), x))| {
-            let offset = plane * plane_len;
+            let offset = (plane * plane_len) as u32;
+            let width = s.width as u32;
             for i in 0..oh {
-                let top = &x[2 * i * s.width..][..s.width];
-                let bottom = &x[(2 * i + 1) * s.width..][..s.width];
-                for j in 0..ow {
-                    // Candidates in reading order, so ties keep the first.
-                    let mut best = (top[2 * j], 2 * i * s.width + 2 * j);
-                    for candidate in [
-                        (top[2 * j + 1], 2 * i * s.width + 2 * j + 1),
-                        (bottom[2 * j], (2 * i + 1) * s.width + 2 * j),
-                        (bottom[2 * j + 1], (2 * i + 1) * s.width + 2 * j + 1),
-                    ] {
-                        if candidate.0 > best.0 {
-                            best = candidate;
-                        }
+                let top = &x[2 * i * s.width..][..2 * ow];
+                let bottom = &x[(2 * i + 1) * s.width..][..2 * ow];
+                let row_start = offset + 2 * i as u32 * width;
+                let outputs = y[i * ow..][..ow]
+                    .iter_mut()
+                    .zip(&mut argmax[i * ow..][..ow]);
+                let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+                for (j, ((y, argmax), (top, bottom))) in outputs.zip(windows).enumerate() {
+                    // Candidates in reading order, each replacing the best only if strictly
+                    // greater, so ties keep the first.
+                    let (mut best, mut at) = (top[0], 0);
+                    if top[1] > best {
+                        (best, at) = (top[1], 1);
                     }
-                    y[i * ow + j] = best.0;
-                    argmax[i * ow + j] = (offset + best.1) as u32;
+                    if bottom[0] > best {
+                        (best, at) = (bottom[0], width);
+                    }
+                    if bottom[1] > best {
+                        (best, at) = (bottom[1], width + 1);
+                    }
+                    *y = best;
+                    *argmax = row_start + 2 * j as u32 + at;
                 }
             }
         });

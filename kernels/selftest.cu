@@ -29,7 +29,8 @@ extern "C" __global__ void selftest_warp_reduce(const float* __restrict__ x, flo
     for (int mask = 16; mask > 0; mask /= 2) {
         largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, mask));
     }
-    if (threadIdx.x % 32 == 0) sums[i / 32] = sum;
+    // A warp wholly past n (the grid is rounded up to whole blocks) has no sum to write.
+    if (threadIdx.x % 32 == 0 && i < n) sums[i / 32] = sum;
     if (i < n) maxima[i] = largest;
 }
 

@@ -161,12 +161,18 @@ impl Gpu {
             block_dim: launch.block.into(),
             shared_mem_bytes: launch.shared_bytes,
         };
-        *self.last_kernel.lock().unwrap_or_else(|e| e.into_inner()) = launch.kernel;
+        let previous = std::mem::replace(
+            &mut *self.last_kernel.lock().unwrap_or_else(|e| e.into_inner()),
+            launch.kernel,
+        );
         // SAFETY: the caller vouches for the pointers; the scalars match the kernel's parameter
         // kinds (the emulator checks the same launches against the kernels' signatures).
-        unsafe { builder.launch(config) }
-            .map(|_| ())
-            .map_err(|e| fail(format!("launch failed: {e}")))
+        unsafe { builder.launch(config) }.map(|_| ()).map_err(|e| {
+            fail(format!(
+                "launch failed: {e} (a fault such as an illegal address is an earlier \
+                 kernel's, reported late; the one launched before was {previous})"
+            ))
+        })
     }
 
     /// An error of an operation that waits for the stream: a kernel's fault (a bad address, say)
@@ -209,9 +215,17 @@ impl Gpu {
     }
 
     pub(crate) fn download<T: Element>(&self, src: &CudaSlice<T>) -> Result<Vec<T>> {
-        self.stream
+        let doing = format!("downloading {} elements", src.len());
+        let data = self
+            .stream
             .clone_dtoh(src)
-            .map_err(|e| self.async_error(&format!("downloading {} elements", src.len()), e))
+            .map_err(|e| self.async_error(&doing, e))?;
+        // A copy into pageable memory is documented only as "might be synchronous": wait for it
+        // to land before handing the data out.
+        self.stream
+            .synchronize()
+            .map_err(|e| self.async_error(&doing, e))?;
+        Ok(data)
     }
 
     pub(crate) fn memset_zero<T: Element>(&self, dst: &mut CudaSlice<T>) -> Result<()> {
@@ -243,14 +257,16 @@ fn load_module(
     module: &KernelModule,
     capability: (i32, i32),
 ) -> Result<Arc<CudaModule>> {
+    let mut cubin_error = String::new();
     if capability == (9, 0) {
-        if let Ok(loaded) = ctx.load_module(Ptx::from_binary(module.cubin.to_vec())) {
-            return Ok(loaded);
+        match ctx.load_module(Ptx::from_binary(module.cubin.to_vec())) {
+            Ok(loaded) => return Ok(loaded),
+            Err(e) => cubin_error = format!(" (its sm_90 CUBIN failed first: {e})"),
         }
     }
     ctx.load_module(Ptx::from_src(module.ptx)).map_err(|e| {
         device_error(format!(
-            "cannot load the PTX of {} (compute capability {}.{}): {e}; \
+            "cannot load the PTX of {} (compute capability {}.{}): {e}{cubin_error}; \
              CUDA_ERROR_UNSUPPORTED_PTX_VERSION means the driver is older than the NVRTC the \
              kernels were compiled with ({:?})",
             module.file, capability.0, capability.1, NVRTC_VERSION

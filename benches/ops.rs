@@ -1,17 +1,24 @@
-//! The fast CPU ops at the reference network's shapes, and one whole training step built from
-//! them. Op throughput is in elements/s where an element is a flop (GEMM-bound ops) or a byte
-//! moved (memory-bound ops).
+//! Every op at the reference network's shapes, batch 64 and 1024, on every device present: the
+//! cpu device always, the cuda device where a GPU is found and the build has its kernels. Group
+//! names start with the device, so `cargo bench -p kernels --bench ops -- cuda/` benches the GPU
+//! alone. The whole training step is benched in crates/nn/benches/step.rs.
 //!
-//! `cargo bench -p kernels --bench ops -- step` runs the training step alone.
+//! Throughput: GEMM-bound ops count one element per flop, so `Gelem/s` reads as GFLOP/s (each
+//! backward does as many multiply-adds as its forward); memory-bound ops count the bytes they
+//! must read and write, in GB/s.
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use kernels::{cpu, reference, AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
-use std::hint::black_box;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
+use criterion::{Throughput, Throughput::BytesDecimal as Bytes, Throughput::Elements as Flops};
+use kernels::{cpu, reference, AdamStep, Buffer, Device, Element, Gpu, Result};
+use kernels::{Conv2dShape, LinearShape, Pool2dShape, XentShape};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-const BATCH: usize = 64;
+const BATCHES: [usize; 2] = [64, 1024];
+/// MNIST's training images, which the data kernels gather from.
+const TRAIN_IMAGES: usize = 60_000;
+const IMAGE_LEN: usize = 28 * 28;
 
 fn conv1(batch: usize) -> Conv2dShape {
     Conv2dShape {
@@ -88,161 +95,254 @@ fn filled(len: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// The cpu device, and the cuda device where there is a GPU to open.
+fn devices() -> Vec<Device> {
+    let mut devices = vec![Device::Cpu];
+    match Device::from_name("cuda") {
+        Ok(gpu) => devices.push(gpu),
+        Err(e) if !Gpu::is_available() => println!("cuda not benched: {e}"),
+        Err(e) => panic!("a GPU is present but cannot be opened: {e}"),
+    }
+    devices
+}
+
+fn upload<T: Element>(device: &Device, data: &[T]) -> Buffer<T> {
+    device.upload(data).expect("uploading a bench input")
+}
+
+fn zeros<T: Element>(device: &Device, len: usize) -> Buffer<T> {
+    device.zeros(len).expect("allocating a bench output")
+}
+
+/// Short runs: the whole suite has to fit in a few minutes on two cores.
 fn configure(group: &mut BenchmarkGroup<WallTime>) {
     group
         .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
 }
 
-fn conv_benches(c: &mut Criterion) {
-    let mut group = c.benchmark_group("conv2d");
-    configure(&mut group);
-    for (name, s) in [
-        ("conv1", conv1(BATCH)),
-        ("conv2", conv2(BATCH)),
-        ("conv1_b1024", conv1(1024)),
-        ("conv2_b1024", conv2(1024)),
-    ] {
-        let x = filled(s.input_len(), 1.0);
-        let w = filled(s.weight_len(), 0.1);
-        let b = filled(s.out_channels, 0.1);
-        let mut y = vec![0.0; s.output_len()];
-        group.throughput(Throughput::Elements(s.forward_flops()));
-        group.bench_function(format!("{name}_forward"), |bench| {
-            bench.iter(|| cpu::conv2d_forward(&s, &x, &w, &b, &mut y))
+/// `conv1_forward/b64`: the op and the batch.
+fn id(op: impl Into<String>, batch: usize) -> BenchmarkId {
+    BenchmarkId::new(op, format!("b{batch}"))
+}
+
+/// The benches of one kernel family on one device, grouped as `device/family`.
+struct Family<'a> {
+    group: BenchmarkGroup<'a, WallTime>,
+    device: &'a Device,
+}
+
+impl<'a> Family<'a> {
+    fn new(c: &'a mut Criterion, device: &'a Device, family: &str) -> Self {
+        let mut group = c.benchmark_group(format!("{}/{family}", device.name()));
+        configure(&mut group);
+        Family { group, device }
+    }
+
+    /// Benches `op`, counting `throughput` per call. A sample issues its calls back to back and
+    /// stops the clock when the device has finished them all: on the GPU that times the kernels,
+    /// not a launch-and-wait round trip per call.
+    fn bench(
+        &mut self,
+        id: BenchmarkId,
+        throughput: &Throughput,
+        mut op: impl FnMut() -> Result<()>,
+    ) {
+        let device = self.device;
+        self.group.throughput(throughput.clone());
+        self.group.bench_function(id, |bench| {
+            bench.iter_custom(|calls| {
+                let start = Instant::now();
+                for _ in 0..calls {
+                    op().unwrap_or_else(|e| panic!("{e}"));
+                }
+                device.synchronize().unwrap_or_else(|e| panic!("{e}"));
+                start.elapsed()
+            })
         });
-        if s.batch != BATCH {
-            continue;
+    }
+
+    fn finish(self) {
+        self.group.finish();
+    }
+}
+
+fn conv_benches(c: &mut Criterion, device: &Device) {
+    let mut family = Family::new(c, device, "conv2d");
+    for batch in BATCHES {
+        for (name, s) in [("conv1", conv1(batch)), ("conv2", conv2(batch))] {
+            let x = upload(device, &filled(s.input_len(), 1.0));
+            let w = upload(device, &filled(s.weight_len(), 0.1));
+            let b = upload(device, &filled(s.out_channels, 0.1));
+            let dy = upload(device, &filled(s.output_len(), 0.01));
+            let mut y = zeros(device, s.output_len());
+            let mut dx = zeros(device, s.input_len());
+            let (mut dw, mut db) = (zeros(device, s.weight_len()), zeros(device, s.out_channels));
+            let flops = Flops(s.forward_flops());
+            family.bench(id(format!("{name}_forward"), batch), &flops, || {
+                device.conv2d_forward(&s, &x, &w, &b, &mut y)
+            });
+            family.bench(id(format!("{name}_backward_input"), batch), &flops, || {
+                device.conv2d_backward_input(&s, &w, &dy, &mut dx)
+            });
+            family.bench(id(format!("{name}_backward_weight"), batch), &flops, || {
+                device.conv2d_backward_weight(&s, &x, &dy, &mut dw, &mut db)
+            });
         }
-        let dy = filled(s.output_len(), 0.01);
-        let (mut dx, mut dw, mut db) = (
-            vec![0.0; s.input_len()],
-            vec![0.0; s.weight_len()],
-            vec![0.0; s.out_channels],
-        );
-        group.bench_function(format!("{name}_backward_input"), |bench| {
-            bench.iter(|| cpu::conv2d_backward_input(&s, &w, &dy, &mut dx))
-        });
-        group.bench_function(format!("{name}_backward_weight"), |bench| {
-            bench.iter(|| cpu::conv2d_backward_weight(&s, &x, &dy, &mut dw, &mut db))
-        });
     }
-    group.finish();
+    family.finish();
 }
 
-fn linear_benches(c: &mut Criterion) {
-    let mut group = c.benchmark_group("linear");
-    configure(&mut group);
-    for (name, s) in [
-        ("fc1", fc1(BATCH)),
-        ("fc2", fc2(BATCH)),
-        ("fc3", fc3(BATCH)),
-        ("fc1_b1024", fc1(1024)),
-    ] {
-        let x = filled(s.batch * s.in_features, 1.0);
-        let w = filled(s.out_features * s.in_features, 0.02);
-        let b = filled(s.out_features, 0.02);
-        let mut y = vec![0.0; s.batch * s.out_features];
-        group.throughput(Throughput::Elements(s.forward_flops()));
-        group.bench_function(format!("{name}_forward"), |bench| {
-            bench.iter(|| cpu::linear_forward(&s, &x, &w, &b, &mut y))
-        });
-        if s.batch != BATCH {
-            continue;
+fn maxpool_benches(c: &mut Criterion, device: &Device) {
+    let mut family = Family::new(c, device, "maxpool2d");
+    for batch in BATCHES {
+        for (name, s) in [("pool1", pool1(batch)), ("pool2", pool2(batch))] {
+            let x = upload(device, &filled(s.input_len(), 1.0));
+            let dy = upload(device, &filled(s.output_len(), 1.0));
+            let (mut y, mut argmax) =
+                (zeros(device, s.output_len()), zeros(device, s.output_len()));
+            let mut dx = zeros(device, s.input_len());
+            // Forward reads x and writes y and argmax; backward reads argmax and dy and writes dx.
+            let bytes = Bytes(4 * (s.input_len() + 2 * s.output_len()) as u64);
+            family.bench(id(format!("{name}_forward"), batch), &bytes, || {
+                device.maxpool2d_forward(&s, &x, &mut y, &mut argmax)
+            });
+            family.bench(id(format!("{name}_backward"), batch), &bytes, || {
+                device.maxpool2d_backward(&s, &argmax, &dy, &mut dx)
+            });
         }
-        let dy = filled(s.batch * s.out_features, 0.01);
-        let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; b.len()]);
-        group.bench_function(format!("{name}_backward_input"), |bench| {
-            bench.iter(|| cpu::linear_backward_input(&s, &w, &dy, &mut dx))
-        });
-        group.bench_function(format!("{name}_backward_weight"), |bench| {
-            bench.iter(|| cpu::linear_backward_weight(&s, &x, &dy, &mut dw, &mut db))
-        });
     }
-    group.finish();
+    family.finish();
 }
 
-fn memory_bound_benches(c: &mut Criterion) {
-    let mut group = c.benchmark_group("memory");
-    configure(&mut group);
-    for (name, s) in [("pool1", pool1(BATCH)), ("pool2", pool2(BATCH))] {
-        let x = filled(s.input_len(), 1.0);
-        let (mut y, mut argmax) = (vec![0.0; s.output_len()], vec![0; s.output_len()]);
-        // Reads x, writes y and argmax.
-        group.throughput(Throughput::Bytes(
-            4 * (s.input_len() + 2 * s.output_len()) as u64,
-        ));
-        group.bench_function(format!("{name}_forward"), |bench| {
-            bench.iter(|| cpu::maxpool2d_forward(&s, &x, &mut y, &mut argmax))
+/// The network's largest ReLU: the one after the first pool.
+fn relu_benches(c: &mut Criterion, device: &Device) {
+    let mut family = Family::new(c, device, "relu");
+    for batch in BATCHES {
+        let len = pool1(batch).output_len();
+        let x = upload(device, &filled(len, 1.0));
+        let dy = upload(device, &filled(len, 1.0));
+        let (mut y, mut dx) = (zeros(device, len), zeros(device, len));
+        family.bench(id("relu1_forward", batch), &Bytes(8 * len as u64), || {
+            device.relu_forward(&x, &mut y)
         });
-        let dy = filled(s.output_len(), 1.0);
-        let mut dx = vec![0.0; s.input_len()];
-        group.bench_function(format!("{name}_backward"), |bench| {
-            bench.iter(|| cpu::maxpool2d_backward(&s, &argmax, &dy, &mut dx))
+        family.bench(id("relu1_backward", batch), &Bytes(12 * len as u64), || {
+            device.relu_backward(&x, &dy, &mut dx)
         });
     }
+    family.finish();
+}
 
-    let len = BATCH * 1024;
-    let x = filled(len, 1.0);
-    let (mut y, mut dx) = (vec![0.0; len], vec![0.0; len]);
-    group.throughput(Throughput::Bytes(8 * len as u64));
-    group.bench_function("relu_forward_fc1", |bench| {
-        bench.iter(|| cpu::relu_forward(&x, &mut y))
-    });
-    group.throughput(Throughput::Bytes(12 * len as u64));
-    group.bench_function("relu_backward_fc1", |bench| {
-        bench.iter(|| cpu::relu_backward(&y, &x, &mut dx))
-    });
+fn linear_benches(c: &mut Criterion, device: &Device) {
+    let mut family = Family::new(c, device, "linear");
+    for batch in BATCHES {
+        for (name, s) in [
+            ("fc1", fc1(batch)),
+            ("fc2", fc2(batch)),
+            ("fc3", fc3(batch)),
+        ] {
+            let x = upload(device, &filled(s.batch * s.in_features, 1.0));
+            let w = upload(device, &filled(s.out_features * s.in_features, 0.02));
+            let b = upload(device, &filled(s.out_features, 0.02));
+            let dy = upload(device, &filled(s.batch * s.out_features, 0.01));
+            let mut y = zeros(device, s.batch * s.out_features);
+            let mut dx = zeros(device, s.batch * s.in_features);
+            let (mut dw, mut db) = (zeros(device, w.len()), zeros(device, b.len()));
+            let flops = Flops(s.forward_flops());
+            family.bench(id(format!("{name}_forward"), batch), &flops, || {
+                device.linear_forward(&s, &x, &w, &b, &mut y)
+            });
+            family.bench(id(format!("{name}_backward_input"), batch), &flops, || {
+                device.linear_backward_input(&s, &w, &dy, &mut dx)
+            });
+            family.bench(id(format!("{name}_backward_weight"), batch), &flops, || {
+                device.linear_backward_weight(&s, &x, &dy, &mut dw, &mut db)
+            });
+        }
+    }
+    family.finish();
+}
 
-    let s = XentShape {
-        batch: BATCH,
-        classes: 10,
-    };
-    let logits = filled(BATCH * 10, 5.0);
-    let labels: Vec<u32> = (0..BATCH as u32).map(|n| n % 10).collect();
-    let mut dlogits = vec![0.0; logits.len()];
-    group.throughput(Throughput::Bytes(8 * logits.len() as u64));
-    group.bench_function("softmax_xent_forward_backward", |bench| {
-        bench.iter(|| {
-            let mut totals = [0.0; 2];
-            cpu::softmax_xent_forward(&s, &logits, &labels, &mut totals);
-            cpu::softmax_xent_backward(&s, &logits, &labels, &mut dlogits);
-            black_box(totals)
-        })
-    });
+fn softmax_xent_benches(c: &mut Criterion, device: &Device) {
+    let mut family = Family::new(c, device, "softmax_xent");
+    for batch in BATCHES {
+        let s = XentShape { batch, classes: 10 };
+        let logits = upload(device, &filled(batch * s.classes, 5.0));
+        let labels: Vec<u32> = (0..batch as u32).map(|n| n % 10).collect();
+        let labels = upload(device, &labels);
+        let mut totals = zeros(device, 2);
+        let mut dlogits = zeros(device, logits.len());
+        // Forward reads logits and labels; backward also writes a gradient the size of logits.
+        let forward = Bytes(4 * (logits.len() + batch) as u64);
+        let backward = Bytes(4 * (2 * logits.len() + batch) as u64);
+        family.bench(id("forward", batch), &forward, || {
+            device.softmax_xent_forward(&s, &logits, &labels, &mut totals)
+        });
+        family.bench(id("backward", batch), &backward, || {
+            device.softmax_xent_backward(&s, &logits, &labels, &mut dlogits)
+        });
+    }
+    family.finish();
+}
 
-    // fc1's weight, the largest tensor: reads p, g, m, v and writes p, m, v.
+/// fc1's weight, the largest tensor. The update's cost does not depend on the batch.
+fn adam_benches(c: &mut Criterion, device: &Device) {
+    let mut family = Family::new(c, device, "adam");
     let len = 1024 * 3136;
-    let grads = filled(len, 0.01);
-    let (mut params, mut m, mut v) = (filled(len, 0.02), vec![0.0; len], vec![0.0; len]);
-    let mut t = 0;
-    group.throughput(Throughput::Bytes(28 * len as u64));
-    group.bench_function("adam_fc1_weight", |bench| {
-        bench.iter(|| {
-            t += 1;
-            let step = AdamStep {
-                lr: 1e-3,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                step: t,
-            };
-            cpu::adam_update(&step, &mut params, &grads, &mut m, &mut v)
-        })
+    let grads = upload(device, &filled(len, 0.01));
+    let mut params = upload(device, &filled(len, 0.02));
+    let (mut m, mut v) = (zeros(device, len), zeros(device, len));
+    let mut step = 0;
+    // Reads params, grads, m and v; writes params, m and v.
+    let bytes = Bytes(28 * len as u64);
+    family.bench(BenchmarkId::from_parameter("fc1_weight"), &bytes, || {
+        step += 1;
+        let adam = AdamStep {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step,
+        };
+        device.adam_update(&adam, &mut params, &grads, &mut m, &mut v)
     });
+    family.finish();
+}
 
-    let images: Vec<u8> = filled(60_000 * 784, 1.0)
+/// A batch of training images gathered and normalised from the whole set, as the trainer does.
+fn gather_benches(c: &mut Criterion, device: &Device) {
+    let mut family = Family::new(c, device, "data");
+    let images: Vec<u8> = filled(TRAIN_IMAGES * IMAGE_LEN, 1.0)
         .iter()
         .map(|v| (v.abs() * 255.0) as u8)
         .collect();
-    let indices: Vec<u32> = (0..BATCH as u32).map(|n| n * 937).collect();
-    let mut out = vec![0.0; BATCH * 784];
-    group.throughput(Throughput::Bytes(5 * out.len() as u64));
-    group.bench_function("gather_images", |bench| {
-        bench.iter(|| cpu::gather_images(&images, 784, &indices, &mut out))
-    });
-    group.finish();
+    let images = upload(device, &images);
+    for batch in BATCHES {
+        let indices: Vec<u32> = (0..batch)
+            .map(|n| (n * 937 % TRAIN_IMAGES) as u32)
+            .collect();
+        let indices = upload(device, &indices);
+        let mut out = zeros(device, batch * IMAGE_LEN);
+        // A byte read and a float written per pixel.
+        let bytes = Bytes(5 * out.len() as u64);
+        family.bench(id("gather_images", batch), &bytes, || {
+            device.gather_images(&images, IMAGE_LEN, &indices, &mut out)
+        });
+    }
+    family.finish();
+}
+
+fn every_op_on_every_device(c: &mut Criterion) {
+    for device in devices() {
+        conv_benches(c, &device);
+        maxpool_benches(c, &device);
+        relu_benches(c, &device);
+        linear_benches(c, &device);
+        softmax_xent_benches(c, &device);
+        adam_benches(c, &device);
+        gather_benches(c, &device);
+    }
 }
 
 /// The fast conv against the reference loops on a small conv2-shaped batch. Criterion times each
@@ -254,9 +354,9 @@ fn versus_reference(c: &mut Criterion) {
     let w = filled(s.weight_len(), 0.1);
     let b = filled(s.out_channels, 0.1);
     let mut y = vec![0.0; s.output_len()];
-    let mut group = c.benchmark_group("versus_reference");
+    let mut group = c.benchmark_group("cpu/versus_reference");
     configure(&mut group);
-    group.throughput(Throughput::Elements(s.forward_flops()));
+    group.throughput(Flops(s.forward_flops()));
     let speedup = Once::new();
     group.bench_function("conv2_b2_forward_fast", |bench| {
         speedup.call_once(|| {
@@ -291,289 +391,5 @@ fn time(mut f: impl FnMut()) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// One parameter tensor with its gradient and Adam moments.
-struct Param {
-    value: Vec<f32>,
-    grad: Vec<f32>,
-    m: Vec<f32>,
-    v: Vec<f32>,
-}
-
-impl Param {
-    fn new(len: usize, fan_in: usize) -> Self {
-        let bound = 1.0 / (fan_in as f32).sqrt();
-        Param {
-            value: filled(len, bound),
-            grad: vec![0.0; len],
-            m: vec![0.0; len],
-            v: vec![0.0; len],
-        }
-    }
-}
-
-/// One activation and the loss's gradient with respect to it.
-struct Activation {
-    value: Vec<f32>,
-    grad: Vec<f32>,
-}
-
-impl Activation {
-    fn new(len: usize) -> Self {
-        Activation {
-            value: vec![0.0; len],
-            grad: vec![0.0; len],
-        }
-    }
-}
-
-/// The reference network at batch 64 as flat buffers, so the step allocates nothing.
-struct Net {
-    conv1: [Param; 2],
-    conv2: [Param; 2],
-    fc1: [Param; 2],
-    fc2: [Param; 2],
-    fc3: [Param; 2],
-    x: Vec<f32>,
-    labels: Vec<u32>,
-    conv1_out: Activation,
-    pool1_out: Activation,
-    pool1_argmax: Vec<u32>,
-    relu1_out: Activation,
-    conv2_out: Activation,
-    pool2_out: Activation,
-    pool2_argmax: Vec<u32>,
-    relu2_out: Activation,
-    fc1_out: Activation,
-    relu3_out: Activation,
-    fc2_out: Activation,
-    relu4_out: Activation,
-    logits: Activation,
-    step: u32,
-}
-
-impl Net {
-    fn new() -> Self {
-        let (c1, c2, p1, p2) = (conv1(BATCH), conv2(BATCH), pool1(BATCH), pool2(BATCH));
-        let param =
-            |out: usize, fan_in: usize| [Param::new(out * fan_in, fan_in), Param::new(out, fan_in)];
-        Net {
-            conv1: param(32, 9),
-            conv2: param(64, 288),
-            fc1: param(1024, 3136),
-            fc2: param(512, 1024),
-            fc3: param(10, 512),
-            x: filled(c1.input_len(), 1.0),
-            labels: (0..BATCH as u32).map(|n| n % 10).collect(),
-            conv1_out: Activation::new(c1.output_len()),
-            pool1_out: Activation::new(p1.output_len()),
-            pool1_argmax: vec![0; p1.output_len()],
-            relu1_out: Activation::new(p1.output_len()),
-            conv2_out: Activation::new(c2.output_len()),
-            pool2_out: Activation::new(p2.output_len()),
-            pool2_argmax: vec![0; p2.output_len()],
-            relu2_out: Activation::new(p2.output_len()),
-            fc1_out: Activation::new(BATCH * 1024),
-            relu3_out: Activation::new(BATCH * 1024),
-            fc2_out: Activation::new(BATCH * 512),
-            relu4_out: Activation::new(BATCH * 512),
-            logits: Activation::new(BATCH * 10),
-            step: 0,
-        }
-    }
-
-    /// Forward, backward (no gradient for the input images) and Adam: one training step.
-    fn train_step(&mut self) -> f32 {
-        let (c1, c2, p1, p2) = (conv1(BATCH), conv2(BATCH), pool1(BATCH), pool2(BATCH));
-        let (f1, f2, f3) = (fc1(BATCH), fc2(BATCH), fc3(BATCH));
-        let xent = XentShape {
-            batch: BATCH,
-            classes: 10,
-        };
-        let [w1, b1] = &mut self.conv1;
-        let [w2, b2] = &mut self.conv2;
-        let [w3, b3] = &mut self.fc1;
-        let [w4, b4] = &mut self.fc2;
-        let [w5, b5] = &mut self.fc3;
-
-        cpu::conv2d_forward(
-            &c1,
-            &self.x,
-            &w1.value,
-            &b1.value,
-            &mut self.conv1_out.value,
-        );
-        cpu::maxpool2d_forward(
-            &p1,
-            &self.conv1_out.value,
-            &mut self.pool1_out.value,
-            &mut self.pool1_argmax,
-        );
-        cpu::relu_forward(&self.pool1_out.value, &mut self.relu1_out.value);
-        cpu::conv2d_forward(
-            &c2,
-            &self.relu1_out.value,
-            &w2.value,
-            &b2.value,
-            &mut self.conv2_out.value,
-        );
-        cpu::maxpool2d_forward(
-            &p2,
-            &self.conv2_out.value,
-            &mut self.pool2_out.value,
-            &mut self.pool2_argmax,
-        );
-        cpu::relu_forward(&self.pool2_out.value, &mut self.relu2_out.value);
-        cpu::linear_forward(
-            &f1,
-            &self.relu2_out.value,
-            &w3.value,
-            &b3.value,
-            &mut self.fc1_out.value,
-        );
-        cpu::relu_forward(&self.fc1_out.value, &mut self.relu3_out.value);
-        cpu::linear_forward(
-            &f2,
-            &self.relu3_out.value,
-            &w4.value,
-            &b4.value,
-            &mut self.fc2_out.value,
-        );
-        cpu::relu_forward(&self.fc2_out.value, &mut self.relu4_out.value);
-        cpu::linear_forward(
-            &f3,
-            &self.relu4_out.value,
-            &w5.value,
-            &b5.value,
-            &mut self.logits.value,
-        );
-        let mut totals = [0.0; 2];
-        cpu::softmax_xent_forward(&xent, &self.logits.value, &self.labels, &mut totals);
-
-        cpu::softmax_xent_backward(
-            &xent,
-            &self.logits.value,
-            &self.labels,
-            &mut self.logits.grad,
-        );
-        cpu::linear_backward_weight(
-            &f3,
-            &self.relu4_out.value,
-            &self.logits.grad,
-            &mut w5.grad,
-            &mut b5.grad,
-        );
-        cpu::linear_backward_input(&f3, &w5.value, &self.logits.grad, &mut self.relu4_out.grad);
-        cpu::relu_backward(
-            &self.relu4_out.value,
-            &self.relu4_out.grad,
-            &mut self.fc2_out.grad,
-        );
-        cpu::linear_backward_weight(
-            &f2,
-            &self.relu3_out.value,
-            &self.fc2_out.grad,
-            &mut w4.grad,
-            &mut b4.grad,
-        );
-        cpu::linear_backward_input(&f2, &w4.value, &self.fc2_out.grad, &mut self.relu3_out.grad);
-        cpu::relu_backward(
-            &self.relu3_out.value,
-            &self.relu3_out.grad,
-            &mut self.fc1_out.grad,
-        );
-        cpu::linear_backward_weight(
-            &f1,
-            &self.relu2_out.value,
-            &self.fc1_out.grad,
-            &mut w3.grad,
-            &mut b3.grad,
-        );
-        cpu::linear_backward_input(&f1, &w3.value, &self.fc1_out.grad, &mut self.relu2_out.grad);
-        cpu::relu_backward(
-            &self.relu2_out.value,
-            &self.relu2_out.grad,
-            &mut self.pool2_out.grad,
-        );
-        cpu::maxpool2d_backward(
-            &p2,
-            &self.pool2_argmax,
-            &self.pool2_out.grad,
-            &mut self.conv2_out.grad,
-        );
-        cpu::conv2d_backward_weight(
-            &c2,
-            &self.relu1_out.value,
-            &self.conv2_out.grad,
-            &mut w2.grad,
-            &mut b2.grad,
-        );
-        cpu::conv2d_backward_input(
-            &c2,
-            &w2.value,
-            &self.conv2_out.grad,
-            &mut self.relu1_out.grad,
-        );
-        cpu::relu_backward(
-            &self.relu1_out.value,
-            &self.relu1_out.grad,
-            &mut self.pool1_out.grad,
-        );
-        cpu::maxpool2d_backward(
-            &p1,
-            &self.pool1_argmax,
-            &self.pool1_out.grad,
-            &mut self.conv1_out.grad,
-        );
-        cpu::conv2d_backward_weight(
-            &c1,
-            &self.x,
-            &self.conv1_out.grad,
-            &mut w1.grad,
-            &mut b1.grad,
-        );
-
-        self.step += 1;
-        let adam = AdamStep {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            step: self.step,
-        };
-        for p in [w1, b1, w2, b2, w3, b3, w4, b4, w5, b5] {
-            cpu::adam_update(&adam, &mut p.value, &p.grad, &mut p.m, &mut p.v);
-        }
-        totals[0]
-    }
-}
-
-fn step_bench(c: &mut Criterion) {
-    let mut net = Net::new();
-    let s = [conv1(BATCH), conv2(BATCH)];
-    let linear_flops: u64 = [fc1(BATCH), fc2(BATCH), fc3(BATCH)]
-        .iter()
-        .map(|s| 3 * s.forward_flops())
-        .sum();
-    // conv1 needs no input gradient.
-    let flops = 2 * s[0].forward_flops() + 3 * s[1].forward_flops() + linear_flops;
-    let mut group = c.benchmark_group("step");
-    group
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
-    group.throughput(Throughput::Elements(flops));
-    group.bench_function("train_step_b64", |bench| {
-        bench.iter(|| black_box(net.train_step()))
-    });
-    group.finish();
-}
-
-criterion_group!(
-    benches,
-    conv_benches,
-    linear_benches,
-    memory_bound_benches,
-    versus_reference,
-    step_bench
-);
+criterion_group!(benches, every_op_on_every_device, versus_reference);
 criterion_main!(benches);

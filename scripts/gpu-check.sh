@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# Runs the kernels' tests, a short training run and the benches on a real GPU.
+# Runs the kernels' tests, a one-epoch training run and the benches on a real GPU.
 #
-#   scripts/gpu-check.sh build   on a machine with cargo: release binaries into .gpu/
-#   scripts/gpu-check.sh run     on the GPU machine (no cargo needed), from the repository root
-#                                with .gpu/ copied beside it
+#   scripts/gpu-check.sh build           on a machine with cargo: release binaries into .gpu/
+#   scripts/gpu-check.sh run [LOG_DIR]   on the GPU machine (no cargo needed), from the repository
+#                                        root with .gpu/ copied beside it; with LOG_DIR, the
+#                                        output also goes to LOG_DIR/gpu-check.log
 #
 # `run` selects the cuda device (HANDWRITTEN_TEST_DEVICE=cuda, which the device and kernel tests
-# honour; they default to the emulator), runs each test binary, trains for one epoch
-# (HANDWRITTEN_GPU_TRAIN_ARGS), runs the benches, then the tests again under compute-sanitizer's
-# memcheck and racecheck where it is installed. Every step has a time limit and the whole run stops starting steps after
-# HANDWRITTEN_GPU_CHECK_SECONDS (default 450; skipped steps are listed). The exit status is
-# non-zero if any step failed. If $OUT is set, the log is also written to $OUT/gpu-check.log.
+# honour; they default to the emulator), then, each step within its own time limit:
+#   - runs every test binary: the root package's unit tests (the embedded PTX), its device and
+#     kernel tests, and nn's devices test (training steps agree with the cpu device);
+#   - trains for one epoch (`handwritten $HANDWRITTEN_GPU_TRAIN_ARGS`, default
+#     `train --device cuda --epochs 1`) and puts its time and accuracy in the summary;
+#   - runs the benches whose names match HANDWRITTEN_GPU_BENCH_FILTER (default `cuda/`, the cuda
+#     device's; empty for every device's);
+#   - runs the tests again under compute-sanitizer's memcheck and racecheck, where it is installed.
+# It starts no step after HANDWRITTEN_GPU_CHECK_SECONDS (default 450) and lists those it skipped.
+# The exit status is non-zero if any step failed.
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
 
 GPU_DIR=.gpu
-TRAIN_ARGS=${HANDWRITTEN_GPU_TRAIN_ARGS:-train --device cuda --epochs 1}
 
 # Prints "target-name kind executable" for each executable in cargo's JSON messages on stdin.
 executables() {
@@ -40,7 +45,11 @@ build() {
                 lib:kernels | test:device_* | test:kernels_*) cp "$executable" "$GPU_DIR/tests/$name" ;;
             esac
         done
-    cargo bench -p kernels --no-run --message-format=json | executables |
+    cargo test -p nn --release --no-run --test devices --message-format=json | executables |
+        while read -r name kind executable; do
+            if [ "$kind:$name" = test:devices ]; then cp "$executable" "$GPU_DIR/tests/nn_devices"; fi
+        done
+    cargo bench -p kernels -p nn --no-run --message-format=json | executables |
         while read -r name kind executable; do
             if [ "$kind" = bench ]; then cp "$executable" "$GPU_DIR/benches/$name"; fi
         done
@@ -48,26 +57,36 @@ build() {
         while read -r name kind executable; do
             if [ "$name" = handwritten ]; then cp "$executable" "$GPU_DIR/handwritten"; fi
         done
-    # Only what a crash report needs: the carry to the GPU machine is limited.
+    # Only what a crash report needs: the copy to a GPU machine may be limited in size.
     strip --strip-debug "$GPU_DIR"/tests/* "$GPU_DIR"/benches/* "$GPU_DIR"/handwritten
     ls -l "$GPU_DIR"/tests "$GPU_DIR"/benches "$GPU_DIR"/handwritten
     du -sh "$GPU_DIR"
 }
 
 run() {
-    if [ -n "${OUT:-}" ]; then
-        exec > >(tee "$OUT/gpu-check.log") 2>&1
+    local log_dir=${1:-}
+    if [ -n "$log_dir" ]; then
+        mkdir -p "$log_dir"
+        exec > >(tee "$log_dir/gpu-check.log") 2>&1
     fi
+    local train_args bench_args=(--bench)
+    read -r -a train_args <<< "${HANDWRITTEN_GPU_TRAIN_ARGS:-train --device cuda --epochs 1}"
+    local bench_filter=${HANDWRITTEN_GPU_BENCH_FILTER-cuda/}
+    if [ -n "$bench_filter" ]; then bench_args+=("$bench_filter"); fi
     export HANDWRITTEN_TEST_DEVICE=cuda
     local deadline=$((SECONDS + ${HANDWRITTEN_GPU_CHECK_SECONDS:-450}))
+    step_output=$(mktemp)
+    trap 'rm -f "$step_output"' EXIT
     local results=()
     local failures=0
 
-    # step NAME LIMIT_SECONDS COMMAND...: runs one step within its limit and the overall deadline.
+    # step NAME LIMIT_SECONDS COMMAND...: runs one step within its limit and the overall deadline;
+    # its output is shown and kept in $step_output until the next step.
     step() {
         local name=$1 limit=$2
         shift 2
         local left=$((deadline - SECONDS))
+        : > "$step_output"
         if ((left < 10)); then
             results+=("skipped  $name (out of time)")
             return
@@ -75,7 +94,7 @@ run() {
         if ((limit > left)); then limit=$left; fi
         echo "=== $name"
         local start=$SECONDS status=0
-        timeout "$limit" "$@" || status=$?
+        timeout "$limit" "$@" 2>&1 | tee "$step_output" || status=$?
         local took=$((SECONDS - start))
         if ((status == 0)); then
             results+=("ok       $name (${took} s)")
@@ -87,14 +106,17 @@ run() {
 
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
     # Cheapest and most telling first; the sanitizers take what time is left.
-    local test bench tool
+    local test bench tool figures
     for test in "$GPU_DIR"/tests/*; do
         step "test $(basename "$test")" 120 "$test"
     done
-    # shellcheck disable=SC2086 # the arguments are meant to split
-    step "train one epoch: handwritten $TRAIN_ARGS" 180 "$GPU_DIR/handwritten" $TRAIN_ARGS
+    step "train: handwritten ${train_args[*]}" 180 "$GPU_DIR/handwritten" "${train_args[@]}"
+    # The trainer's last lines: test loss and accuracy, then seconds and images per second.
+    while read -r figures; do
+        results+=("         $figures")
+    done < <(grep -E '^(test_loss|seconds) ' "$step_output")
     for bench in "$GPU_DIR"/benches/*; do
-        step "bench $(basename "$bench")" 150 "$bench" --bench
+        step "bench $(basename "$bench") ${bench_args[*]}" 150 "$bench" "${bench_args[@]}"
     done
     if command -v compute-sanitizer > /dev/null; then
         for tool in memcheck racecheck; do
@@ -114,9 +136,9 @@ run() {
 
 case "${1:-}" in
     build) build ;;
-    run) run ;;
+    run) run "${2:-}" ;;
     *)
-        echo "usage: $0 build|run (build where cargo is, run on the GPU machine)" >&2
+        echo "usage: $0 build | run [LOG_DIR]   (build where cargo is, run on the GPU machine)" >&2
         exit 2
         ;;
 esac

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced, not run: installs the pinned NVRTC (from PyPI, no GPU needed) once into a cache folder
 # and puts it on LD_LIBRARY_PATH, so build.rs compiles kernels/*.cu to PTX.
 #

@@ -121,6 +121,9 @@ run() {
     if command -v compute-sanitizer > /dev/null; then
         for tool in memcheck racecheck; do
             for test in "$GPU_DIR"/tests/*; do
+                # The library's unit tests make no CUDA call, which compute-sanitizer counts as
+                # a failure ("terminated before first instrumented API call").
+                if [ "$(basename "$test")" = kernels ]; then continue; fi
                 step "$tool $(basename "$test")" 150 compute-sanitizer --tool "$tool" \
                     --error-exitcode 1 "$test" --test-threads=1
             done

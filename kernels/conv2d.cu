@@ -8,14 +8,19 @@
 //   backward_input   dx[n, c, ih, iw]    = Σ_(o, di, dj)  W[o, c, di, dj] · dy[n, o, oh, ow]
 //                                          over the (oh, ow) whose window covers (ih, iw)
 //   backward_weight  dW[o, d]            = Σ_(n, p)  dy[n, o, p] · patch[(n, p), d]
-//   backward_bias    db[o]               = Σ_(n, p)  dy[n, o, p]
+//                    db[o]               = Σ_(n, p)  dy[n, o, p] · 1
 // where patch[(n, p), (c, di, dj)] is the input under kernel tap (di, dj) at output pixel p,
-// zero in the padding.
+// zero in the padding. The bias is the weight of an input that is always 1, so its gradient is
+// one more column, d = D, of the weight gradient's product.
 //
 // The tiling is linear.cu's: C[M, N] = Σ_d A(i, d)·B(j, d), a block of 256 threads per 64x64
 // tile of C, slices of depth 16 staged in shared memory, a 4x4 register micro-tile per thread
 // owning rows ty + 16·i and columns tx + 16·j. Here A and B are small structs that compute
 // where element (row, d) lives instead of plain matrices.
+//
+// The weight gradient sums over batch·P, long next to its few tiles (one for the network's first
+// layer): launches.rs then splits the sum across gridDim.z blocks, which add their partial tiles
+// atomically into outputs it zeroed first. The other passes have short sums and are not split.
 
 #define TILE 64              // rows and columns of C per block
 #define TILE_DEPTH 16        // depth of the operand slices staged in shared memory
@@ -83,12 +88,15 @@ struct PatchRows {
     __device__ float operator()(int pixel, int d) const { return patch(x, s, pixel, d); }
 };
 
-// The patches as [D, (n, p)], for the weight gradient, whose depth is the pixels.
+// The patches as [D + 1, (n, p)], for the weight gradient, whose depth is the pixels; row D is
+// the bias's input, all ones.
 struct PatchColumns {
     const float* x;
     ConvShape s;
     static constexpr bool depth_contiguous = true;
-    __device__ float operator()(int d, int pixel) const { return patch(x, s, pixel, d); }
+    __device__ float operator()(int d, int pixel) const {
+        return d == s.patch_len() ? 1.0f : patch(x, s, pixel, d);
+    }
 };
 
 // The output gradient as [(n, ih, iw), (o, di, dj)]: dy at the output pixel whose tap (di, dj)
@@ -125,8 +133,26 @@ __device__ __forceinline__ void stage_slice(float slice[TILE_DEPTH][TILE + 1], c
     }
 }
 
+// This block's share [begin, end) of a sum over `depth`: split blockIdx.z of gridDim.z, in whole
+// slices (gridDim.z is 1 but for a split sum: the whole depth).
+__device__ __forceinline__ void depth_range(int depth, int& begin, int& end) {
+    int slices = (depth + TILE_DEPTH - 1) / TILE_DEPTH;
+    int slices_per_split = (slices + (int)gridDim.z - 1) / (int)gridDim.z;
+    begin = min(depth, (int)blockIdx.z * slices_per_split * TILE_DEPTH);
+    end = min(depth, begin + slices_per_split * TILE_DEPTH);
+}
+
+// Writes one element of C: the whole sum, or a split's part of it, added to the zeroed output.
+__device__ __forceinline__ void store(float* dst, float value) {
+    if (gridDim.z == 1) {
+        *dst = value;
+    } else {
+        atomicAdd(dst, value);
+    }
+}
+
 // acc[i][j] = C[row0 + ty + SPAN·i][col0 + tx + SPAN·j] for this block's tile of
-// C[m, n] = Σ_d A(i, d)·B(j, d).
+// C[m, n] = Σ_d A(i, d)·B(j, d), summed over this block's share of the depth.
 template <typename A, typename B>
 __device__ __forceinline__ void implicit_gemm_tile(const A& a, const B& b, int m, int n, int depth,
                                                    float a_slice[TILE_DEPTH][TILE + 1],
@@ -139,7 +165,9 @@ __device__ __forceinline__ void implicit_gemm_tile(const A& a, const B& b, int m
 #pragma unroll
         for (int j = 0; j < MICRO; ++j) acc[i][j] = 0.0f;
     }
-    for (int d0 = 0; d0 < depth; d0 += TILE_DEPTH) {
+    int begin, end;
+    depth_range(depth, begin, end);
+    for (int d0 = begin; d0 < end; d0 += TILE_DEPTH) {
         stage_slice(a_slice, a, m, depth, row0, d0);
         stage_slice(b_slice, b, n, depth, col0, d0);
         __syncthreads();
@@ -225,15 +253,15 @@ extern "C" __global__ void conv2d_backward_input(const float* w, const float* dy
     }
 }
 
-// dW = the gradient of the weight: C[out_channels, D], the sum over the batch and the output
-// pixels running along the depth inside each block, so no two blocks write the same element and
-// there are no atomics. The price: only as many blocks as dW has tiles (one for the network's
-// first layer), each walking a depth of batch·P.
-// Grid: (⌈D / 64⌉, ⌈out_channels / 64⌉) blocks of 256 threads.
+// dW and db, the gradients of the weight and the bias: C[out_channels, D + 1], columns [0, D)
+// into dW and column D into db. Each block sums its share of the batch·P pixels (all of them
+// unless launches.rs splits the sum).
+// Grid: (⌈(D + 1) / 64⌉, ⌈out_channels / 64⌉, splits of batch·P) blocks of 256 threads.
 extern "C" __global__ void conv2d_backward_weight(const float* x, const float* dy, float* dw,
-                                                  int batch, int in_channels, int out_channels,
-                                                  int height, int width, int kernel, int stride,
-                                                  int padding, int out_height, int out_width) {
+                                                  float* db, int batch, int in_channels,
+                                                  int out_channels, int height, int width,
+                                                  int kernel, int stride, int padding,
+                                                  int out_height, int out_width) {
     ConvShape s = {batch,  in_channels, out_channels, height,     width,
                    kernel, stride,      padding,      out_height, out_width};
     __shared__ float a_slice[TILE_DEPTH][TILE + 1];
@@ -242,7 +270,7 @@ extern "C" __global__ void conv2d_backward_weight(const float* x, const float* d
     OutputGradRows a = {dy, s};
     PatchColumns b = {x, s};
     int depth = batch * s.out_pixels();
-    implicit_gemm_tile(a, b, out_channels, s.patch_len(), depth, a_slice, b_slice, acc);
+    implicit_gemm_tile(a, b, out_channels, s.patch_len() + 1, depth, a_slice, b_slice, acc);
 
     int tx = threadIdx.x % SPAN, ty = threadIdx.x / SPAN;
 #pragma unroll
@@ -251,33 +279,9 @@ extern "C" __global__ void conv2d_backward_weight(const float* x, const float* d
 #pragma unroll
         for (int j = 0; j < MICRO; ++j) {
             int d = blockIdx.x * TILE + tx + SPAN * j;
-            if (o < out_channels && d < s.patch_len()) dw[o * s.patch_len() + d] = acc[i][j];
+            if (o >= out_channels) continue;
+            if (d < s.patch_len()) store(&dw[o * s.patch_len() + d], acc[i][j]);
+            if (d == s.patch_len()) store(&db[o], acc[i][j]);
         }
-    }
-}
-
-// db[o] = Σ over the batch and the output pixels of dy[n, o, :]. One block per output channel:
-// its threads stride over the pixels of each image (coalesced), then the block adds the
-// threads' sums in a fixed tree order, so the result is deterministic. blockDim.x is a multiple
-// of 32, at most 1024.
-extern "C" __global__ void conv2d_backward_bias(const float* dy, float* db, int batch,
-                                                int out_channels, int out_pixels) {
-    __shared__ float warp_sums[32];
-    int o = blockIdx.x;
-    float sum = 0.0f;
-    for (int n = 0; n < batch; ++n) {
-        const float* plane = dy + (n * out_channels + o) * out_pixels;
-        for (int p = threadIdx.x; p < out_pixels; p += blockDim.x) sum += plane[p];
-    }
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    if (lane == 0) warp_sums[warp] = sum;
-    __syncthreads();
-    if (warp == 0) {
-        sum = lane < warps ? warp_sums[lane] : 0.0f;
-        for (int offset = 16; offset > 0; offset /= 2) {
-            sum += __shfl_down_sync(0xffffffffu, sum, offset);
-        }
-        if (lane == 0) db[o] = sum;
     }
 }

@@ -13,6 +13,10 @@
 // multiply-adds. Thread (tx, ty) of the 16x16 grid owns rows ty + 16·i and columns tx + 16·j:
 // a half-warp then reads 16 consecutive floats of a B slice (no bank conflicts) and stores 16
 // consecutive floats of a row of C (coalesced).
+//
+// A long sum over few tiles (the forward pass at a small batch, the weight gradient at a large
+// one) would leave most of the GPU idle: launches.rs then splits the depth across gridDim.z
+// blocks, which add their partial tiles atomically into an output it zeroed first.
 
 #define TILE 64              // rows and columns of C per block
 #define TILE_DEPTH 16        // depth of the operand slices staged in shared memory
@@ -40,8 +44,18 @@ __device__ __forceinline__ void stage_slice(float slice[TILE_DEPTH][TILE + 1], c
     }
 }
 
+// This block's share [begin, end) of a sum over `depth`: split blockIdx.z of gridDim.z, in whole
+// slices (gridDim.z is 1 but for a split sum: the whole depth).
+__device__ __forceinline__ void depth_range(int depth, int& begin, int& end) {
+    int slices = (depth + TILE_DEPTH - 1) / TILE_DEPTH;
+    int slices_per_split = (slices + (int)gridDim.z - 1) / (int)gridDim.z;
+    begin = min(depth, (int)blockIdx.z * slices_per_split * TILE_DEPTH);
+    end = min(depth, begin + slices_per_split * TILE_DEPTH);
+}
+
 // acc[i][j] = C[row0 + ty + SPAN·i][col0 + tx + SPAN·j] for this block's tile of C = A·Bᵀ
-// (A [m, depth], B [n, depth], each stored as its template flag says).
+// (A [m, depth], B [n, depth], each stored as its template flag says), summed over this block's
+// share of the depth.
 template <bool A_DEPTH_CONTIGUOUS, bool B_DEPTH_CONTIGUOUS>
 __device__ __forceinline__ void sgemm_tile(const float* a, const float* b, int m, int n, int depth,
                                            float a_slice[TILE_DEPTH][TILE + 1],
@@ -54,7 +68,9 @@ __device__ __forceinline__ void sgemm_tile(const float* a, const float* b, int m
 #pragma unroll
         for (int j = 0; j < MICRO; ++j) acc[i][j] = 0.0f;
     }
-    for (int d0 = 0; d0 < depth; d0 += TILE_DEPTH) {
+    int begin, end;
+    depth_range(depth, begin, end);
+    for (int d0 = begin; d0 < end; d0 += TILE_DEPTH) {
         stage_slice<A_DEPTH_CONTIGUOUS>(a_slice, a, m, depth, row0, d0);
         stage_slice<B_DEPTH_CONTIGUOUS>(b_slice, b, n, depth, col0, d0);
         __syncthreads();
@@ -75,10 +91,21 @@ __device__ __forceinline__ void sgemm_tile(const float* a, const float* b, int m
     }
 }
 
+// Writes one element of C: the whole sum, or a split's part of it, added to the zeroed output.
+__device__ __forceinline__ void store(float* dst, float value) {
+    if (gridDim.z == 1) {
+        *dst = value;
+    } else {
+        atomicAdd(dst, value);
+    }
+}
+
 // Stores this block's tile of C [rows, cols] from the accumulators, adding bias[col] when a bias
-// is given; elements past the edge of C are dropped.
+// is given; elements past the edge of C are dropped. A split's partial tile is added to the
+// zeroed C instead, and only split 0 adds the bias.
 __device__ __forceinline__ void store_tile(float* c, const float acc[MICRO][MICRO],
                                            const float* bias, int rows, int cols) {
+    if (blockIdx.z > 0) bias = nullptr;
     int tx = threadIdx.x % SPAN, ty = threadIdx.x / SPAN;
 #pragma unroll
     for (int i = 0; i < MICRO; ++i) {
@@ -87,14 +114,14 @@ __device__ __forceinline__ void store_tile(float* c, const float acc[MICRO][MICR
         for (int j = 0; j < MICRO; ++j) {
             int col = blockIdx.x * TILE + tx + SPAN * j;
             if (row < rows && col < cols) {
-                c[row * cols + col] = bias ? acc[i][j] + bias[col] : acc[i][j];
+                store(&c[row * cols + col], bias ? acc[i][j] + bias[col] : acc[i][j]);
             }
         }
     }
 }
 
 // y[batch, out] = x·Wᵀ + bias, the bias added as the tile is stored.
-// Grid: (⌈out / 64⌉, ⌈batch / 64⌉) blocks of 256 threads.
+// Grid: (⌈out / 64⌉, ⌈batch / 64⌉, splits of in) blocks of 256 threads.
 extern "C" __global__ void linear_forward(const float* x, const float* w, const float* bias,
                                           float* y, int batch, int in_features,
                                           int out_features) {
@@ -106,7 +133,7 @@ extern "C" __global__ void linear_forward(const float* x, const float* w, const 
 }
 
 // dx[batch, in] = dy·W.
-// Grid: (⌈in / 64⌉, ⌈batch / 64⌉) blocks of 256 threads.
+// Grid: (⌈in / 64⌉, ⌈batch / 64⌉, splits of out) blocks of 256 threads.
 extern "C" __global__ void linear_backward_input(const float* w, const float* dy, float* dx,
                                                  int batch, int in_features, int out_features) {
     __shared__ float a_slice[TILE_DEPTH][TILE + 1];
@@ -116,9 +143,8 @@ extern "C" __global__ void linear_backward_input(const float* w, const float* dy
     store_tile(dx, acc, nullptr, batch, in_features);
 }
 
-// dW[out, in] = dyᵀ·x: the sum over the batch runs along the depth, inside each block, so no
-// two blocks write the same element and there are no atomics.
-// Grid: (⌈in / 64⌉, ⌈out / 64⌉) blocks of 256 threads.
+// dW[out, in] = dyᵀ·x: the sum over the batch runs along the depth.
+// Grid: (⌈in / 64⌉, ⌈out / 64⌉, splits of batch) blocks of 256 threads.
 extern "C" __global__ void linear_backward_weight(const float* x, const float* dy, float* dw,
                                                   int batch, int in_features, int out_features) {
     __shared__ float a_slice[TILE_DEPTH][TILE + 1];

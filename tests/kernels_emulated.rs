@@ -80,7 +80,7 @@ const fn conv(
     }
 }
 
-const CONV_SHAPES: [Conv2dShape; 8] = [
+const CONV_SHAPES: [Conv2dShape; 9] = [
     conv(2, 3, 5, 7, 9, 3, 1, 1),
     conv(2, 4, 6, 9, 8, 3, 2, 0),
     // The network's two layers, with small batches.
@@ -90,7 +90,9 @@ const CONV_SHAPES: [Conv2dShape; 8] = [
     conv(3, 5, 70, 6, 5, 3, 2, 1),
     conv(2, 70, 3, 5, 5, 1, 1, 0),
     conv(1, 2, 3, 8, 7, 5, 2, 2),
-    // The network's second layer, whole: long sums over the batch in the weight gradient.
+    // The network's two layers, whole: long sums over the batch, which the weight gradient
+    // splits across blocks.
+    conv(64, 1, 32, 28, 28, 3, 1, 1),
     conv(64, 32, 64, 14, 14, 3, 1, 1),
 ];
 
@@ -263,11 +265,18 @@ fn linear_matches_reference() {
             in_features: 512,
             out_features: 10,
         },
-        // The network's first fully connected layer, whole.
+        // The network's first fully connected layer, whole: its forward pass and input
+        // gradient split their sums across blocks.
         LinearShape {
             batch: 64,
             in_features: 3136,
             out_features: 1024,
+        },
+        // The last layer at a large batch: the weight gradient splits its sum over the batch.
+        LinearShape {
+            batch: 1024,
+            in_features: 512,
+            out_features: 10,
         },
     ];
     for s in &shapes {

@@ -77,9 +77,9 @@ def load_split(data_dir, prefix, limit):
 def train_epoch(model, optimizer, images, labels, batch_size):
     """One shuffled pass of Adam steps; returns the mean loss and the accuracy over the pass."""
     model.train()
-    loss_sum = torch.zeros(())
-    correct = torch.zeros((), dtype=torch.long)
-    order = torch.randperm(len(labels))
+    loss_sum = torch.zeros((), device=labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=labels.device)
+    order = torch.randperm(len(labels), device=labels.device)
     for start in range(0, len(labels), batch_size):
         batch = order[start : start + batch_size]
         x, y = images[batch], labels[batch]
@@ -121,6 +121,9 @@ def main():
         "--flush-denormals", action="store_true", help="flush subnormal floats to zero (FTZ/DAZ)"
     )
     parser.add_argument(
+        "--device", default="cpu", help="cpu, or cuda: the whole data set then lives on the GPU"
+    )
+    parser.add_argument(
         "--limit", type=int, metavar="N", help="use only the first N training and N test images"
     )
     args = parser.parse_args()
@@ -130,12 +133,13 @@ def main():
         torch.set_num_threads(args.threads)
     if args.flush_denormals and not torch.set_flush_denormal(True):
         raise SystemExit("--flush-denormals: this CPU cannot flush denormals")
-    train_images, train_labels = load_split(args.data, "train", args.limit)
-    test_images, test_labels = load_split(args.data, "t10k", args.limit)
-    model = ConvNet()
+    device = torch.device(args.device)
+    train_images, train_labels = (t.to(device) for t in load_split(args.data, "train", args.limit))
+    test_images, test_labels = (t.to(device) for t in load_split(args.data, "t10k", args.limit))
+    model = ConvNet().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=args.fused_adam or None)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__} on {device}, {torch.get_num_threads()} threads, "
         f"training on {len(train_labels)} images, testing on {len(test_labels)}"
     )
 

@@ -5,6 +5,9 @@
 //! GEMM tiles and the 256-thread blocks so that the edges of every launch are exercised, and every
 //! output buffer starts out as NaN so that an element a kernel forgets to write cannot pass.
 
+mod common;
+
+use common::conv;
 use kernels::reference as r;
 use kernels::{AdamStep, Buffer, Conv2dShape, Device, LinearShape, Pool2dShape, XentShape};
 use rand::rngs::StdRng;
@@ -54,29 +57,6 @@ fn assert_close(what: &str, got: &[f32], want: &[f64]) {
             error <= 1e-4,
             "{what}[{i}]: got {g}, want {w} (error {error:.2e} of max |want| {scale:.3e})"
         );
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-const fn conv(
-    batch: usize,
-    in_channels: usize,
-    out_channels: usize,
-    height: usize,
-    width: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> Conv2dShape {
-    Conv2dShape {
-        batch,
-        in_channels,
-        out_channels,
-        height,
-        width,
-        kernel,
-        stride,
-        padding,
     }
 }
 

@@ -1,6 +1,9 @@
 //! The reference ops against finite differences (every backward, in f64) and against small cases
 //! worked out by hand.
 
+mod common;
+
+use common::conv;
 use kernels::reference as r;
 use kernels::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
 use rand::rngs::StdRng;
@@ -42,29 +45,6 @@ const CONV_SHAPES: [Conv2dShape; 5] = [
     conv(1, 1, 2, 4, 4, 1, 1, 0),
     conv(3, 2, 2, 5, 4, 2, 2, 1),
 ];
-
-#[allow(clippy::too_many_arguments)]
-const fn conv(
-    batch: usize,
-    in_channels: usize,
-    out_channels: usize,
-    height: usize,
-    width: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> Conv2dShape {
-    Conv2dShape {
-        batch,
-        in_channels,
-        out_channels,
-        height,
-        width,
-        kernel,
-        stride,
-        padding,
-    }
-}
 
 #[test]
 fn conv2d_gradients_match_finite_differences() {

@@ -13,7 +13,7 @@ NVRTC_LIB="$NVRTC_DIR/nvidia/cu13/lib"
 if [ ! -e "$NVRTC_LIB/libnvrtc.so.13" ]; then
     echo "installing $NVRTC_PIN into $NVRTC_DIR"
     rm -rf "$NVRTC_DIR.partial"
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
         --target "$NVRTC_DIR.partial" "$NVRTC_PIN"
     rm -rf "$NVRTC_DIR"
     mv "$NVRTC_DIR.partial" "$NVRTC_DIR"

@@ -25,4 +25,4 @@ mod shapes;
 pub use cuda::Gpu;
 pub use device::{Buffer, Device, Element};
 pub use error::{Error, Result};
-pub use shapes::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
+pub use shapes::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape};

@@ -104,3 +104,40 @@ impl AdamStep {
         (1.0 - (self.beta2 as f64).powi(self.step as i32)).sqrt() as f32
     }
 }
+
+/// How the GEMM-shaped kernels (convolutions and linear layers) multiply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Exact fp32 products and sums: the SIMT engine on the GPU, and all the cpu device does.
+    #[default]
+    Fp32,
+    /// Operands rounded to TF32 (10 mantissa bits) and multiplied on tensor cores, summed in fp32:
+    /// the cuda device's default, as PyTorch's for convolutions.
+    Tf32,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            other => Err(format!("unknown precision {other:?}: expected tf32 or fp32")),
+        }
+    }
+}

@@ -3,6 +3,13 @@
 //! Generic over [`Real`] so the finite-difference gradient checks can run in f64. Every fast CPU op
 //! and every kernel is tested against these. Outputs are overwritten, never accumulated into,
 //! except `softmax_xent_forward`'s running totals.
+//!
+//! Read a backward next to its forward. Every backward applies the chain rule to one forward
+//! formula: if the forward computed y = f(x, w), the backward receives dy = ∂L/∂y (L is the
+//! batch's loss) and returns ∂L/∂x = Σ_y dy · ∂y/∂x, one sum over every output that x fed. So a
+//! backward loop walks the forward's loop nest again and sends each dy back along the edges that
+//! produced it: where the forward read an input, the backward adds into that input's gradient.
+//! `docs/` derives each op once with shapes and indices and links to every implementation.
 
 use crate::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
 
@@ -95,6 +102,14 @@ pub fn conv2d_forward<T: Real>(s: &Conv2dShape, x: &[T], w: &[T], b: &[T], y: &m
 }
 
 /// dx = ∂L/∂x given dy = ∂L/∂y.
+///
+/// The forward was y[n,o,i,j] = b[o] + Σ_{c,di,dj} w[o,c,di,dj] · x[n,c,i·s+di−p, j·s+dj−p]:
+/// each input pixel x[n,c,h,v] is read once for every output pixel (i, j) and tap (di, dj) with
+/// i·s+di−p = h and j·s+dj−p = v, by every output channel o, each time with weight w[o,c,di,dj].
+/// So ∂y[n,o,i,j]/∂x[n,c,h,v] = w[o,c,di,dj] on exactly those edges and
+/// dx[n,c,h,v] = Σ_{o,i,j,di,dj on an edge} w[o,c,di,dj] · dy[n,o,i,j]:
+/// the same loops as the forward, adding into dx where the forward read x (a "transposed
+/// convolution" of dy with the weights).
 pub fn conv2d_backward_input<T: Real>(s: &Conv2dShape, w: &[T], dy: &[T], dx: &mut [T]) {
     let (oh, ow) = (s.out_height(), s.out_width());
     dx.fill(T::ZERO);
@@ -123,6 +138,12 @@ pub fn conv2d_backward_input<T: Real>(s: &Conv2dShape, w: &[T], dy: &[T], dx: &m
 }
 
 /// dw = ∂L/∂w and db = ∂L/∂b (summed over the batch) given dy.
+///
+/// In the forward, weight w[o,c,di,dj] multiplies x[n,c,i·s+di−p, j·s+dj−p] in every output
+/// pixel y[n,o,i,j] of channel o, for every image n; so ∂y[n,o,i,j]/∂w[o,c,di,dj] is that input
+/// pixel and dw[o,c,di,dj] = Σ_{n,i,j} dy[n,o,i,j] · x[n,c,i·s+di−p, j·s+dj−p]: the correlation
+/// of the output gradient with the input. The bias is added to every pixel of channel o with
+/// factor 1, so db[o] = Σ_{n,i,j} dy[n,o,i,j].
 pub fn conv2d_backward_weight<T: Real>(
     s: &Conv2dShape,
     x: &[T],
@@ -193,6 +214,11 @@ pub fn maxpool2d_forward<T: Real>(s: &Pool2dShape, x: &[T], y: &mut [T], argmax:
 }
 
 /// dx = 0 except dx[argmax[i]] = dy[i].
+///
+/// The forward was y[i] = x[argmax[i]]: a copy of one input per window. The maximum is locally
+/// the identity on the winning input and ignores the other three, so ∂y[i]/∂x[k] = 1 if
+/// k = argmax[i], else 0, and each window passes its gradient to its winner alone. The windows
+/// don't overlap (2x2, stride 2), so each dx element receives at most one dy: a store, not a sum.
 pub fn maxpool2d_backward<T: Real>(s: &Pool2dShape, argmax: &[u32], dy: &[T], dx: &mut [T]) {
     dx.fill(T::ZERO);
     for (&k, &g) in argmax.iter().zip(dy).take(s.output_len()) {
@@ -208,6 +234,10 @@ pub fn relu_forward<T: Real>(x: &[T], y: &mut [T]) {
 }
 
 /// dx = dy where y > 0, else 0 (y is relu's output).
+///
+/// The forward was y = max(x, 0), elementwise, whose derivative is 1 where x > 0 and 0 where
+/// x < 0 (at x = 0 we take 0, as PyTorch does). y > 0 exactly where x > 0, so the output alone
+/// decides, and the layer need not keep its input.
 pub fn relu_backward<T: Real>(y: &[T], dy: &[T], dx: &mut [T]) {
     for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
         *dx = if y > T::ZERO { dy } else { T::ZERO };
@@ -228,6 +258,9 @@ pub fn linear_forward<T: Real>(s: &LinearShape, x: &[T], w: &[T], b: &[T], y: &m
 }
 
 /// dx = dy·W.
+///
+/// The forward was y[n,o] = b[o] + Σ_i x[n,i] · W[o,i]: x[n,i] feeds every output o of its row
+/// with factor W[o,i], so dx[n,i] = Σ_o dy[n,o] · W[o,i], the product dy·W.
 pub fn linear_backward_input<T: Real>(s: &LinearShape, w: &[T], dy: &[T], dx: &mut [T]) {
     for n in 0..s.batch {
         for i in 0..s.in_features {
@@ -241,6 +274,10 @@ pub fn linear_backward_input<T: Real>(s: &LinearShape, w: &[T], dy: &[T], dx: &m
 }
 
 /// dW = dyᵀ·x, db = Σ_batch dy.
+///
+/// In the forward y[n,o] = b[o] + Σ_i x[n,i] · W[o,i], weight W[o,i] multiplies x[n,i] in every
+/// row n of the batch, so dW[o,i] = Σ_n dy[n,o] · x[n,i] (= dyᵀ·x); b[o] is added to every row
+/// with factor 1, so db[o] = Σ_n dy[n,o].
 pub fn linear_backward_weight<T: Real>(
     s: &LinearShape,
     x: &[T],
@@ -287,6 +324,12 @@ pub fn softmax_xent_forward<T: Real>(
 }
 
 /// dlogits = (softmax(logits) − onehot(labels)) / batch: the gradient of the batch's mean loss.
+///
+/// The forward's loss for row n with label t is ℓ = −log p_t with p_k = e^{l_k} / Σ_j e^{l_j},
+/// i.e. ℓ = log Σ_j e^{l_j} − l_t. Differentiating, ∂ℓ/∂l_k = e^{l_k} / Σ_j e^{l_j} − [k = t]
+/// = p_k − onehot_k. The training loss is the batch mean, L = (1/batch) Σ_n ℓ_n, hence the
+/// division. Subtracting the row's maximum first changes neither p nor the gradient, and keeps
+/// every exponential ≤ 1.
 pub fn softmax_xent_backward<T: Real>(
     s: &XentShape,
     logits: &[T],
@@ -323,6 +366,12 @@ fn row_max<T: Real>(row: &[T]) -> (T, usize) {
 
 /// One fused Adam step over a parameter tensor, as torch.optim.Adam:
 /// m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p −= step_size · m / (√v / √(1−β2ᵗ) + eps).
+///
+/// m and v are running means of the gradient and its square; started at zero they are biased
+/// toward zero by the factors 1−β1ᵗ and 1−β2ᵗ. Adam's update is lr · m̂ / (√v̂ + eps) with the
+/// corrected m̂ = m / (1−β1ᵗ) and v̂ = v / (1−β2ᵗ); folding 1/(1−β1ᵗ) into
+/// step_size = lr / (1−β1ᵗ) gives the form below, the same order of operations as PyTorch's, so
+/// the two agree to the last bit more often than a rearranged formula would.
 pub fn adam_update<T: Real>(
     step: &AdamStep,
     params: &mut [T],

@@ -370,8 +370,8 @@ fn row_max<T: Real>(row: &[T]) -> (T, usize) {
 /// m and v are running means of the gradient and its square; started at zero they are biased
 /// toward zero by the factors 1−β1ᵗ and 1−β2ᵗ. Adam's update is lr · m̂ / (√v̂ + eps) with the
 /// corrected m̂ = m / (1−β1ᵗ) and v̂ = v / (1−β2ᵗ); folding 1/(1−β1ᵗ) into
-/// step_size = lr / (1−β1ᵗ) gives the form below, the same order of operations as PyTorch's, so
-/// the two agree to the last bit more often than a rearranged formula would.
+/// step_size = lr / (1−β1ᵗ) gives the form above, which is the order of operations of
+/// torch.optim.Adam's single-tensor path, so both round the same way.
 pub fn adam_update<T: Real>(
     step: &AdamStep,
     params: &mut [T],

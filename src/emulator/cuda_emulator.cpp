@@ -153,6 +153,10 @@ struct MmaSlot {
     unsigned a[32][4];
     unsigned b[32][2];
     unsigned stamp[32];
+    // A [row][k] and B [n][k] as TF32 values, gathered once per mma by the first lane through.
+    unsigned gathered;
+    double A[16][8];
+    double B[8][8];
 };
 
 // Two rows, used alternately: a lane can only write a row again after every lane has passed
@@ -316,10 +320,11 @@ const std::uint64_t* warp_exchange(unsigned mask, std::uint64_t value) {
 
 unsigned lane_id() { return current_fiber->lane; }
 
-// mma.sync as a warp collective: each lane publishes its fragments, meets the warp, then computes
-// its own four elements of D from everyone's. Operands keep only their TF32 bits (the low 13 are
-// ignored, as the tensor cores do with raw fp32); the products of two TF32 values are exact in
-// double, summed in k order and rounded to fp32 once with c.
+// mma.sync as a warp collective: each lane publishes its fragments and meets the warp; the first
+// lane out of the barrier gathers them into A and B (keeping only their TF32 bits: the low 13 are
+// ignored, as the tensor cores do with raw fp32), then each lane computes its own four elements
+// of D. Products of two TF32 values are exact in double; they are summed in k order and rounded
+// to fp32 once, with c.
 void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
     Fiber& fiber = *current_fiber;
     unsigned stamp = ++fiber.mmas;
@@ -329,25 +334,35 @@ void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], cons
     for (int i = 0; i < 2; ++i) slot.b[lane][i] = b[i];
     slot.stamp[lane] = stamp;
     warp_barrier(0xffffffffu);
-    for (unsigned l = 0; l < 32; ++l) {
-        if (slot.stamp[l] != stamp) {
-            current_executor->fault = kIncompleteMma;
-            for (int i = 0; i < 4; ++i) d[i] = __int_as_float(0x7fffffff);
-            return;
+    if (slot.gathered != stamp) {
+        for (unsigned l = 0; l < 32; ++l) {
+            if (slot.stamp[l] != stamp) {
+                current_executor->fault = kIncompleteMma;
+                for (int i = 0; i < 4; ++i) d[i] = __int_as_float(0x7fffffff);
+                return;
+            }
         }
+        // The PTX fragment layout, g = lane / 4, t = lane % 4: A[row][k] is in lane
+        // 4·(row % 8) + k % 4, register row / 8 + 2·(k / 4); B[k][n] in lane 4·n + k % 4,
+        // register k / 4.
+        auto tf32 = [](unsigned bits) { return double(__uint_as_float(bits & 0xffffe000u)); };
+        for (unsigned row = 0; row < 16; ++row) {
+            for (unsigned k = 0; k < 8; ++k) {
+                slot.A[row][k] = tf32(slot.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]);
+            }
+        }
+        for (unsigned k = 0; k < 8; ++k) {
+            for (unsigned n = 0; n < 8; ++n) slot.B[n][k] = tf32(slot.b[4 * n + k % 4][k / 4]);
+        }
+        slot.gathered = stamp;
     }
-    // The PTX fragment layout, g = lane / 4, t = lane % 4: A[row][k] is in lane 4·(row % 8) +
-    // k % 4, register (row / 8) + 2·(k / 4); B[k][n] in lane 4·n + k % 4, register k / 4;
-    // D[row][col] in lane 4·(row % 8) + col / 2, register 2·(row / 8) + col % 2.
-    auto tf32 = [](unsigned bits) { return double(__uint_as_float(bits & 0xffffe000u)); };
+    // D[row][col] is in lane 4·(row % 8) + col / 2, register 2·(row / 8) + col % 2.
     unsigned g = lane / 4, t = lane % 4;
     for (unsigned i = 0; i < 4; ++i) {
-        unsigned row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        const double* a_row = slot.A[g + 8 * (i / 2)];
+        const double* b_col = slot.B[2 * t + i % 2];
         double sum = 0.0;
-        for (unsigned k = 0; k < 8; ++k) {
-            sum += tf32(slot.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]) *
-                   tf32(slot.b[4 * col + k % 4][k / 4]);
-        }
+        for (unsigned k = 0; k < 8; ++k) sum += a_row[k] * b_col[k];
         d[i] = float(sum + double(c[i]));
     }
 }
@@ -382,6 +397,10 @@ void async_wait(unsigned pending) {
     unsigned done = fiber.group_end[done_groups - 1];
     for (unsigned i = 0; i < done; ++i) {
         const AsyncCopy& copy = fiber.copies[i];
+        if (copy.bytes == 4 && copy.src_bytes == 4) {  // the GEMM kernels' case, made cheap
+            std::memcpy(copy.dst, copy.src, 4);
+            continue;
+        }
         std::memcpy(copy.dst, copy.src, copy.src_bytes);
         std::memset(static_cast<char*>(copy.dst) + copy.src_bytes, 0, copy.bytes - copy.src_bytes);
     }

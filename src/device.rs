@@ -783,3 +783,55 @@ fn check(op: &'static str, operand: &str, len: usize, expected: usize) -> Result
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fc() -> LinearShape {
+        LinearShape {
+            batch: 2,
+            in_features: 3,
+            out_features: 2,
+        }
+    }
+
+    #[test]
+    fn the_cpu_device_refuses_tf32_by_name() {
+        let dev = Device::Cpu;
+        let s = fc();
+        let (x, w, b) = (
+            dev.upload(&[1.0; 6]).unwrap(),
+            dev.upload(&[1.0; 6]).unwrap(),
+            dev.upload(&[0.0; 2]).unwrap(),
+        );
+        let mut y = dev.zeros(4).unwrap();
+        let error = dev
+            .linear_forward(&s, Precision::Tf32, Activation::None, &x, &w, &b, &mut y)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("linear_forward") && error.contains("fp32 only"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_cpu_device_applies_relu_after_the_product() {
+        let dev = Device::Cpu;
+        let s = fc();
+        // y = x·Wᵀ + b: rows of x are (1, 2, 3) and (-1, -2, -3); W's rows (1, 1, 1), (1, 0, 0).
+        let x = dev.upload(&[1.0, 2.0, 3.0, -1.0, -2.0, -3.0]).unwrap();
+        let w = dev.upload(&[1.0, 1.0, 1.0, 1.0, 0.0, 0.0]).unwrap();
+        let b = dev.upload(&[0.5, -2.0]).unwrap();
+        let mut y = dev.zeros(4).unwrap();
+        for (activation, want) in [
+            (Activation::None, [6.5, -1.0, -5.5, -3.0]),
+            (Activation::Relu, [6.5, 0.0, 0.0, 0.0]),
+        ] {
+            dev.linear_forward(&s, Precision::Fp32, activation, &x, &w, &b, &mut y)
+                .unwrap();
+            assert_eq!(dev.download(&y).unwrap(), want, "{activation:?}");
+        }
+    }
+}

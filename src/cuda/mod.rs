@@ -346,4 +346,72 @@ mod tests {
             assert!(!module.cubin.is_empty(), "{}: no CUBIN", module.file);
         }
     }
+
+    /// The GEMM kernels' source, gemm.cuh included.
+    const GEMM_SOURCES: [(&str, &str); 3] = [
+        ("kernels/gemm.cuh", include_str!("../../kernels/gemm.cuh")),
+        ("kernels/conv2d.cu", include_str!("../../kernels/conv2d.cu")),
+        ("kernels/linear.cu", include_str!("../../kernels/linear.cu")),
+    ];
+
+    /// Split sums go through a workspace and a fixed-order second pass, so that runs are
+    /// bit-reproducible: no GEMM kernel may add atomically.
+    #[test]
+    fn gemm_kernels_use_no_atomics() {
+        for (file, source) in GEMM_SOURCES {
+            // atomicAdd, atomicCAS, atomicExch, ...
+            let calls = source.match_indices("atomic").filter(|(at, _)| {
+                source[at + "atomic".len()..].starts_with(|c: char| c.is_ascii_uppercase())
+            });
+            assert_eq!(calls.count(), 0, "{file} uses an atomic");
+        }
+        if NVRTC_VERSION.is_none() {
+            eprintln!("skipped the PTX half: built without NVRTC");
+            return;
+        }
+        for module in gemm_modules() {
+            for line in module.ptx.lines().map(str::trim) {
+                assert!(
+                    !line.starts_with("atom.") && !line.starts_with("red."),
+                    "{}: {line}",
+                    module.file
+                );
+            }
+        }
+    }
+
+    /// Every `_tf32` kernel runs on the tensor cores: its PTX has the m16n8k8 TF32 mma, rounds
+    /// its operands with cvt.rna and stages them with cp.async; the fp32 kernels have no mma.
+    #[test]
+    fn tf32_kernels_multiply_on_tensor_cores() {
+        if NVRTC_VERSION.is_none() {
+            eprintln!("skipped: built without NVRTC, no PTX embedded");
+            return;
+        }
+        let mut tf32_kernels = 0;
+        for module in gemm_modules() {
+            for body in module.ptx.split(".entry ").skip(1) {
+                let name = &body[..body.find('(').unwrap()];
+                let mma = body.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32");
+                if name.ends_with("_tf32") {
+                    tf32_kernels += 1;
+                    assert!(mma, "{name} has no TF32 mma.sync");
+                    assert!(body.contains("cvt.rna.tf32.f32"), "{name} rounds nothing");
+                    assert!(
+                        body.contains("cp.async.wait_group"),
+                        "{name} has no cp.async"
+                    );
+                } else {
+                    assert!(!mma, "{name} is not a TF32 kernel but uses mma.sync");
+                }
+            }
+        }
+        assert_eq!(tf32_kernels, 6, "a TF32 version of each of the six passes");
+    }
+
+    fn gemm_modules() -> impl Iterator<Item = &'static KernelModule> {
+        KERNEL_MODULES
+            .iter()
+            .filter(|m| m.file.ends_with("conv2d.cu") || m.file.ends_with("linear.cu"))
+    }
 }

@@ -5,7 +5,7 @@
 //! panics where a library is missing, so every entry point looks for the library first.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute_enum, CUfunction_attribute_enum};
 use cudarc::driver::{
@@ -29,14 +29,21 @@ pub(crate) struct KernelModule {
 // Defines NVRTC_VERSION and KERNEL_MODULES.
 include!(concat!(env!("OUT_DIR"), "/kernel_modules.rs"));
 
+/// The file of the self-test kernels: loaded only when a test launches one of them, so that the
+/// trainer never loads them (one hangs a GPU on purpose).
+const SELFTEST_FILE: &str = "kernels/selftest.cu";
+
 /// Above this much dynamic shared memory CUDA wants the kernel opted in first.
 const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
 
 /// A GPU with the kernels loaded.
 pub struct Gpu {
     stream: Arc<CudaStream>,
-    /// Every kernel of every module, by name.
+    /// Every kernel of every module but the self-tests, by name.
     functions: HashMap<&'static str, CudaFunction>,
+    /// The self-test kernels, loaded on first use.
+    selftest_functions: OnceLock<Result<HashMap<&'static str, CudaFunction>>>,
+    capability: (i32, i32),
     /// The kernel launched last: an asynchronous fault shows up at the next synchronisation,
     /// and this is the best guess of whose it is.
     last_kernel: Mutex<&'static str>,
@@ -109,24 +116,30 @@ impl Gpu {
             .alloc_zeros(gemm_parts_len(sm_count))
             .map_err(driver("cannot allocate the GEMM workspace"))?;
         let mut functions = HashMap::new();
-        for module in KERNEL_MODULES {
-            let loaded = load_module(&ctx, module, capability)?;
-            for &kernel in module.kernels {
-                let function = loaded.load_function(kernel).map_err(|e| Error::Launch {
-                    kernel: kernel.to_string(),
-                    what: format!("not found in the loaded module of {}: {e}", module.file),
-                })?;
-                functions.insert(kernel, function);
-            }
+        for module in KERNEL_MODULES.iter().filter(|m| m.file != SELFTEST_FILE) {
+            functions.extend(load_functions(&ctx, module, capability)?);
         }
         Ok(Gpu {
             stream,
             functions,
+            selftest_functions: OnceLock::new(),
+            capability,
             last_kernel: Mutex::new("(none yet)"),
             name,
             sm_count,
             gemm_parts: Mutex::new(gemm_parts),
         })
+    }
+
+    /// The kernels of kernels/selftest.cu, loaded the first time one is asked for.
+    fn selftest_functions(&self) -> Result<&HashMap<&'static str, CudaFunction>> {
+        let loaded = self.selftest_functions.get_or_init(|| {
+            match KERNEL_MODULES.iter().find(|m| m.file == SELFTEST_FILE) {
+                Some(module) => load_functions(self.stream.context(), module, self.capability),
+                None => Ok(HashMap::new()),
+            }
+        });
+        loaded.as_ref().map_err(|e| device_error(e.to_string()))
     }
 
     /// The number of streaming multiprocessors, as the driver reports it.
@@ -155,10 +168,13 @@ impl Gpu {
             kernel: launch.kernel.to_string(),
             what,
         };
-        let function = self
-            .functions
-            .get(launch.kernel)
-            .ok_or_else(|| fail("no kernel of that name in kernels/*.cu".to_string()))?;
+        let function = match self.functions.get(launch.kernel) {
+            Some(function) => function,
+            None => self
+                .selftest_functions()?
+                .get(launch.kernel)
+                .ok_or_else(|| fail("no kernel of that name in kernels/*.cu".to_string()))?,
+        };
         self.stream
             .context()
             .bind_to_thread()
@@ -273,6 +289,26 @@ impl Gpu {
     pub(crate) fn owns<T>(&self, slice: &CudaSlice<T>) -> bool {
         Arc::ptr_eq(slice.stream(), &self.stream)
     }
+}
+
+/// Loads a module and finds each of its kernels.
+fn load_functions(
+    ctx: &Arc<CudaContext>,
+    module: &KernelModule,
+    capability: (i32, i32),
+) -> Result<HashMap<&'static str, CudaFunction>> {
+    let loaded = load_module(ctx, module, capability)?;
+    module
+        .kernels
+        .iter()
+        .map(|&kernel| {
+            let function = loaded.load_function(kernel).map_err(|e| Error::Launch {
+                kernel: kernel.to_string(),
+                what: format!("not found in the loaded module of {}: {e}", module.file),
+            })?;
+            Ok((kernel, function))
+        })
+        .collect()
 }
 
 /// Loads a module from its CUBIN where the GPU is exactly sm_90, else from its PTX (which the
@@ -407,6 +443,22 @@ mod tests {
             }
         }
         assert_eq!(tf32_kernels, 6, "a TF32 version of each of the six passes");
+    }
+
+    /// The self-tests are found by file name to be left out of Gpu::new.
+    #[test]
+    fn the_selftest_module_is_the_one_left_to_load_on_demand() {
+        if NVRTC_VERSION.is_none() {
+            eprintln!("skipped: built without NVRTC, no modules embedded");
+            return;
+        }
+        let selftest = KERNEL_MODULES.iter().find(|m| m.file == SELFTEST_FILE);
+        let selftest = selftest.expect("kernels/selftest.cu among the modules");
+        assert!(selftest.kernels.iter().all(|k| k.starts_with("selftest_")));
+        let others = KERNEL_MODULES.iter().filter(|m| m.file != SELFTEST_FILE);
+        assert!(others
+            .flat_map(|m| m.kernels)
+            .all(|k| !k.starts_with("selftest_")));
     }
 
     fn gemm_modules() -> impl Iterator<Item = &'static KernelModule> {

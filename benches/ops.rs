@@ -7,7 +7,7 @@
 //! backward does as many multiply-adds as its forward); memory-bound ops count the bytes they
 //! must read and write, in GB/s. The GEMM-shaped ops run in each precision the device has (the
 //! cuda device: `_fp32` on the SIMT cores and `_tf32` on the tensor cores; the cpu device: fp32),
-//! and each also prints one line with its best time per call and the TFLOP/s that makes.
+//! and each also prints one line with its median time per call and the TFLOP/s that makes.
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
@@ -155,11 +155,11 @@ impl<'a> Family<'a> {
     /// Benches `op`, counting `throughput` per call. A sample issues its calls back to back and
     /// stops the clock when the device has finished them all: on the GPU that times the kernels,
     /// not a launch-and-wait round trip per call. A GEMM-bound op (counted in flops) also prints
-    /// its best time per call over the samples and the TFLOP/s it achieves.
+    /// its median time per call over the samples (warm-up included) and the TFLOP/s it achieves.
     fn bench(&mut self, id: Id, throughput: &Throughput, mut op: impl FnMut() -> Result<()>) {
         let device = self.device;
         let name = format!("{}/{}", device.name(), id.name);
-        let mut best = Duration::MAX;
+        let mut per_call = Vec::new();
         self.group.throughput(throughput.clone());
         self.group.bench_function(id.id, |bench| {
             bench.iter_custom(|calls| {
@@ -169,13 +169,15 @@ impl<'a> Family<'a> {
                 }
                 device.synchronize().unwrap_or_else(|e| panic!("{e}"));
                 let elapsed = start.elapsed();
-                best = best.min(elapsed / calls.max(1) as u32);
+                per_call.push(elapsed / calls.max(1) as u32);
                 elapsed
             })
         });
-        if let Flops(flops) = throughput {
-            let tflops = *flops as f64 / best.as_secs_f64() / 1e12;
-            println!("kernel time {name}: {best:.2?} per call, {tflops:.3} TFLOP/s");
+        // (A bench the command line filters out never runs.)
+        per_call.sort();
+        if let (Flops(flops), Some(&median)) = (throughput, per_call.get(per_call.len() / 2)) {
+            let tflops = *flops as f64 / median.as_secs_f64() / 1e12;
+            println!("kernel time {name}: {median:.2?} per call, {tflops:.3} TFLOP/s");
         }
     }
 

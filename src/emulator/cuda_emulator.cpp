@@ -369,9 +369,11 @@ void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], cons
 
 void async_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
     Fiber& fiber = *current_fiber;
-    bool aligned = reinterpret_cast<std::uintptr_t>(dst) % bytes == 0 &&
-                   reinterpret_cast<std::uintptr_t>(src) % bytes == 0;
-    if (!aligned || src_bytes > bytes || fiber.copy_count == kMaxAsyncCopies) {
+    // cp-size is 4, 8 or 16, and both addresses must be aligned to it.
+    bool size_ok = bytes == 4 || bytes == 8 || bytes == 16;
+    std::uintptr_t misaligned = (reinterpret_cast<std::uintptr_t>(dst) |
+                                 reinterpret_cast<std::uintptr_t>(src)) & (bytes - 1);
+    if (!size_ok || misaligned || src_bytes > bytes || fiber.copy_count == kMaxAsyncCopies) {
         current_executor->fault = kBadAsyncCopy;
         return;
     }

@@ -5,13 +5,15 @@
 //!
 //! Throughput: GEMM-bound ops count one element per flop, so `Gelem/s` reads as GFLOP/s (each
 //! backward does as many multiply-adds as its forward); memory-bound ops count the bytes they
-//! must read and write, in GB/s.
+//! must read and write, in GB/s. The GEMM-shaped ops run in each precision the device has (the
+//! cuda device: `_fp32` on the SIMT cores and `_tf32` on the tensor cores; the cpu device: fp32),
+//! and each also prints one line with its median time per call and the TFLOP/s that makes.
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use criterion::{Throughput, Throughput::BytesDecimal as Bytes, Throughput::Elements as Flops};
 use kernels::{cpu, reference, AdamStep, Buffer, Device, Element, Gpu, Result};
-use kernels::{Conv2dShape, LinearShape, Pool2dShape, XentShape};
+use kernels::{Activation, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -122,9 +124,19 @@ fn configure(group: &mut BenchmarkGroup<WallTime>) {
         .measurement_time(Duration::from_secs(1));
 }
 
+/// A bench's id, and the same as text for the lines it prints.
+struct Id {
+    id: BenchmarkId,
+    name: String,
+}
+
 /// `conv1_forward/b64`: the op and the batch.
-fn id(op: impl Into<String>, batch: usize) -> BenchmarkId {
-    BenchmarkId::new(op, format!("b{batch}"))
+fn id(op: impl Into<String>, batch: usize) -> Id {
+    let op = op.into();
+    Id {
+        name: format!("{op}/b{batch}"),
+        id: BenchmarkId::new(op, format!("b{batch}")),
+    }
 }
 
 /// The benches of one kernel family on one device, grouped as `device/family`.
@@ -142,25 +154,31 @@ impl<'a> Family<'a> {
 
     /// Benches `op`, counting `throughput` per call. A sample issues its calls back to back and
     /// stops the clock when the device has finished them all: on the GPU that times the kernels,
-    /// not a launch-and-wait round trip per call.
-    fn bench(
-        &mut self,
-        id: BenchmarkId,
-        throughput: &Throughput,
-        mut op: impl FnMut() -> Result<()>,
-    ) {
+    /// not a launch-and-wait round trip per call. A GEMM-bound op (counted in flops) also prints
+    /// its median time per call over the samples (warm-up included) and the TFLOP/s it achieves.
+    fn bench(&mut self, id: Id, throughput: &Throughput, mut op: impl FnMut() -> Result<()>) {
         let device = self.device;
+        let name = format!("{}/{}", device.name(), id.name);
+        let mut per_call = Vec::new();
         self.group.throughput(throughput.clone());
-        self.group.bench_function(id, |bench| {
+        self.group.bench_function(id.id, |bench| {
             bench.iter_custom(|calls| {
                 let start = Instant::now();
                 for _ in 0..calls {
                     op().unwrap_or_else(|e| panic!("{e}"));
                 }
                 device.synchronize().unwrap_or_else(|e| panic!("{e}"));
-                start.elapsed()
+                let elapsed = start.elapsed();
+                per_call.push(elapsed / calls.max(1) as u32);
+                elapsed
             })
         });
+        // (A bench the command line filters out never runs.)
+        per_call.sort();
+        if let (Flops(flops), Some(&median)) = (throughput, per_call.get(per_call.len() / 2)) {
+            let tflops = *flops as f64 / median.as_secs_f64() / 1e12;
+            println!("kernel time {name}: {median:.2?} per call, {tflops:.3} TFLOP/s");
+        }
     }
 
     fn finish(self) {
@@ -168,27 +186,43 @@ impl<'a> Family<'a> {
     }
 }
 
+/// The precisions `device` multiplies in, with the suffix its bench ids take.
+fn precisions(device: &Device) -> Vec<(Precision, &'static str)> {
+    match device {
+        Device::Cpu => vec![(Precision::Fp32, "")],
+        _ => vec![(Precision::Fp32, "_fp32"), (Precision::Tf32, "_tf32")],
+    }
+}
+
 fn conv_benches(c: &mut Criterion, device: &Device) {
     let mut family = Family::new(c, device, "conv2d");
     for batch in BATCHES {
-        for (name, s) in [("conv1", conv1(batch)), ("conv2", conv2(batch))] {
-            let x = upload(device, &filled(s.input_len(), 1.0));
-            let w = upload(device, &filled(s.weight_len(), 0.1));
-            let b = upload(device, &filled(s.out_channels, 0.1));
-            let dy = upload(device, &filled(s.output_len(), 0.01));
-            let mut y = zeros(device, s.output_len());
-            let mut dx = zeros(device, s.input_len());
-            let (mut dw, mut db) = (zeros(device, s.weight_len()), zeros(device, s.out_channels));
-            let flops = Flops(s.forward_flops());
-            family.bench(id(format!("{name}_forward"), batch), &flops, || {
-                device.conv2d_forward(&s, &x, &w, &b, &mut y)
-            });
-            family.bench(id(format!("{name}_backward_input"), batch), &flops, || {
-                device.conv2d_backward_input(&s, &w, &dy, &mut dx)
-            });
-            family.bench(id(format!("{name}_backward_weight"), batch), &flops, || {
-                device.conv2d_backward_weight(&s, &x, &dy, &mut dw, &mut db)
-            });
+        for (precision, suffix) in precisions(device) {
+            for (name, s) in [("conv1", conv1(batch)), ("conv2", conv2(batch))] {
+                let x = upload(device, &filled(s.input_len(), 1.0));
+                let w = upload(device, &filled(s.weight_len(), 0.1));
+                let b = upload(device, &filled(s.out_channels, 0.1));
+                let dy = upload(device, &filled(s.output_len(), 0.01));
+                let mut y = zeros(device, s.output_len());
+                let mut dx = zeros(device, s.input_len());
+                let (mut dw, mut db) =
+                    (zeros(device, s.weight_len()), zeros(device, s.out_channels));
+                let flops = Flops(s.forward_flops());
+                let p = precision;
+                family.bench(id(format!("{name}_forward{suffix}"), batch), &flops, || {
+                    device.conv2d_forward(&s, p, &x, &w, &b, &mut y)
+                });
+                family.bench(
+                    id(format!("{name}_backward_input{suffix}"), batch),
+                    &flops,
+                    || device.conv2d_backward_input(&s, p, &w, &dy, &mut dx),
+                );
+                family.bench(
+                    id(format!("{name}_backward_weight{suffix}"), batch),
+                    &flops,
+                    || device.conv2d_backward_weight(&s, p, &x, &dy, &mut dw, &mut db),
+                );
+            }
         }
     }
     family.finish();
@@ -237,28 +271,35 @@ fn relu_benches(c: &mut Criterion, device: &Device) {
 fn linear_benches(c: &mut Criterion, device: &Device) {
     let mut family = Family::new(c, device, "linear");
     for batch in BATCHES {
-        for (name, s) in [
-            ("fc1", fc1(batch)),
-            ("fc2", fc2(batch)),
-            ("fc3", fc3(batch)),
-        ] {
-            let x = upload(device, &filled(s.batch * s.in_features, 1.0));
-            let w = upload(device, &filled(s.out_features * s.in_features, 0.02));
-            let b = upload(device, &filled(s.out_features, 0.02));
-            let dy = upload(device, &filled(s.batch * s.out_features, 0.01));
-            let mut y = zeros(device, s.batch * s.out_features);
-            let mut dx = zeros(device, s.batch * s.in_features);
-            let (mut dw, mut db) = (zeros(device, w.len()), zeros(device, b.len()));
-            let flops = Flops(s.forward_flops());
-            family.bench(id(format!("{name}_forward"), batch), &flops, || {
-                device.linear_forward(&s, &x, &w, &b, &mut y)
-            });
-            family.bench(id(format!("{name}_backward_input"), batch), &flops, || {
-                device.linear_backward_input(&s, &w, &dy, &mut dx)
-            });
-            family.bench(id(format!("{name}_backward_weight"), batch), &flops, || {
-                device.linear_backward_weight(&s, &x, &dy, &mut dw, &mut db)
-            });
+        for (precision, suffix) in precisions(device) {
+            for (name, s) in [
+                ("fc1", fc1(batch)),
+                ("fc2", fc2(batch)),
+                ("fc3", fc3(batch)),
+            ] {
+                let x = upload(device, &filled(s.batch * s.in_features, 1.0));
+                let w = upload(device, &filled(s.out_features * s.in_features, 0.02));
+                let b = upload(device, &filled(s.out_features, 0.02));
+                let dy = upload(device, &filled(s.batch * s.out_features, 0.01));
+                let mut y = zeros(device, s.batch * s.out_features);
+                let mut dx = zeros(device, s.batch * s.in_features);
+                let (mut dw, mut db) = (zeros(device, w.len()), zeros(device, b.len()));
+                let flops = Flops(s.forward_flops());
+                let (p, none) = (precision, Activation::None);
+                family.bench(id(format!("{name}_forward{suffix}"), batch), &flops, || {
+                    device.linear_forward(&s, p, none, &x, &w, &b, &mut y)
+                });
+                family.bench(
+                    id(format!("{name}_backward_input{suffix}"), batch),
+                    &flops,
+                    || device.linear_backward_input(&s, p, &w, &dy, &mut dx),
+                );
+                family.bench(
+                    id(format!("{name}_backward_weight{suffix}"), batch),
+                    &flops,
+                    || device.linear_backward_weight(&s, p, &x, &dy, &mut dw, &mut db),
+                );
+            }
         }
     }
     family.finish();
@@ -296,7 +337,11 @@ fn adam_benches(c: &mut Criterion, device: &Device) {
     let mut step = 0;
     // Reads params, grads, m and v; writes params, m and v.
     let bytes = Bytes(28 * len as u64);
-    family.bench(BenchmarkId::from_parameter("fc1_weight"), &bytes, || {
+    let fc1_weight = Id {
+        id: BenchmarkId::from_parameter("fc1_weight"),
+        name: "fc1_weight".to_string(),
+    };
+    family.bench(fc1_weight, &bytes, || {
         step += 1;
         let adam = AdamStep {
             lr: 1e-3,

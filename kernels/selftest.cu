@@ -114,3 +114,75 @@ extern "C" __global__ void selftest_divergent_barrier(float* __restrict__ out) {
     }
     out[threadIdx.x] = v;
 }
+
+// The tensor-core and cp.async wrappers of the GEMM kernels.
+#include "gemm.cuh"
+
+// One mma.sync m16n8k8 TF32 by one warp: D = A·B + C with A [16][8], B [8][8] (k, n) and C, D
+// [16][8], row-major. Each lane loads its fragments as the PTX ISA lays them out, from the raw
+// fp32 bits (no cvt, so the tensor cores' own treatment of the low 13 bits shows), stores its d
+// registers where the layout says they belong in D, and also as lanes[4·lane + i], so that a test
+// sees which lane got what.
+extern "C" __global__ void selftest_mma_tf32(const float* __restrict__ a, const float* __restrict__ b,
+                                             const float* __restrict__ c, float* __restrict__ d,
+                                             float* __restrict__ lanes) {
+    unsigned lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    unsigned a_frag[4] = {__float_as_uint(a[g * 8 + t]), __float_as_uint(a[(g + 8) * 8 + t]),
+                          __float_as_uint(a[g * 8 + t + 4]), __float_as_uint(a[(g + 8) * 8 + t + 4])};
+    unsigned b_frag[2] = {__float_as_uint(b[t * 8 + g]), __float_as_uint(b[(t + 4) * 8 + g])};
+    float c_frag[4] = {c[g * 8 + 2 * t], c[g * 8 + 2 * t + 1], c[(g + 8) * 8 + 2 * t],
+                       c[(g + 8) * 8 + 2 * t + 1]};
+    float d_frag[4];
+    mma_m16n8k8_tf32(d_frag, a_frag, b_frag, c_frag);
+    d[g * 8 + 2 * t] = d_frag[0];
+    d[g * 8 + 2 * t + 1] = d_frag[1];
+    d[(g + 8) * 8 + 2 * t] = d_frag[2];
+    d[(g + 8) * 8 + 2 * t + 1] = d_frag[3];
+    for (int i = 0; i < 4; ++i) lanes[4 * lane + i] = d_frag[i];
+}
+
+// out[i] = the bits of cvt.rna.tf32.f32(x[i]).
+extern "C" __global__ void selftest_cvt_rna_tf32(const float* __restrict__ x, unsigned* __restrict__ out,
+                                                 unsigned n) {
+    unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = cvt_rna_tf32(x[i]);
+}
+
+// cp.async with its groups, one block of 32 threads, x of 64 floats, out of 96:
+//   out[i]       = x[i]              group 0, read after wait_group 2 (groups 1 and 2 pending)
+//   out[32 + i]  = x[32 + (i+1)%32]  group 1, a neighbour's copy, read after wait_group 0 and a
+//                                    barrier
+//   out[64 + i]  = 0                 group 2, a zero-filling copy (src-size 0) over -1
+extern "C" __global__ void selftest_cp_async(const float* __restrict__ x, float* __restrict__ out) {
+    __shared__ float staged[3][32];
+    unsigned i = threadIdx.x;
+    for (int s = 0; s < 3; ++s) staged[s][i] = -1.0f;
+    __syncthreads();
+    cp_async_4(&staged[0][i], &x[i], 4);
+    cp_async_commit();
+    cp_async_4(&staged[1][i], &x[32 + i], 4);
+    cp_async_commit();
+    cp_async_4(&staged[2][i], &x[i], 0);
+    cp_async_commit();
+    cp_async_wait<2>();
+    out[i] = staged[0][i];
+    cp_async_wait<0>();
+    __syncthreads();
+    out[32 + i] = staged[1][(i + 1) % 32];
+    out[64 + i] = staged[2][i];
+}
+
+// Deliberately wrong, for the emulator only (a race on a GPU): out[i] = a copy's destination
+// read before any wait. The emulator performs copies only at a wait that covers them, so it
+// reads the -1 stored first, and a kernel that forgets its wait fails its tests there.
+extern "C" __global__ void selftest_cp_async_unwaited(const float* __restrict__ x,
+                                                      float* __restrict__ out) {
+    __shared__ float staged[32];
+    unsigned i = threadIdx.x;
+    staged[i] = -1.0f;
+    __syncthreads();
+    cp_async_4(&staged[i], &x[i], 4);
+    cp_async_commit();
+    out[i] = staged[i];
+    cp_async_wait<0>();
+}

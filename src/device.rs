@@ -4,15 +4,16 @@
 //! device can reach them, so a mistake in a layer is an error naming the op and the operand, never
 //! a wrong answer or an out-of-bounds kernel.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use crate::cuda::{self, Gpu};
 use crate::launch::{KernelArg, Launch};
+use crate::launches::{gemm_parts_len, GemmContext};
 use crate::{
-    cpu, data_launches, emulator, launches, AdamStep, Conv2dShape, Error, LinearShape, Pool2dShape,
-    Result, XentShape,
+    cpu, data_launches, emulator, launches, Activation, AdamStep, Conv2dShape, Error, LinearShape,
+    Pool2dShape, Precision, Result, XentShape,
 };
 
 /// The element types a buffer can hold.
@@ -93,6 +94,13 @@ fn in_gpu_memory() -> Error {
         what: "the buffer is in GPU memory; download it first".to_string(),
     }
 }
+
+/// The emulated device splits sums as an H200 (132 SMs) would, so that it runs the same launches.
+const EMULATED_SM_COUNT: usize = 132;
+
+/// The emulated device's split-sum workspace: allocated at its largest on first use, then only
+/// locked, one op at a time.
+static EMULATED_GEMM_PARTS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
 /// Which implementation runs the ops.
 #[derive(Clone, Debug)]
@@ -244,6 +252,42 @@ impl Device {
         Ok(())
     }
 
+    /// Runs the launches of a GEMM op, built with this device's SM count and split-sum workspace,
+    /// which stays locked until they are issued: on the GPU they then run in stream order before
+    /// any other op's, on the emulator they have finished.
+    fn run_gemm(&self, build: impl FnOnce(&GemmContext) -> Vec<Launch>) -> Result<()> {
+        match self {
+            Device::Cpu => Err(Error::Device {
+                device: "cpu".to_string(),
+                what: "the cpu device runs no CUDA kernels".to_string(),
+            }),
+            Device::Emulated => {
+                let mut parts = EMULATED_GEMM_PARTS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let parts_len = gemm_parts_len(EMULATED_SM_COUNT);
+                if parts.len() < parts_len {
+                    parts.resize(parts_len, 0.0);
+                }
+                let ctx = GemmContext {
+                    sm_count: EMULATED_SM_COUNT,
+                    parts: KernelArg::Ptr(parts.as_mut_ptr() as u64),
+                    parts_len,
+                };
+                self.run(build(&ctx))
+            }
+            Device::Cuda(gpu) => {
+                let parts = gpu.gemm_parts();
+                let ctx = GemmContext {
+                    sm_count: gpu.sm_count(),
+                    parts: KernelArg::Ptr(cuda::device_address(&parts)),
+                    parts_len: parts.len(),
+                };
+                self.run(build(&ctx))
+            }
+        }
+    }
+
     /// Waits until every op issued so far has finished.
     pub fn synchronize(&self) -> Result<()> {
         match self {
@@ -278,6 +322,7 @@ impl Device {
     pub fn conv2d_forward(
         &self,
         s: &Conv2dShape,
+        precision: Precision,
         x: &Buffer<f32>,
         w: &Buffer<f32>,
         b: &Buffer<f32>,
@@ -289,9 +334,13 @@ impl Device {
         self.expect(op, "bias", b, s.out_channels)?;
         self.expect(op, "y", y, s.output_len())?;
         match self {
-            Device::Cpu => cpu::conv2d_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?),
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::conv2d_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?)
+            }
             Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_forward(
                 s,
+                precision,
                 x.arg(),
                 w.arg(),
                 b.arg(),
@@ -304,6 +353,7 @@ impl Device {
     pub fn conv2d_backward_input(
         &self,
         s: &Conv2dShape,
+        precision: Precision,
         w: &Buffer<f32>,
         dy: &Buffer<f32>,
         dx: &mut Buffer<f32>,
@@ -313,9 +363,13 @@ impl Device {
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dx", dx, s.input_len())?;
         match self {
-            Device::Cpu => cpu::conv2d_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::conv2d_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?)
+            }
             Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_backward_input(
                 s,
+                precision,
                 w.arg(),
                 dy.arg(),
                 dx.arg_mut(),
@@ -327,6 +381,7 @@ impl Device {
     pub fn conv2d_backward_weight(
         &self,
         s: &Conv2dShape,
+        precision: Precision,
         x: &Buffer<f32>,
         dy: &Buffer<f32>,
         dw: &mut Buffer<f32>,
@@ -338,20 +393,22 @@ impl Device {
         self.expect(op, "dweight", dw, s.weight_len())?;
         self.expect(op, "dbias", db, s.out_channels)?;
         match self {
-            Device::Cpu => cpu::conv2d_backward_weight(
-                s,
-                x.host()?,
-                dy.host()?,
-                dw.host_mut()?,
-                db.host_mut()?,
-            ),
-            Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_backward_weight(
-                s,
-                x.arg(),
-                dy.arg(),
-                dw.arg_mut(),
-                db.arg_mut(),
-            ))?,
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::conv2d_backward_weight(
+                    s,
+                    x.host()?,
+                    dy.host()?,
+                    dw.host_mut()?,
+                    db.host_mut()?,
+                )
+            }
+            Device::Emulated | Device::Cuda(_) => {
+                let (x, dy, dw, db) = (x.arg(), dy.arg(), dw.arg_mut(), db.arg_mut());
+                self.run_gemm(|ctx| {
+                    launches::conv2d_backward_weight(s, precision, ctx, x, dy, dw, db)
+                })?
+            }
         }
         Ok(())
     }
@@ -435,9 +492,13 @@ impl Device {
         Ok(())
     }
 
+    /// y = activation(x·Wᵀ + b).
+    #[allow(clippy::too_many_arguments)] // the op's operands, each checked and named
     pub fn linear_forward(
         &self,
         s: &LinearShape,
+        precision: Precision,
+        activation: Activation,
         x: &Buffer<f32>,
         w: &Buffer<f32>,
         b: &Buffer<f32>,
@@ -449,14 +510,21 @@ impl Device {
         self.expect(op, "bias", b, s.out_features)?;
         self.expect(op, "y", y, s.batch * s.out_features)?;
         match self {
-            Device::Cpu => cpu::linear_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => self.run(launches::linear_forward(
-                s,
-                x.arg(),
-                w.arg(),
-                b.arg(),
-                y.arg_mut(),
-            ))?,
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                let y = y.host_mut()?;
+                cpu::linear_forward(s, x.host()?, w.host()?, b.host()?, y);
+                if activation == Activation::Relu {
+                    y.iter_mut()
+                        .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 });
+                }
+            }
+            Device::Emulated | Device::Cuda(_) => {
+                let (x, w, b, y) = (x.arg(), w.arg(), b.arg(), y.arg_mut());
+                self.run_gemm(|ctx| {
+                    launches::linear_forward(s, precision, activation, ctx, x, w, b, y)
+                })?
+            }
         }
         Ok(())
     }
@@ -464,6 +532,7 @@ impl Device {
     pub fn linear_backward_input(
         &self,
         s: &LinearShape,
+        precision: Precision,
         w: &Buffer<f32>,
         dy: &Buffer<f32>,
         dx: &mut Buffer<f32>,
@@ -473,13 +542,14 @@ impl Device {
         self.expect(op, "dy", dy, s.batch * s.out_features)?;
         self.expect(op, "dx", dx, s.batch * s.in_features)?;
         match self {
-            Device::Cpu => cpu::linear_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => self.run(launches::linear_backward_input(
-                s,
-                w.arg(),
-                dy.arg(),
-                dx.arg_mut(),
-            ))?,
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::linear_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?)
+            }
+            Device::Emulated | Device::Cuda(_) => {
+                let (w, dy, dx) = (w.arg(), dy.arg(), dx.arg_mut());
+                self.run_gemm(|ctx| launches::linear_backward_input(s, precision, ctx, w, dy, dx))?
+            }
         }
         Ok(())
     }
@@ -487,6 +557,7 @@ impl Device {
     pub fn linear_backward_weight(
         &self,
         s: &LinearShape,
+        precision: Precision,
         x: &Buffer<f32>,
         dy: &Buffer<f32>,
         dw: &mut Buffer<f32>,
@@ -498,20 +569,22 @@ impl Device {
         self.expect(op, "dweight", dw, s.out_features * s.in_features)?;
         self.expect(op, "dbias", db, s.out_features)?;
         match self {
-            Device::Cpu => cpu::linear_backward_weight(
-                s,
-                x.host()?,
-                dy.host()?,
-                dw.host_mut()?,
-                db.host_mut()?,
-            ),
-            Device::Emulated | Device::Cuda(_) => self.run(launches::linear_backward_weight(
-                s,
-                x.arg(),
-                dy.arg(),
-                dw.arg_mut(),
-                db.arg_mut(),
-            ))?,
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::linear_backward_weight(
+                    s,
+                    x.host()?,
+                    dy.host()?,
+                    dw.host_mut()?,
+                    db.host_mut()?,
+                )
+            }
+            Device::Emulated | Device::Cuda(_) => {
+                let (x, dy, dw, db) = (x.arg(), dy.arg(), dw.arg_mut(), db.arg_mut());
+                self.run_gemm(|ctx| {
+                    launches::linear_backward_weight(s, precision, ctx, x, dy, dw, db)
+                })?
+            }
         }
         Ok(())
     }
@@ -669,6 +742,18 @@ impl Device {
     }
 }
 
+/// The cpu device multiplies in fp32 only: a request for TF32 is a mistake to report, not to
+/// quietly compute more exactly.
+fn cpu_precision(op: &'static str, precision: Precision) -> Result<()> {
+    match precision {
+        Precision::Fp32 => Ok(()),
+        Precision::Tf32 => Err(Error::Device {
+            device: "cpu".to_string(),
+            what: format!("{op}: the cpu device computes in fp32 only (asked for {precision})"),
+        }),
+    }
+}
+
 /// On the host an index past the data would panic; the kernels write NaN (or !0 for labels).
 fn check_indices(op: &'static str, indices: &[u32], count: usize) -> Result<()> {
     match indices.iter().find(|&&i| i as usize >= count) {
@@ -696,5 +781,57 @@ fn check(op: &'static str, operand: &str, len: usize, expected: usize) -> Result
             op,
             what: format!("{operand} has {len} elements, expected {expected}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fc() -> LinearShape {
+        LinearShape {
+            batch: 2,
+            in_features: 3,
+            out_features: 2,
+        }
+    }
+
+    #[test]
+    fn the_cpu_device_refuses_tf32_by_name() {
+        let dev = Device::Cpu;
+        let s = fc();
+        let (x, w, b) = (
+            dev.upload(&[1.0; 6]).unwrap(),
+            dev.upload(&[1.0; 6]).unwrap(),
+            dev.upload(&[0.0; 2]).unwrap(),
+        );
+        let mut y = dev.zeros(4).unwrap();
+        let error = dev
+            .linear_forward(&s, Precision::Tf32, Activation::None, &x, &w, &b, &mut y)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("linear_forward") && error.contains("fp32 only"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_cpu_device_applies_relu_after_the_product() {
+        let dev = Device::Cpu;
+        let s = fc();
+        // y = x·Wᵀ + b: rows of x are (1, 2, 3) and (-1, -2, -3); W's rows (1, 1, 1), (1, 0, 0).
+        let x = dev.upload(&[1.0, 2.0, 3.0, -1.0, -2.0, -3.0]).unwrap();
+        let w = dev.upload(&[1.0, 1.0, 1.0, 1.0, 0.0, 0.0]).unwrap();
+        let b = dev.upload(&[0.5, -2.0]).unwrap();
+        let mut y = dev.zeros(4).unwrap();
+        for (activation, want) in [
+            (Activation::None, [6.5, -1.0, -5.5, -3.0]),
+            (Activation::Relu, [6.5, 0.0, 0.0, 0.0]),
+        ] {
+            dev.linear_forward(&s, Precision::Fp32, activation, &x, &w, &b, &mut y)
+                .unwrap();
+            assert_eq!(dev.download(&y).unwrap(), want, "{activation:?}");
+        }
     }
 }

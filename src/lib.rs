@@ -25,4 +25,6 @@ mod shapes;
 pub use cuda::Gpu;
 pub use device::{Buffer, Device, Element};
 pub use error::{Error, Result};
-pub use shapes::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape};
+pub use shapes::{
+    Activation, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape,
+};

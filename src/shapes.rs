@@ -137,7 +137,18 @@ impl std::str::FromStr for Precision {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "tf32" => Ok(Precision::Tf32),
-            other => Err(format!("unknown precision {other:?}: expected tf32 or fp32")),
+            other => Err(format!(
+                "unknown precision {other:?}: expected tf32 or fp32"
+            )),
         }
     }
+}
+
+/// The function a GEMM-shaped op applies to each output as it stores it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Activation {
+    #[default]
+    None,
+    /// max(y, 0), as `relu_forward` computes it (so −0 and NaN give 0).
+    Relu,
 }

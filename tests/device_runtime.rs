@@ -274,3 +274,205 @@ fn tiled_matmul_with_barriers_in_a_loop() {
         assert_close(&format!("{m}x{n}x{k}"), &download(&dev, &c), &want, 1e-5);
     }
 }
+
+/// One warp's launch of `kernel`.
+fn one_warp(kernel: &'static str, args: Vec<KernelArg>) -> Launch {
+    Launch::linear(kernel, 32, 32, args)
+}
+
+/// D = A·B + C by selftest_mma_tf32, and what each lane's four d registers held.
+fn mma(dev: &Device, a: &[f32], b: &[f32], c: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (a, b, c) = (
+        dev.upload(a).unwrap(),
+        dev.upload(b).unwrap(),
+        dev.upload(c).unwrap(),
+    );
+    let mut d = dev.upload(&[f32::NAN; 128]).unwrap();
+    let mut lanes = dev.upload(&[f32::NAN; 128]).unwrap();
+    let args = vec![a.arg(), b.arg(), c.arg(), d.arg_mut(), lanes.arg_mut()];
+    launch(dev, one_warp("selftest_mma_tf32", args));
+    (download(dev, &d), download(dev, &lanes))
+}
+
+/// The 8x8 identity, as B [k][n].
+fn identity8() -> Vec<f32> {
+    (0..64)
+        .map(|e| if e / 8 == e % 8 { 1.0 } else { 0.0 })
+        .collect()
+}
+
+/// With B the identity, D = A: every element of A comes back where the PTX ISA's fragment
+/// layout says, so a mix-up of A's rows (a1: row g + 8) and columns (a2: column t + 4), or of the
+/// lanes holding D, shows. (A k-permutation applied to both A and B cannot show in D, and does
+/// not matter.)
+#[test]
+fn mma_tf32_fragments_follow_the_ptx_layout() {
+    let dev = device();
+    // A[m][k] = 8·m + k + 1: distinct, and exact in TF32.
+    let a: Vec<f32> = (0..128).map(|e| e as f32 + 1.0).collect();
+    let (d, lanes) = mma(&dev, &a, &identity8(), &[0.0; 128]);
+    assert_eq!(d, a, "D = A·I + 0");
+    // Each lane's registers, from the PTX ISA's table: c0 = (g, 2t), c1 = (g, 2t + 1),
+    // c2 = (g + 8, 2t), c3 = (g + 8, 2t + 1); spot checks from the table itself.
+    let element = |lane: usize, i: usize| {
+        let (g, t) = (lane / 4, lane % 4);
+        a[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2]
+    };
+    for lane in 0..32 {
+        for i in 0..4 {
+            assert_eq!(lanes[4 * lane + i], element(lane, i), "lane {lane}, d{i}");
+        }
+    }
+    let at = |row: usize, col: usize| a[row * 8 + col];
+    assert_eq!(lanes[..4], [at(0, 0), at(0, 1), at(8, 0), at(8, 1)]);
+    assert_eq!(lanes[20..24], [at(1, 2), at(1, 3), at(9, 2), at(9, 3)]);
+    assert_eq!(lanes[124..], [at(7, 6), at(7, 7), at(15, 6), at(15, 7)]);
+}
+
+/// A general product of TF32-exact values, with C, against an fp64 sum: the products are exact,
+/// so only the fp32 accumulation may differ, by a few ulps of Σ|a·b| + |c|.
+#[test]
+fn mma_tf32_computes_a_times_b_plus_c() {
+    let dev = device();
+    let mut rng = StdRng::seed_from_u64(9);
+    // Multiples of 2^-8 in (-4, 4): 11 significant bits at most.
+    let mut tf32_exact = |n| -> Vec<f32> {
+        (0..n)
+            .map(|_| rng.random_range(-1023..=1023) as f32 / 256.0)
+            .collect()
+    };
+    let (a, b, c) = (tf32_exact(128), tf32_exact(64), tf32_exact(128));
+    let (d, _) = mma(&dev, &a, &b, &c);
+    for m in 0..16 {
+        for n in 0..8 {
+            let terms = (0..8).map(|k| a[m * 8 + k] as f64 * b[k * 8 + n] as f64);
+            let magnitude: f64 =
+                terms.clone().map(f64::abs).sum::<f64>() + c[m * 8 + n].abs() as f64;
+            let want = terms.sum::<f64>() + c[m * 8 + n] as f64;
+            let error = (d[m * 8 + n] as f64 - want).abs();
+            assert!(
+                error <= 4.0 * f32::EPSILON as f64 * magnitude,
+                "D[{m}][{n}]: got {}, want {want}",
+                d[m * 8 + n]
+            );
+        }
+    }
+}
+
+/// Raw fp32 operands: the tensor cores use only their TF32 bits, dropping (not rounding) the low
+/// 13. 1 + 2^-11 + 2^-20 would round to 1 + 2^-10; truncated it is 1.
+#[test]
+fn mma_tf32_truncates_raw_fp32_operands() {
+    let dev = device();
+    let raw = 1.0 + 2f32.powi(-11) + 2f32.powi(-20);
+    let mut a = vec![0.0; 128];
+    a[0] = raw; // A[0][0]
+    a[8 * 9 + 5] = -raw; // A[9][5]
+    let (d, _) = mma(&dev, &a, &identity8(), &[0.0; 128]);
+    assert_eq!(d[0], 1.0);
+    assert_eq!(d[8 * 9 + 5], -1.0);
+}
+
+/// cvt.rna.tf32.f32: to nearest with ties away from zero, on 10 mantissa bits, subnormals kept;
+/// a carry may reach Inf.
+#[test]
+fn cvt_rna_tf32_rounds_to_nearest_ties_away() {
+    let dev = device();
+    let cases: [(u32, u32, &str); 14] = [
+        (0x3f80_0000, 0x3f80_0000, "1 is exact"),
+        (0x3f80_1000, 0x3f80_2000, "1 + 2^-11, a tie, rounds away"),
+        (
+            0xbf80_1000,
+            0xbf80_2000,
+            "-(1 + 2^-11), a tie, rounds away from zero",
+        ),
+        (0x3f80_0fff, 0x3f80_0000, "just below the tie rounds down"),
+        (
+            0x3f80_3000,
+            0x3f80_4000,
+            "1 + 3·2^-11, a tie above an odd value, rounds away",
+        ),
+        (
+            0x3fff_f000,
+            0x4000_0000,
+            "the carry reaches the exponent: 2",
+        ),
+        (
+            0x0000_1000,
+            0x0000_2000,
+            "a subnormal tie rounds away, not to zero",
+        ),
+        (
+            0x0000_0fff,
+            0x0000_0000,
+            "the smallest subnormals round to zero",
+        ),
+        (0x8000_0000, 0x8000_0000, "-0 stays -0"),
+        (
+            0x7f7f_efff,
+            0x7f7f_e000,
+            "below FLT_MAX's tie: the largest TF32",
+        ),
+        (0x7f7f_f000, 0x7f80_0000, "FLT_MAX's tie rounds to Inf"),
+        (0x7f80_0000, 0x7f80_0000, "Inf passes"),
+        (0xff80_0000, 0xff80_0000, "-Inf passes"),
+        (
+            0x7fff_ffff,
+            0x7fff_e000,
+            "a NaN with high payload bits stays NaN",
+        ),
+    ];
+    let x: Vec<f32> = cases.iter().map(|c| f32::from_bits(c.0)).collect();
+    let xb = dev.upload(&x).unwrap();
+    let mut out = dev.zeros::<u32>(x.len()).unwrap();
+    let args = vec![xb.arg(), out.arg_mut(), KernelArg::U32(x.len() as u32)];
+    launch(&dev, one_warp("selftest_cvt_rna_tf32", args));
+    let got = download(&dev, &out);
+    for ((input, want, what), got) in cases.iter().zip(got) {
+        if f32::from_bits(*want).is_nan() {
+            // The NaN's payload is the hardware's business; that it stays NaN is not.
+            assert!(
+                f32::from_bits(got).is_nan(),
+                "{what}: {input:#010x} gave {got:#010x}"
+            );
+        } else {
+            assert_eq!(got, *want, "{what}: {input:#010x} gave {got:#010x}");
+        }
+    }
+}
+
+/// cp.async lands per group at wait_group, zero-fills past src-size, and is visible to other
+/// threads after the barrier.
+#[test]
+fn cp_async_groups_land_at_their_wait() {
+    let dev = device();
+    let x: Vec<f32> = (0..64).map(|i| i as f32 + 1.0).collect();
+    let xb = dev.upload(&x).unwrap();
+    let mut out = dev.upload(&[f32::NAN; 96]).unwrap();
+    launch(
+        &dev,
+        one_warp("selftest_cp_async", vec![xb.arg(), out.arg_mut()]),
+    );
+    let out = download(&dev, &out);
+    let neighbours: Vec<f32> = (0..32).map(|i| x[32 + (i + 1) % 32]).collect();
+    assert_eq!(out[..32], x[..32], "group 0 after wait_group 2");
+    assert_eq!(
+        out[32..64],
+        neighbours[..],
+        "group 1, another thread's, after the barrier"
+    );
+    assert_eq!(out[64..], [0.0; 32], "zero-filled");
+}
+
+/// The emulator performs a copy only at a wait that covers it, so a kernel that reads too early
+/// reads what was there before, deterministically (on a GPU: a race, so emulator only).
+#[test]
+fn cp_async_is_not_visible_before_its_wait_on_the_emulator() {
+    let dev = Device::Emulated;
+    let x: Vec<f32> = (0..32).map(|i| i as f32 + 1.0).collect();
+    let xb = dev.upload(&x).unwrap();
+    let mut out = dev.upload(&[f32::NAN; 32]).unwrap();
+    let args = vec![xb.arg(), out.arg_mut()];
+    launch(&dev, one_warp("selftest_cp_async_unwaited", args));
+    assert_eq!(download(&dev, &out), [-1.0; 32]);
+}

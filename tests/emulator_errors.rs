@@ -21,8 +21,8 @@ fn launch_error(launch: Launch) -> String {
             .collect(),
         ..launch
     };
-    // SAFETY: every launch here is refused before any thread runs, except the divergent one,
-    // whose 32 threads write within `out`.
+    // SAFETY: every launch here is refused before any thread runs, except the divergent one and
+    // the half-warp mma, whose threads read and write within `out`.
     match unsafe { dev.launch(&launch) } {
         Err(e @ Error::Launch { .. }) => e.to_string(),
         other => panic!("expected a launch error, got {other:?}"),
@@ -102,6 +102,18 @@ fn a_shuffle_waiting_for_a_lane_at_syncthreads_is_reported() {
     let message = launch_error(launch);
     assert!(
         message.contains("selftest_divergent_barrier") && message.contains("__syncthreads"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_mma_that_not_every_lane_reaches_is_reported() {
+    // Half a warp: lanes 16..31 never call the warp-wide instruction.
+    let out = KernelArg::Ptr(0);
+    let launch = Launch::linear("selftest_mma_tf32", 16, 16, vec![out; 5]);
+    let message = launch_error(launch);
+    assert!(
+        message.contains("selftest_mma_tf32") && message.contains("all 32 lanes"),
         "{message}"
     );
 }

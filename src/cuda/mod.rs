@@ -5,9 +5,9 @@
 //! panics where a library is missing, so every entry point looks for the library first.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::sys::{CUdevice_attribute_enum, CUfunction_attribute_enum};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
     LaunchConfig, PushKernelArg,
@@ -15,6 +15,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::launch::Launch;
+use crate::launches::gemm_parts_len;
 use crate::{Element, Error, Result};
 
 /// The PTX (and CUBIN) of one `kernels/*.cu` file, embedded by build.rs.
@@ -28,18 +29,30 @@ pub(crate) struct KernelModule {
 // Defines NVRTC_VERSION and KERNEL_MODULES.
 include!(concat!(env!("OUT_DIR"), "/kernel_modules.rs"));
 
+/// The file of the self-test kernels: loaded only when a test launches one of them, so that the
+/// trainer never loads them (one hangs a GPU on purpose).
+const SELFTEST_FILE: &str = "kernels/selftest.cu";
+
 /// Above this much dynamic shared memory CUDA wants the kernel opted in first.
 const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
 
 /// A GPU with the kernels loaded.
 pub struct Gpu {
     stream: Arc<CudaStream>,
-    /// Every kernel of every module, by name.
+    /// Every kernel of every module but the self-tests, by name.
     functions: HashMap<&'static str, CudaFunction>,
+    /// The self-test kernels, loaded on first use.
+    selftest_functions: OnceLock<Result<HashMap<&'static str, CudaFunction>>>,
+    capability: (i32, i32),
     /// The kernel launched last: an asynchronous fault shows up at the next synchronisation,
     /// and this is the best guess of whose it is.
     last_kernel: Mutex<&'static str>,
     name: String,
+    sm_count: usize,
+    /// Where split GEMM sums write their partial products: allocated once, at its largest, so
+    /// that no op allocates (a captured CUDA graph keeps its address). An op holds the lock while
+    /// it issues its launches, so ops from several threads never interleave their parts.
+    gemm_parts: Mutex<CudaSlice<f32>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -95,23 +108,48 @@ impl Gpu {
         let capability = ctx
             .compute_capability()
             .map_err(driver("cannot read the compute capability"))?;
+        let sm_count = ctx
+            .attribute(CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver("cannot read the number of SMs"))?
+            .max(1) as usize;
+        let gemm_parts = stream
+            .alloc_zeros(gemm_parts_len(sm_count))
+            .map_err(driver("cannot allocate the GEMM workspace"))?;
         let mut functions = HashMap::new();
-        for module in KERNEL_MODULES {
-            let loaded = load_module(&ctx, module, capability)?;
-            for &kernel in module.kernels {
-                let function = loaded.load_function(kernel).map_err(|e| Error::Launch {
-                    kernel: kernel.to_string(),
-                    what: format!("not found in the loaded module of {}: {e}", module.file),
-                })?;
-                functions.insert(kernel, function);
-            }
+        for module in KERNEL_MODULES.iter().filter(|m| m.file != SELFTEST_FILE) {
+            functions.extend(load_functions(&ctx, module, capability)?);
         }
         Ok(Gpu {
             stream,
             functions,
+            selftest_functions: OnceLock::new(),
+            capability,
             last_kernel: Mutex::new("(none yet)"),
             name,
+            sm_count,
+            gemm_parts: Mutex::new(gemm_parts),
         })
+    }
+
+    /// The kernels of kernels/selftest.cu, loaded the first time one is asked for.
+    fn selftest_functions(&self) -> Result<&HashMap<&'static str, CudaFunction>> {
+        let loaded = self.selftest_functions.get_or_init(|| {
+            match KERNEL_MODULES.iter().find(|m| m.file == SELFTEST_FILE) {
+                Some(module) => load_functions(self.stream.context(), module, self.capability),
+                None => Ok(HashMap::new()),
+            }
+        });
+        loaded.as_ref().map_err(|e| device_error(e.to_string()))
+    }
+
+    /// The number of streaming multiprocessors, as the driver reports it.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+
+    /// The split GEMMs' workspace, locked for the launches of one op.
+    pub(crate) fn gemm_parts(&self) -> MutexGuard<'_, CudaSlice<f32>> {
+        self.gemm_parts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The GPU's name, as the driver reports it.
@@ -130,10 +168,13 @@ impl Gpu {
             kernel: launch.kernel.to_string(),
             what,
         };
-        let function = self
-            .functions
-            .get(launch.kernel)
-            .ok_or_else(|| fail("no kernel of that name in kernels/*.cu".to_string()))?;
+        let function = match self.functions.get(launch.kernel) {
+            Some(function) => function,
+            None => self
+                .selftest_functions()?
+                .get(launch.kernel)
+                .ok_or_else(|| fail("no kernel of that name in kernels/*.cu".to_string()))?,
+        };
         self.stream
             .context()
             .bind_to_thread()
@@ -250,6 +291,26 @@ impl Gpu {
     }
 }
 
+/// Loads a module and finds each of its kernels.
+fn load_functions(
+    ctx: &Arc<CudaContext>,
+    module: &KernelModule,
+    capability: (i32, i32),
+) -> Result<HashMap<&'static str, CudaFunction>> {
+    let loaded = load_module(ctx, module, capability)?;
+    module
+        .kernels
+        .iter()
+        .map(|&kernel| {
+            let function = loaded.load_function(kernel).map_err(|e| Error::Launch {
+                kernel: kernel.to_string(),
+                what: format!("not found in the loaded module of {}: {e}", module.file),
+            })?;
+            Ok((kernel, function))
+        })
+        .collect()
+}
+
 /// Loads a module from its CUBIN where the GPU is exactly sm_90, else from its PTX (which the
 /// driver compiles for the GPU at hand).
 fn load_module(
@@ -320,5 +381,89 @@ mod tests {
             }
             assert!(!module.cubin.is_empty(), "{}: no CUBIN", module.file);
         }
+    }
+
+    /// The GEMM kernels' source, gemm.cuh included.
+    const GEMM_SOURCES: [(&str, &str); 3] = [
+        ("kernels/gemm.cuh", include_str!("../../kernels/gemm.cuh")),
+        ("kernels/conv2d.cu", include_str!("../../kernels/conv2d.cu")),
+        ("kernels/linear.cu", include_str!("../../kernels/linear.cu")),
+    ];
+
+    /// Split sums go through a workspace and a fixed-order second pass, so that runs are
+    /// bit-reproducible: no GEMM kernel may add atomically.
+    #[test]
+    fn gemm_kernels_use_no_atomics() {
+        for (file, source) in GEMM_SOURCES {
+            // atomicAdd, atomicCAS, atomicExch, ...
+            let calls = source.match_indices("atomic").filter(|(at, _)| {
+                source[at + "atomic".len()..].starts_with(|c: char| c.is_ascii_uppercase())
+            });
+            assert_eq!(calls.count(), 0, "{file} uses an atomic");
+        }
+        if NVRTC_VERSION.is_none() {
+            eprintln!("skipped the PTX half: built without NVRTC");
+            return;
+        }
+        for module in gemm_modules() {
+            for line in module.ptx.lines().map(str::trim) {
+                assert!(
+                    !line.starts_with("atom.") && !line.starts_with("red."),
+                    "{}: {line}",
+                    module.file
+                );
+            }
+        }
+    }
+
+    /// Every `_tf32` kernel runs on the tensor cores: its PTX has the m16n8k8 TF32 mma, rounds
+    /// its operands with cvt.rna and stages them with cp.async; the fp32 kernels have no mma.
+    #[test]
+    fn tf32_kernels_multiply_on_tensor_cores() {
+        if NVRTC_VERSION.is_none() {
+            eprintln!("skipped: built without NVRTC, no PTX embedded");
+            return;
+        }
+        let mut tf32_kernels = 0;
+        for module in gemm_modules() {
+            for body in module.ptx.split(".entry ").skip(1) {
+                let name = &body[..body.find('(').unwrap()];
+                let mma = body.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32");
+                if name.ends_with("_tf32") {
+                    tf32_kernels += 1;
+                    assert!(mma, "{name} has no TF32 mma.sync");
+                    assert!(body.contains("cvt.rna.tf32.f32"), "{name} rounds nothing");
+                    assert!(
+                        body.contains("cp.async.wait_group"),
+                        "{name} has no cp.async"
+                    );
+                } else {
+                    assert!(!mma, "{name} is not a TF32 kernel but uses mma.sync");
+                }
+            }
+        }
+        assert_eq!(tf32_kernels, 6, "a TF32 version of each of the six passes");
+    }
+
+    /// The self-tests are found by file name to be left out of Gpu::new.
+    #[test]
+    fn the_selftest_module_is_the_one_left_to_load_on_demand() {
+        if NVRTC_VERSION.is_none() {
+            eprintln!("skipped: built without NVRTC, no modules embedded");
+            return;
+        }
+        let selftest = KERNEL_MODULES.iter().find(|m| m.file == SELFTEST_FILE);
+        let selftest = selftest.expect("kernels/selftest.cu among the modules");
+        assert!(selftest.kernels.iter().all(|k| k.starts_with("selftest_")));
+        let others = KERNEL_MODULES.iter().filter(|m| m.file != SELFTEST_FILE);
+        assert!(others
+            .flat_map(|m| m.kernels)
+            .all(|k| !k.starts_with("selftest_")));
+    }
+
+    fn gemm_modules() -> impl Iterator<Item = &'static KernelModule> {
+        KERNEL_MODULES
+            .iter()
+            .filter(|m| m.file.ends_with("conv2d.cu") || m.file.ends_with("linear.cu"))
     }
 }

@@ -4,7 +4,10 @@
 //! copies run in issue order and the host only waits in `synchronize` and `download`. cudarc
 //! panics where a library is missing, so every entry point looks for the library first.
 
+mod graph;
+
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
@@ -40,6 +43,8 @@ pub struct Gpu {
     /// and this is the best guess of whose it is.
     last_kernel: Mutex<&'static str>,
     name: String,
+    /// Whether a graph capture is under way on the stream (see graph.rs).
+    capturing: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -111,6 +116,7 @@ impl Gpu {
             functions,
             last_kernel: Mutex::new("(none yet)"),
             name,
+            capturing: AtomicBool::new(false),
         })
     }
 

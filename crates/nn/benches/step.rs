@@ -51,7 +51,7 @@ impl Training {
         let logits = self.net.forward(&self.images)?;
         self.xent.forward(logits, &self.labels, &mut self.totals)?;
         let dlogits = self.xent.backward(logits, &self.labels)?;
-        self.net.backward(dlogits)?;
+        self.net.backward(&self.images, dlogits)?;
         self.adam.step(&self.device, self.net.params_mut())
     }
 }

@@ -7,6 +7,8 @@
 //! forward: conv2d → flatten → relu(fc1) → relu(fc2) → fc3
 //! ```
 //!
+//! Each `MaxPool2d(2), ReLU()` pair runs as one fused op.
+//!
 //! The widths come from [`ConvNetConfig`]; saving and loading are in `checkpoint.rs`.
 
 use kernels::Device;
@@ -67,11 +69,11 @@ pub struct ConvNet {
     device: Device,
     config: ConvNetConfig,
     conv1: Conv2d,
+    /// `conv2d.1` and `conv2d.2`, max-pool and ReLU fused.
     pool1: MaxPool2d,
-    relu1: ReLU,
     conv2: Conv2d,
+    /// `conv2d.4` and `conv2d.5`.
     pool2: MaxPool2d,
-    relu2: ReLU,
     flatten: Flatten,
     fc1: Linear,
     fc1_relu: ReLU,
@@ -90,8 +92,7 @@ impl ConvNet {
             device: device.clone(),
             config,
             conv1: Conv2d::new(device, "conv2d.0", 1, c.conv1_channels, 3, 1, rng)?,
-            pool1: MaxPool2d::new(device, "conv2d.1")?,
-            relu1: ReLU::new(device, "conv2d.2")?,
+            pool1: MaxPool2d::with_relu(device, "conv2d.1-2")?,
             conv2: Conv2d::new(
                 device,
                 "conv2d.3",
@@ -101,8 +102,7 @@ impl ConvNet {
                 1,
                 rng,
             )?,
-            pool2: MaxPool2d::new(device, "conv2d.4")?,
-            relu2: ReLU::new(device, "conv2d.5")?,
+            pool2: MaxPool2d::with_relu(device, "conv2d.4-5")?,
             flatten: Flatten::new(),
             fc1: Linear::new(device, "fc1", c.flat_features(), c.hidden1, rng)?,
             fc1_relu: ReLU::new(device, "relu(fc1)")?,
@@ -134,10 +134,8 @@ impl ConvNet {
         }
         let x = self.conv1.forward(x.view())?;
         let x = self.pool1.forward(x)?;
-        let x = self.relu1.forward(x)?;
         let x = self.conv2.forward(x)?;
         let x = self.pool2.forward(x)?;
-        let x = self.relu2.forward(x)?;
         let x = self.flatten.forward(x)?;
         let x = self.fc1.forward(x)?;
         let x = self.fc1_relu.forward(x)?;
@@ -147,21 +145,24 @@ impl ConvNet {
         Ok(self.fc3.output())
     }
 
-    /// Fills every parameter's grad from the gradient of the loss to the logits.
-    pub fn backward(&mut self, dlogits: &Tensor) -> Result<()> {
-        let d = self.fc3.backward(dlogits.view())?;
+    /// Fills every parameter's grad from the gradient of the loss to the logits; `x` is the
+    /// input of the last forward, unchanged since. Each layer's input is read where it lives
+    /// (the previous layer's output), never copied.
+    pub fn backward(&mut self, x: &Tensor, dlogits: &Tensor) -> Result<()> {
+        let d = self
+            .fc3
+            .backward(self.fc2_relu.output().view(), dlogits.view())?;
         let d = self.fc2_relu.backward(d)?;
-        let d = self.fc2.backward(d)?;
+        let d = self.fc2.backward(self.fc1_relu.output().view(), d)?;
         let d = self.fc1_relu.backward(d)?;
-        let d = self.fc1.backward(d)?;
+        let fc1_input = self.flatten.output(&self.pool2.output().data);
+        let d = self.fc1.backward(fc1_input, d)?;
         let d = self.flatten.backward(d)?;
-        let d = self.relu2.backward(d)?;
         let d = self.pool2.backward(d)?;
-        let d = self.conv2.backward(d)?;
-        let d = self.relu1.backward(d)?;
+        let d = self.conv2.backward(self.pool1.output().view(), d)?;
         let d = self.pool1.backward(d)?;
         // conv1's input is the data: nothing upstream wants its gradient.
-        self.conv1.backward_params(d)
+        self.conv1.backward_params(x.view(), d)
     }
 
     /// Every parameter, in state_dict order.

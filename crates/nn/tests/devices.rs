@@ -37,7 +37,7 @@ fn train(device: &Device, images: &[f32], labels: &[u32]) -> Vec<(f32, f32)> {
             let logits = net.forward(&x).unwrap();
             xent.forward(logits, &labels, &mut totals).unwrap();
             let dlogits = xent.backward(logits, &labels).unwrap();
-            net.backward(dlogits).unwrap();
+            net.backward(&x, dlogits).unwrap();
             adam.step(device, net.params_mut()).unwrap();
             let totals = device.download(&totals).unwrap();
             (totals[0] / BATCH as f32, totals[1])

@@ -15,8 +15,9 @@ pub struct Linear {
     bias: Param,
     in_features: usize,
     out_features: usize,
-    /// The input of the last forward: the weight gradient is dyᵀ·x.
-    input: Tensor,
+    /// The shape of the last forward's input. The input itself is not kept: backward takes it
+    /// again, from the network, which keeps it alive anyway (it is the previous layer's output).
+    input_shape: Vec<usize>,
     output: Tensor,
     input_grad: Tensor,
 }
@@ -41,7 +42,7 @@ impl Linear {
             bias: Param::new(device, format!("{name}.bias"), &[out_features], &bias)?,
             in_features,
             out_features,
-            input: Tensor::zeros(device, &[0])?,
+            input_shape: Vec::new(),
             output: Tensor::zeros(device, &[0])?,
             input_grad: Tensor::zeros(device, &[0])?,
         })
@@ -63,9 +64,8 @@ impl Linear {
     /// x `[N, in_features]` → y `[N, out_features]`.
     pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
         let s = self.op_shape(x.shape)?;
-        // A copy, as the caller may overwrite x before backward.
-        self.input.resize(&self.device, x.shape)?;
-        self.device.copy(x.data, &mut self.input.data)?;
+        self.input_shape.clear();
+        self.input_shape.extend_from_slice(x.shape);
         self.output
             .resize(&self.device, &[s.batch, s.out_features])?;
         let (w, b) = (&self.weight.value.data, &self.bias.value.data);
@@ -74,11 +74,12 @@ impl Linear {
         Ok(self.output.view())
     }
 
-    /// Fills the weight and bias gradients and returns the gradient to the input, dy·W.
-    pub fn backward(&mut self, dy: TensorView) -> Result<TensorView<'_>> {
-        self.backward_params(dy)?;
-        let s = self.op_shape(&self.input.shape)?;
-        self.input_grad.resize(&self.device, &self.input.shape)?;
+    /// Fills the weight and bias gradients and returns the gradient to the input, dy·W; `x` is
+    /// the input of the last forward, unchanged since.
+    pub fn backward(&mut self, x: TensorView, dy: TensorView) -> Result<TensorView<'_>> {
+        self.backward_params(x, dy)?;
+        let s = self.op_shape(x.shape)?;
+        self.input_grad.resize(&self.device, x.shape)?;
         let w = &self.weight.value.data;
         self.device
             .linear_backward_input(&s, w, dy.data, &mut self.input_grad.data)?;
@@ -86,12 +87,13 @@ impl Linear {
     }
 
     /// Fills only the weight gradient dyᵀ·x and the bias gradient Σ_batch dy.
-    pub fn backward_params(&mut self, dy: TensorView) -> Result<()> {
+    pub fn backward_params(&mut self, x: TensorView, dy: TensorView) -> Result<()> {
+        expect_shape(&self.name, "x", x.shape, &self.input_shape)?;
         expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
-        let s = self.op_shape(&self.input.shape)?;
+        let s = self.op_shape(x.shape)?;
         let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
         self.device
-            .linear_backward_weight(&s, &self.input.data, dy.data, dw, db)?;
+            .linear_backward_weight(&s, x.data, dy.data, dw, db)?;
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use criterion::{Throughput, Throughput::BytesDecimal as Bytes, Throughput::Elements as Flops};
 use kernels::{cpu, reference, AdamStep, Buffer, Device, Element, Gpu, Result};
-use kernels::{Conv2dShape, LinearShape, Pool2dShape, XentShape};
+use kernels::{Activation, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -181,13 +181,13 @@ fn conv_benches(c: &mut Criterion, device: &Device) {
             let (mut dw, mut db) = (zeros(device, s.weight_len()), zeros(device, s.out_channels));
             let flops = Flops(s.forward_flops());
             family.bench(id(format!("{name}_forward"), batch), &flops, || {
-                device.conv2d_forward(&s, &x, &w, &b, &mut y)
+                device.conv2d_forward(&s, Precision::Fp32, &x, &w, &b, &mut y)
             });
             family.bench(id(format!("{name}_backward_input"), batch), &flops, || {
-                device.conv2d_backward_input(&s, &w, &dy, &mut dx)
+                device.conv2d_backward_input(&s, Precision::Fp32, &w, &dy, &mut dx)
             });
             family.bench(id(format!("{name}_backward_weight"), batch), &flops, || {
-                device.conv2d_backward_weight(&s, &x, &dy, &mut dw, &mut db)
+                device.conv2d_backward_weight(&s, Precision::Fp32, &x, &dy, &mut dw, &mut db)
             });
         }
     }
@@ -251,13 +251,13 @@ fn linear_benches(c: &mut Criterion, device: &Device) {
             let (mut dw, mut db) = (zeros(device, w.len()), zeros(device, b.len()));
             let flops = Flops(s.forward_flops());
             family.bench(id(format!("{name}_forward"), batch), &flops, || {
-                device.linear_forward(&s, &x, &w, &b, &mut y)
+                device.linear_forward(&s, Precision::Fp32, Activation::None, &x, &w, &b, &mut y)
             });
             family.bench(id(format!("{name}_backward_input"), batch), &flops, || {
-                device.linear_backward_input(&s, &w, &dy, &mut dx)
+                device.linear_backward_input(&s, Precision::Fp32, &w, &dy, &mut dx)
             });
             family.bench(id(format!("{name}_backward_weight"), batch), &flops, || {
-                device.linear_backward_weight(&s, &x, &dy, &mut dw, &mut db)
+                device.linear_backward_weight(&s, Precision::Fp32, &x, &dy, &mut dw, &mut db)
             });
         }
     }

@@ -11,8 +11,8 @@ use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use crate::cuda::{self, Gpu};
 use crate::launch::{KernelArg, Launch};
 use crate::{
-    cpu, data_launches, emulator, launches, AdamHyper, AdamStep, Conv2dShape, Error, LinearShape,
-    Pool2dShape, Result, XentShape, PAD_INDEX,
+    cpu, data_launches, emulator, launches, Activation, AdamHyper, AdamStep, Conv2dShape, Error,
+    LinearShape, Pool2dShape, Precision, Result, XentShape, PAD_INDEX,
 };
 
 /// The element types a buffer can hold.
@@ -289,6 +289,7 @@ impl Device {
     pub fn conv2d_forward(
         &self,
         s: &Conv2dShape,
+        precision: Precision,
         x: &Buffer<f32>,
         w: &Buffer<f32>,
         b: &Buffer<f32>,
@@ -300,9 +301,13 @@ impl Device {
         self.expect(op, "bias", b, s.out_channels)?;
         self.expect(op, "y", y, s.output_len())?;
         match self {
-            Device::Cpu => cpu::conv2d_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?),
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::conv2d_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?)
+            }
             Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_forward(
                 s,
+                precision,
                 x.arg(),
                 w.arg(),
                 b.arg(),
@@ -315,6 +320,7 @@ impl Device {
     pub fn conv2d_backward_input(
         &self,
         s: &Conv2dShape,
+        precision: Precision,
         w: &Buffer<f32>,
         dy: &Buffer<f32>,
         dx: &mut Buffer<f32>,
@@ -324,9 +330,13 @@ impl Device {
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dx", dx, s.input_len())?;
         match self {
-            Device::Cpu => cpu::conv2d_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::conv2d_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?)
+            }
             Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_backward_input(
                 s,
+                precision,
                 w.arg(),
                 dy.arg(),
                 dx.arg_mut(),
@@ -338,6 +348,7 @@ impl Device {
     pub fn conv2d_backward_weight(
         &self,
         s: &Conv2dShape,
+        precision: Precision,
         x: &Buffer<f32>,
         dy: &Buffer<f32>,
         dw: &mut Buffer<f32>,
@@ -349,15 +360,19 @@ impl Device {
         self.expect(op, "dweight", dw, s.weight_len())?;
         self.expect(op, "dbias", db, s.out_channels)?;
         match self {
-            Device::Cpu => cpu::conv2d_backward_weight(
-                s,
-                x.host()?,
-                dy.host()?,
-                dw.host_mut()?,
-                db.host_mut()?,
-            ),
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::conv2d_backward_weight(
+                    s,
+                    x.host()?,
+                    dy.host()?,
+                    dw.host_mut()?,
+                    db.host_mut()?,
+                )
+            }
             Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_backward_weight(
                 s,
+                precision,
                 x.arg(),
                 dy.arg(),
                 dw.arg_mut(),
@@ -446,9 +461,13 @@ impl Device {
         Ok(())
     }
 
+    /// y = activation(x·Wᵀ + b).
+    #[allow(clippy::too_many_arguments)] // the op's operands, each checked and named
     pub fn linear_forward(
         &self,
         s: &LinearShape,
+        precision: Precision,
+        activation: Activation,
         x: &Buffer<f32>,
         w: &Buffer<f32>,
         b: &Buffer<f32>,
@@ -460,9 +479,19 @@ impl Device {
         self.expect(op, "bias", b, s.out_features)?;
         self.expect(op, "y", y, s.batch * s.out_features)?;
         match self {
-            Device::Cpu => cpu::linear_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?),
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                let y = y.host_mut()?;
+                cpu::linear_forward(s, x.host()?, w.host()?, b.host()?, y);
+                if activation == Activation::Relu {
+                    y.iter_mut()
+                        .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 });
+                }
+            }
             Device::Emulated | Device::Cuda(_) => self.run(launches::linear_forward(
                 s,
+                precision,
+                activation,
                 x.arg(),
                 w.arg(),
                 b.arg(),
@@ -475,6 +504,7 @@ impl Device {
     pub fn linear_backward_input(
         &self,
         s: &LinearShape,
+        precision: Precision,
         w: &Buffer<f32>,
         dy: &Buffer<f32>,
         dx: &mut Buffer<f32>,
@@ -484,9 +514,13 @@ impl Device {
         self.expect(op, "dy", dy, s.batch * s.out_features)?;
         self.expect(op, "dx", dx, s.batch * s.in_features)?;
         match self {
-            Device::Cpu => cpu::linear_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::linear_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?)
+            }
             Device::Emulated | Device::Cuda(_) => self.run(launches::linear_backward_input(
                 s,
+                precision,
                 w.arg(),
                 dy.arg(),
                 dx.arg_mut(),
@@ -498,6 +532,7 @@ impl Device {
     pub fn linear_backward_weight(
         &self,
         s: &LinearShape,
+        precision: Precision,
         x: &Buffer<f32>,
         dy: &Buffer<f32>,
         dw: &mut Buffer<f32>,
@@ -509,15 +544,19 @@ impl Device {
         self.expect(op, "dweight", dw, s.out_features * s.in_features)?;
         self.expect(op, "dbias", db, s.out_features)?;
         match self {
-            Device::Cpu => cpu::linear_backward_weight(
-                s,
-                x.host()?,
-                dy.host()?,
-                dw.host_mut()?,
-                db.host_mut()?,
-            ),
+            Device::Cpu => {
+                cpu_precision(op, precision)?;
+                cpu::linear_backward_weight(
+                    s,
+                    x.host()?,
+                    dy.host()?,
+                    dw.host_mut()?,
+                    db.host_mut()?,
+                )
+            }
             Device::Emulated | Device::Cuda(_) => self.run(launches::linear_backward_weight(
                 s,
+                precision,
                 x.arg(),
                 dy.arg(),
                 dw.arg_mut(),
@@ -677,6 +716,18 @@ impl Device {
             ))?,
         }
         Ok(())
+    }
+}
+
+/// The cpu device multiplies in fp32 only: a request for TF32 is a mistake to report, not to
+/// quietly compute more exactly.
+fn cpu_precision(op: &'static str, precision: Precision) -> Result<()> {
+    match precision {
+        Precision::Fp32 => Ok(()),
+        Precision::Tf32 => Err(Error::Device {
+            device: "cpu".to_string(),
+            what: format!("{op}: the cpu device computes in fp32 only (asked for {precision})"),
+        }),
     }
 }
 

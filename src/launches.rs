@@ -7,7 +7,9 @@
 
 use crate::data_launches;
 use crate::launch::{KernelArg, Launch};
-use crate::{AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
+use crate::{
+    Activation, AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape,
+};
 
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -105,6 +107,7 @@ fn conv_sizes(s: &Conv2dShape) -> [KernelArg; 10] {
 
 pub(crate) fn conv2d_forward(
     s: &Conv2dShape,
+    _precision: Precision,
     x: KernelArg,
     w: KernelArg,
     b: KernelArg,
@@ -118,6 +121,7 @@ pub(crate) fn conv2d_forward(
 
 pub(crate) fn conv2d_backward_input(
     s: &Conv2dShape,
+    _precision: Precision,
     w: KernelArg,
     dy: KernelArg,
     dx: KernelArg,
@@ -130,6 +134,7 @@ pub(crate) fn conv2d_backward_input(
 
 pub(crate) fn conv2d_backward_weight(
     s: &Conv2dShape,
+    _precision: Precision,
     x: KernelArg,
     dy: KernelArg,
     dw: KernelArg,
@@ -211,6 +216,8 @@ pub(crate) fn relu_backward(len: usize, y: KernelArg, dy: KernelArg, dx: KernelA
 
 pub(crate) fn linear_forward(
     s: &LinearShape,
+    _precision: Precision,
+    activation: Activation,
     x: KernelArg,
     w: KernelArg,
     b: KernelArg,
@@ -226,18 +233,23 @@ pub(crate) fn linear_forward(
         int(s.out_features),
     ];
     let outputs = [(y, s.batch * s.out_features)];
-    split_gemm(
+    let mut launches = split_gemm(
         "linear_forward",
         s.batch,
         s.out_features,
         s.in_features,
         &outputs,
         args,
-    )
+    );
+    if activation == Activation::Relu {
+        launches.extend(relu_forward(s.batch * s.out_features, y, y));
+    }
+    launches
 }
 
 pub(crate) fn linear_backward_input(
     s: &LinearShape,
+    _precision: Precision,
     w: KernelArg,
     dy: KernelArg,
     dx: KernelArg,
@@ -263,6 +275,7 @@ pub(crate) fn linear_backward_input(
 
 pub(crate) fn linear_backward_weight(
     s: &LinearShape,
+    _precision: Precision,
     x: KernelArg,
     dy: KernelArg,
     dw: KernelArg,
@@ -508,7 +521,7 @@ mod tests {
             conv(1024, 1, 32, 28),
             conv(1024, 32, 64, 14),
         ] {
-            let launches = conv2d_backward_weight(&s, X, DY, OUT, DB);
+            let launches = conv2d_backward_weight(&s, Precision::Fp32, X, DY, OUT, DB);
             let cleared = [clear(OUT, s.weight_len()), clear(DB, s.out_channels)].concat();
             assert_eq!(launches[..2], cleared, "{s:?}");
             assert!(
@@ -521,12 +534,12 @@ mod tests {
             linear(64, 1024, 512),
             linear(64, 512, 10),
         ] {
-            let launches = linear_forward(&s, X, W, B, OUT);
+            let launches = linear_forward(&s, Precision::Fp32, Activation::None, X, W, B, OUT);
             assert_eq!(launches[..1], clear(OUT, s.batch * s.out_features), "{s:?}");
             assert!(find(&launches, "linear_forward").grid[2] > 1, "{s:?}");
         }
         for s in [linear(64, 3136, 1024), linear(64, 1024, 512)] {
-            let launches = linear_backward_input(&s, W, DY, OUT);
+            let launches = linear_backward_input(&s, Precision::Fp32, W, DY, OUT);
             assert_eq!(launches[..1], clear(OUT, s.batch * s.in_features), "{s:?}");
             assert!(
                 find(&launches, "linear_backward_input").grid[2] > 1,
@@ -534,7 +547,7 @@ mod tests {
             );
         }
         for s in [linear(1024, 1024, 512), linear(1024, 512, 10)] {
-            let launches = linear_backward_weight(&s, X, DY, OUT, DB);
+            let launches = linear_backward_weight(&s, Precision::Fp32, X, DY, OUT, DB);
             let cleared = clear(OUT, s.out_features * s.in_features);
             assert_eq!(launches[..1], cleared, "{s:?}");
             assert!(
@@ -547,7 +560,7 @@ mod tests {
     #[test]
     fn short_sums_and_many_tiles_are_not_split() {
         for s in [conv(1, 1, 4, 5), conv(2, 3, 8, 6)] {
-            let launches = conv2d_backward_weight(&s, X, DY, OUT, DB);
+            let launches = conv2d_backward_weight(&s, Precision::Fp32, X, DY, OUT, DB);
             assert_eq!(launches.len(), 1, "{s:?}");
             assert_eq!(find(&launches, "conv2d_backward_weight").grid[2], 1);
         }
@@ -557,14 +570,22 @@ mod tests {
             linear(64, 512, 10),
             linear(1024, 3136, 1024),
         ] {
-            let launches = linear_backward_weight(&s, X, DY, OUT, DB);
+            let launches = linear_backward_weight(&s, Precision::Fp32, X, DY, OUT, DB);
             assert_eq!(launches.len(), 2, "{s:?}");
             assert_eq!(find(&launches, "linear_backward_weight").grid[2], 1);
         }
         // fc3's input gradient sums over its 10 outputs.
-        let launches = linear_backward_input(&linear(64, 512, 10), W, DY, OUT);
+        let launches = linear_backward_input(&linear(64, 512, 10), Precision::Fp32, W, DY, OUT);
         assert_eq!(launches.len(), 1);
-        let launches = linear_forward(&linear(5, 37, 13), X, W, B, OUT);
+        let launches = linear_forward(
+            &linear(5, 37, 13),
+            Precision::Fp32,
+            Activation::None,
+            X,
+            W,
+            B,
+            OUT,
+        );
         assert_eq!(launches.len(), 1);
     }
 

@@ -26,6 +26,6 @@ pub use cuda::Gpu;
 pub use device::{Buffer, Device, Element, Graph, TensorTable};
 pub use error::{Error, Result};
 pub use shapes::{
-    AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape, IGNORE_LABEL,
-    PAD_INDEX,
+    Activation, AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape,
+    IGNORE_LABEL, PAD_INDEX,
 };

@@ -173,3 +173,12 @@ impl std::str::FromStr for Precision {
         }
     }
 }
+
+/// The function a GEMM-shaped op applies to each output as it stores it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Activation {
+    #[default]
+    None,
+    /// max(y, 0), as `relu_forward` computes it (so −0 and NaN give 0).
+    Relu,
+}

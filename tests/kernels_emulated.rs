@@ -9,7 +9,10 @@ mod common;
 
 use common::conv;
 use kernels::reference as r;
-use kernels::{AdamStep, Buffer, Conv2dShape, Device, LinearShape, Pool2dShape, XentShape};
+use kernels::{
+    Activation, AdamStep, Buffer, Conv2dShape, Device, LinearShape, Pool2dShape, Precision,
+    XentShape,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -87,6 +90,7 @@ fn conv2d_forward_matches_reference() {
         let mut y = output(&dev, s.output_len());
         dev.conv2d_forward(
             s,
+            Precision::Fp32,
             &upload(&dev, &x),
             &upload(&dev, &w),
             &upload(&dev, &b),
@@ -116,10 +120,17 @@ fn conv2d_backward_matches_reference() {
         let mut dx = output(&dev, s.input_len());
         let mut dw = output(&dev, s.weight_len());
         let mut db = output(&dev, s.out_channels);
-        dev.conv2d_backward_input(s, &upload(&dev, &w), &dy_buf, &mut dx)
+        dev.conv2d_backward_input(s, Precision::Fp32, &upload(&dev, &w), &dy_buf, &mut dx)
             .unwrap();
-        dev.conv2d_backward_weight(s, &upload(&dev, &x), &dy_buf, &mut dw, &mut db)
-            .unwrap();
+        dev.conv2d_backward_weight(
+            s,
+            Precision::Fp32,
+            &upload(&dev, &x),
+            &dy_buf,
+            &mut dw,
+            &mut db,
+        )
+        .unwrap();
 
         let mut want_dx = vec![0.0; s.input_len()];
         let mut want_dw = vec![0.0; s.weight_len()];
@@ -269,11 +280,19 @@ fn linear_matches_reference() {
         let mut dx = output(&dev, s.batch * s.in_features);
         let mut dw = output(&dev, s.out_features * s.in_features);
         let mut db = output(&dev, s.out_features);
-        dev.linear_forward(s, &x_buf, &w_buf, &upload(&dev, &b), &mut y)
+        dev.linear_forward(
+            s,
+            Precision::Fp32,
+            Activation::None,
+            &x_buf,
+            &w_buf,
+            &upload(&dev, &b),
+            &mut y,
+        )
+        .unwrap();
+        dev.linear_backward_input(s, Precision::Fp32, &w_buf, &dy_buf, &mut dx)
             .unwrap();
-        dev.linear_backward_input(s, &w_buf, &dy_buf, &mut dx)
-            .unwrap();
-        dev.linear_backward_weight(s, &x_buf, &dy_buf, &mut dw, &mut db)
+        dev.linear_backward_weight(s, Precision::Fp32, &x_buf, &dy_buf, &mut dw, &mut db)
             .unwrap();
 
         let (x, w, dy) = (widen(&x), widen(&w), widen(&dy));

@@ -1,6 +1,6 @@
 //! 2-D convolution, as PyTorch's `nn.Conv2d` with a square kernel, stride 1 and zero padding.
 
-use kernels::{Conv2dShape, Device};
+use kernels::{Conv2dShape, Device, Precision};
 use rand::rngs::StdRng;
 
 use crate::error::expect_shape;
@@ -72,7 +72,7 @@ impl Conv2d {
         self.output.resize(&self.device, &y_shape)?;
         let (w, b) = (&self.weight.value.data, &self.bias.value.data);
         self.device
-            .conv2d_forward(&s, x.data, w, b, &mut self.output.data)?;
+            .conv2d_forward(&s, Precision::Fp32, x.data, w, b, &mut self.output.data)?;
         Ok(self.output.view())
     }
 
@@ -83,8 +83,13 @@ impl Conv2d {
         let s = self.op_shape(x.shape)?;
         self.input_grad.resize(&self.device, x.shape)?;
         let w = &self.weight.value.data;
-        self.device
-            .conv2d_backward_input(&s, w, dy.data, &mut self.input_grad.data)?;
+        self.device.conv2d_backward_input(
+            &s,
+            Precision::Fp32,
+            w,
+            dy.data,
+            &mut self.input_grad.data,
+        )?;
         Ok(self.input_grad.view())
     }
 
@@ -94,8 +99,14 @@ impl Conv2d {
         expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
         let s = self.op_shape(x.shape)?;
         let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
-        self.device
-            .conv2d_backward_weight(&s, x.data, dy.data, dw, db)?;
+        self.device.conv2d_backward_weight(
+            &s,
+            Precision::Fp32,
+            x.data,
+            dy.data,
+            dw,
+            db,
+        )?;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! A fully connected layer, as PyTorch's `nn.Linear`: y = x·Wᵀ + b.
 
-use kernels::{Device, LinearShape};
+use kernels::{Activation, Device, LinearShape, Precision};
 use rand::rngs::StdRng;
 
 use crate::error::expect_shape;
@@ -69,8 +69,15 @@ impl Linear {
         self.output
             .resize(&self.device, &[s.batch, s.out_features])?;
         let (w, b) = (&self.weight.value.data, &self.bias.value.data);
-        self.device
-            .linear_forward(&s, x.data, w, b, &mut self.output.data)?;
+        self.device.linear_forward(
+            &s,
+            Precision::Fp32,
+            Activation::None,
+            x.data,
+            w,
+            b,
+            &mut self.output.data,
+        )?;
         Ok(self.output.view())
     }
 
@@ -81,8 +88,13 @@ impl Linear {
         let s = self.op_shape(x.shape)?;
         self.input_grad.resize(&self.device, x.shape)?;
         let w = &self.weight.value.data;
-        self.device
-            .linear_backward_input(&s, w, dy.data, &mut self.input_grad.data)?;
+        self.device.linear_backward_input(
+            &s,
+            Precision::Fp32,
+            w,
+            dy.data,
+            &mut self.input_grad.data,
+        )?;
         Ok(self.input_grad.view())
     }
 
@@ -92,8 +104,14 @@ impl Linear {
         expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
         let s = self.op_shape(x.shape)?;
         let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
-        self.device
-            .linear_backward_weight(&s, x.data, dy.data, dw, db)?;
+        self.device.linear_backward_weight(
+            &s,
+            Precision::Fp32,
+            x.data,
+            dy.data,
+            dw,
+            db,
+        )?;
         Ok(())
     }
 

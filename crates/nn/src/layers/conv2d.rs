@@ -17,6 +17,7 @@ pub struct Conv2d {
     out_channels: usize,
     kernel: usize,
     padding: usize,
+    precision: Precision,
     /// The shape of the last forward's input. The input itself is not kept: backward takes it
     /// again, from the network, which keeps it alive anyway (it is the previous layer's output).
     input_shape: Vec<usize>,
@@ -49,10 +50,16 @@ impl Conv2d {
             out_channels,
             kernel,
             padding,
+            precision: Precision::Fp32,
             input_shape: Vec::new(),
             output: Tensor::zeros(device, &[0])?,
             input_grad: Tensor::zeros(device, &[0])?,
         })
+    }
+
+    /// How the products are computed (fp32 until set).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     pub fn params(&self) -> [&Param; 2] {
@@ -72,7 +79,7 @@ impl Conv2d {
         self.output.resize(&self.device, &y_shape)?;
         let (w, b) = (&self.weight.value.data, &self.bias.value.data);
         self.device
-            .conv2d_forward(&s, Precision::Fp32, x.data, w, b, &mut self.output.data)?;
+            .conv2d_forward(&s, self.precision, x.data, w, b, &mut self.output.data)?;
         Ok(self.output.view())
     }
 
@@ -85,7 +92,7 @@ impl Conv2d {
         let w = &self.weight.value.data;
         self.device.conv2d_backward_input(
             &s,
-            Precision::Fp32,
+            self.precision,
             w,
             dy.data,
             &mut self.input_grad.data,
@@ -99,14 +106,8 @@ impl Conv2d {
         expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
         let s = self.op_shape(x.shape)?;
         let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
-        self.device.conv2d_backward_weight(
-            &s,
-            Precision::Fp32,
-            x.data,
-            dy.data,
-            dw,
-            db,
-        )?;
+        self.device
+            .conv2d_backward_weight(&s, self.precision, x.data, dy.data, dw, db)?;
         Ok(())
     }
 

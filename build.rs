@@ -26,6 +26,7 @@ struct KernelFile {
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=kernels/gemm.cuh");
     println!("cargo:rerun-if-changed=src/emulator/cuda_emulator.h");
     println!("cargo:rerun-if-changed=src/emulator/cuda_emulator.cpp");
     println!("cargo:rerun-if-env-changed=HANDWRITTEN_REQUIRE_NVRTC");
@@ -264,6 +265,8 @@ fn build_emulator(files: &[KernelFile], out_dir: &Path) -> Result<(), String> {
         // The emulator runs every thread of every kernel: unoptimised it is unbearably slow.
         .opt_level(2)
         .include("src/emulator")
+        // The kernels' own headers (gemm.cuh).
+        .include("kernels")
         .flag("-fno-strict-aliasing")
         // Fibers read threadIdx and friends constantly; keep thread-local access a single load.
         .flag("-ftls-model=initial-exec")
@@ -369,8 +372,9 @@ fn build_gpu_modules(files: &[KernelFile], out_dir: &Path) -> Result<(), String>
     );
     for file in files {
         let name = file.path.display().to_string();
-        let ptx = nvrtc_compile(&file.source, &name, PTX_ARCH, Output::Ptx)?;
-        let cubin = nvrtc_compile(&file.source, &name, CUBIN_ARCH, Output::Cubin)?;
+        let source = inline_includes(&file.source, &file.path)?;
+        let ptx = nvrtc_compile(&source, &name, PTX_ARCH, Output::Ptx)?;
+        let cubin = nvrtc_compile(&source, &name, CUBIN_ARCH, Output::Cubin)?;
         let ptx_path = dir.join(format!("{}.ptx", file.stem));
         let cubin_path = dir.join(format!("{}.cubin", file.stem));
         fs::write(&ptx_path, &ptx)
@@ -394,6 +398,43 @@ fn build_gpu_modules(files: &[KernelFile], out_dir: &Path) -> Result<(), String>
     }
     rust.push_str("];\n");
     fs::write(&generated, rust).map_err(|e| format!("cannot write {}: {e}", generated.display()))
+}
+
+/// Replaces each `#include "header"` line by the header's text from the kernel's own folder, with
+/// `#line` markers so that NVRTC's messages still name the right file and line. (NVRTC has no
+/// include path of its own here; g++ finds the same headers with `-I kernels`.)
+fn inline_includes(source: &str, path: &Path) -> Result<String, String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = String::with_capacity(source.len());
+    for (index, line) in source.lines().enumerate() {
+        let header = line
+            .trim()
+            .strip_prefix("#include")
+            .map(str::trim)
+            .and_then(|rest| rest.strip_prefix('"'))
+            .and_then(|rest| rest.strip_suffix('"'));
+        match header {
+            Some(header) => {
+                let header_path = dir.join(header);
+                let text = fs::read_to_string(&header_path).map_err(|e| {
+                    format!(
+                        "{}:{}: cannot read {}: {e}",
+                        path.display(),
+                        index + 1,
+                        header_path.display()
+                    )
+                })?;
+                writeln!(out, "#line 1 \"{}\"", header_path.display()).unwrap();
+                out.push_str(&text);
+                writeln!(out, "\n#line {} \"{}\"", index + 2, path.display()).unwrap();
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn nvrtc_version() -> Result<(i32, i32), String> {

@@ -13,20 +13,14 @@
 // zero in the padding. The bias is the weight of an input that is always 1, so its gradient is
 // one more column, d = D, of the weight gradient's product.
 //
-// The tiling is linear.cu's: C[M, N] = Σ_d A(i, d)·B(j, d), a block of 256 threads per 64x64
-// tile of C, slices of depth 16 staged in shared memory, a 4x4 register micro-tile per thread
-// owning rows ty + 16·i and columns tx + 16·j. Here A and B are small structs that compute
-// where element (row, d) lives instead of plain matrices.
+// Each pass runs gemm.cuh's tile loop with views of its operands, in two versions: the exact fp32
+// engine (conv2d_<pass>) and the TF32 tensor-core engine (conv2d_<pass>_tf32).
 //
 // The weight gradient sums over batch·P, long next to its few tiles (one for the network's first
-// layer): launches.rs then splits the sum across gridDim.z blocks, which add their partial tiles
-// atomically into outputs it zeroed first. The other passes have short sums and are not split.
+// layer): launches.rs then splits the sum across gridDim.z blocks, which write partial tiles that
+// conv2d_backward_weight_sum_parts adds up in a fixed order.
 
-#define TILE 64              // rows and columns of C per block
-#define TILE_DEPTH 16        // depth of the operand slices staged in shared memory
-#define MICRO 4              // each thread computes MICRO x MICRO elements of C
-#define SPAN (TILE / MICRO)  // threads along each side of the tile: 16
-#define THREADS (SPAN * SPAN)
+#include "gemm.cuh"
 
 struct ConvShape {
     int batch, in_channels, out_channels, height, width, kernel, stride, padding;
@@ -41,8 +35,8 @@ struct ConvShape {
 struct WeightRows {
     const float* w;
     int patch_len;
-    static constexpr bool depth_contiguous = true;
-    __device__ float operator()(int o, int d) const { return w[o * patch_len + d]; }
+    static constexpr bool depth_contiguous = true, addressable = true;
+    __device__ const float* address(int o, int d) const { return &w[o * patch_len + d]; }
 };
 
 // The weight as [in_channels, (o, di, dj)]: the matrix that maps output gradients back to
@@ -50,10 +44,10 @@ struct WeightRows {
 struct WeightColumns {
     const float* w;
     ConvShape s;
-    static constexpr bool depth_contiguous = true;
-    __device__ float operator()(int c, int d) const {
+    static constexpr bool depth_contiguous = true, addressable = true;
+    __device__ const float* address(int c, int d) const {
         int o = d / s.taps(), tap = d % s.taps();
-        return w[(o * s.in_channels + c) * s.taps() + tap];
+        return &w[(o * s.in_channels + c) * s.taps() + tap];
     }
 };
 
@@ -61,10 +55,10 @@ struct WeightColumns {
 struct OutputGradRows {
     const float* dy;
     ConvShape s;
-    static constexpr bool depth_contiguous = true;
-    __device__ float operator()(int o, int pixel) const {
+    static constexpr bool depth_contiguous = true, addressable = true;
+    __device__ const float* address(int o, int pixel) const {
         int n = pixel / s.out_pixels(), p = pixel % s.out_pixels();
-        return dy[(n * s.out_channels + o) * s.out_pixels() + p];
+        return &dy[(n * s.out_channels + o) * s.out_pixels() + p];
     }
 };
 
@@ -84,7 +78,7 @@ __device__ __forceinline__ float patch(const float* x, const ConvShape& s, int p
 struct PatchRows {
     const float* x;
     ConvShape s;
-    static constexpr bool depth_contiguous = false;
+    static constexpr bool depth_contiguous = false, addressable = false;
     __device__ float operator()(int pixel, int d) const { return patch(x, s, pixel, d); }
 };
 
@@ -93,7 +87,7 @@ struct PatchRows {
 struct PatchColumns {
     const float* x;
     ConvShape s;
-    static constexpr bool depth_contiguous = true;
+    static constexpr bool depth_contiguous = true, addressable = false;
     __device__ float operator()(int d, int pixel) const {
         return d == s.patch_len() ? 1.0f : patch(x, s, pixel, d);
     }
@@ -104,7 +98,7 @@ struct PatchColumns {
 struct OutputGradPatches {
     const float* dy;
     ConvShape s;
-    static constexpr bool depth_contiguous = false;
+    static constexpr bool depth_contiguous = false, addressable = false;
     __device__ float operator()(int pixel, int d) const {
         int in_pixels = s.height * s.width;
         int n = pixel / in_pixels, ih = pixel % in_pixels / s.width, iw = pixel % s.width;
@@ -118,170 +112,105 @@ struct OutputGradPatches {
     }
 };
 
-// Copies rows [row0, row0 + TILE) x depth [d0, d0 + TILE_DEPTH) of an operand into
-// slice[d][r], zero outside [rows, depth]. Consecutive threads walk the depth when the operand
-// is contiguous along it, else the rows. The +1 padding of each slice row keeps the stores of
-// the depth-contiguous case, which stride by a row, off a single shared-memory bank.
-template <typename Operand>
-__device__ __forceinline__ void stage_slice(float slice[TILE_DEPTH][TILE + 1], const Operand& op,
-                                            int rows, int depth, int row0, int d0) {
-    for (int e = threadIdx.x; e < TILE * TILE_DEPTH; e += THREADS) {
-        int d = Operand::depth_contiguous ? e % TILE_DEPTH : e / TILE;
-        int r = Operand::depth_contiguous ? e / TILE_DEPTH : e % TILE;
-        int row = row0 + r, k = d0 + d;
-        slice[d][r] = row < rows && k < depth ? op(row, k) : 0.0f;
+// The sizes every conv kernel takes after its pointers, and the shape they make.
+#define CONV_SIZE_PARAMS                                                                          \
+    int batch, int in_channels, int out_channels, int height, int width, int kernel, int stride, \
+        int padding, int out_height, int out_width
+#define CONV_SHAPE                                                                                 \
+    ConvShape {                                                                                    \
+        batch, in_channels, out_channels, height, width, kernel, stride, padding, out_height,     \
+            out_width                                                                              \
     }
-}
-
-// This block's share [begin, end) of a sum over `depth`: split blockIdx.z of gridDim.z, in whole
-// slices (gridDim.z is 1 but for a split sum: the whole depth).
-__device__ __forceinline__ void depth_range(int depth, int& begin, int& end) {
-    int slices = (depth + TILE_DEPTH - 1) / TILE_DEPTH;
-    int slices_per_split = (slices + (int)gridDim.z - 1) / (int)gridDim.z;
-    begin = min(depth, (int)blockIdx.z * slices_per_split * TILE_DEPTH);
-    end = min(depth, begin + slices_per_split * TILE_DEPTH);
-}
-
-// Writes one element of C: the whole sum, or a split's part of it, added to the zeroed output.
-__device__ __forceinline__ void store(float* dst, float value) {
-    if (gridDim.z == 1) {
-        *dst = value;
-    } else {
-        atomicAdd(dst, value);
-    }
-}
-
-// acc[i][j] = C[row0 + ty + SPAN·i][col0 + tx + SPAN·j] for this block's tile of
-// C[m, n] = Σ_d A(i, d)·B(j, d), summed over this block's share of the depth.
-template <typename A, typename B>
-__device__ __forceinline__ void implicit_gemm_tile(const A& a, const B& b, int m, int n, int depth,
-                                                   float a_slice[TILE_DEPTH][TILE + 1],
-                                                   float b_slice[TILE_DEPTH][TILE + 1],
-                                                   float acc[MICRO][MICRO]) {
-    int tx = threadIdx.x % SPAN, ty = threadIdx.x / SPAN;
-    int row0 = blockIdx.y * TILE, col0 = blockIdx.x * TILE;
-#pragma unroll
-    for (int i = 0; i < MICRO; ++i) {
-#pragma unroll
-        for (int j = 0; j < MICRO; ++j) acc[i][j] = 0.0f;
-    }
-    int begin, end;
-    depth_range(depth, begin, end);
-    for (int d0 = begin; d0 < end; d0 += TILE_DEPTH) {
-        stage_slice(a_slice, a, m, depth, row0, d0);
-        stage_slice(b_slice, b, n, depth, col0, d0);
-        __syncthreads();
-#pragma unroll
-        for (int d = 0; d < TILE_DEPTH; ++d) {
-            float a_frag[MICRO], b_frag[MICRO];
-#pragma unroll
-            for (int i = 0; i < MICRO; ++i) a_frag[i] = a_slice[d][ty + SPAN * i];
-#pragma unroll
-            for (int j = 0; j < MICRO; ++j) b_frag[j] = b_slice[d][tx + SPAN * j];
-#pragma unroll
-            for (int i = 0; i < MICRO; ++i) {
-#pragma unroll
-                for (int j = 0; j < MICRO; ++j) acc[i][j] += a_frag[i] * b_frag[j];
-            }
-        }
-        __syncthreads();  // the slices are overwritten next step
-    }
-}
 
 // y = conv(x, W) + bias: C[out_channels, batch·P], each column an output pixel of one image.
-// Grid: (⌈batch·P / 64⌉, ⌈out_channels / 64⌉) blocks of 256 threads; consecutive threads store
-// consecutive pixels of one output plane.
-extern "C" __global__ void conv2d_forward(const float* x, const float* w, const float* bias,
-                                          float* y, int batch, int in_channels, int out_channels,
-                                          int height, int width, int kernel, int stride,
-                                          int padding, int out_height, int out_width) {
-    ConvShape s = {batch,  in_channels, out_channels, height,     width,
-                   kernel, stride,      padding,      out_height, out_width};
-    __shared__ float a_slice[TILE_DEPTH][TILE + 1];
-    __shared__ float b_slice[TILE_DEPTH][TILE + 1];
-    float acc[MICRO][MICRO];
-    WeightRows a = {w, s.patch_len()};
-    PatchRows b = {x, s};
-    int pixels = batch * s.out_pixels();
-    implicit_gemm_tile(a, b, out_channels, pixels, s.patch_len(), a_slice, b_slice, acc);
+// Grid: (⌈batch·P / 64⌉, ⌈out_channels / 64⌉) blocks of 256 threads.
+template <typename Engine>
+__device__ __forceinline__ void forward(const float* x, const float* w, const float* bias, float* y,
+                                        ConvShape s) {
+    int P = s.out_pixels();
+    gemm_tile<Engine>(WeightRows{w, s.patch_len()}, PatchRows{x, s}, s.out_channels, s.batch * P,
+                      s.patch_len(), nullptr, [&](int o, int pixel, float value) {
+                          int n = pixel / P, p = pixel % P;
+                          y[(n * s.out_channels + o) * P + p] = value + bias[o];
+                      });
+}
 
-    int tx = threadIdx.x % SPAN, ty = threadIdx.x / SPAN;
-#pragma unroll
-    for (int i = 0; i < MICRO; ++i) {
-        int o = blockIdx.y * TILE + ty + SPAN * i;
-#pragma unroll
-        for (int j = 0; j < MICRO; ++j) {
-            int pixel = blockIdx.x * TILE + tx + SPAN * j;
-            if (o < out_channels && pixel < pixels) {
-                int n = pixel / s.out_pixels(), p = pixel % s.out_pixels();
-                y[(n * out_channels + o) * s.out_pixels() + p] = acc[i][j] + bias[o];
-            }
-        }
-    }
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+    conv2d_forward(const float* x, const float* w, const float* bias, float* y, CONV_SIZE_PARAMS) {
+    forward<SimtEngine>(x, w, bias, y, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+    conv2d_forward_tf32(const float* x, const float* w, const float* bias, float* y,
+                        CONV_SIZE_PARAMS) {
+    forward<Tf32Engine>(x, w, bias, y, CONV_SHAPE);
 }
 
 // dx = the gradient of the input: C[in_channels, batch·height·width], each column an input
 // pixel, summing over the output pixels and taps that read it. Every dx element is written.
 // Grid: (⌈batch·height·width / 64⌉, ⌈in_channels / 64⌉) blocks of 256 threads.
-extern "C" __global__ void conv2d_backward_input(const float* w, const float* dy, float* dx,
-                                                 int batch, int in_channels, int out_channels,
-                                                 int height, int width, int kernel, int stride,
-                                                 int padding, int out_height, int out_width) {
-    ConvShape s = {batch,  in_channels, out_channels, height,     width,
-                   kernel, stride,      padding,      out_height, out_width};
-    __shared__ float a_slice[TILE_DEPTH][TILE + 1];
-    __shared__ float b_slice[TILE_DEPTH][TILE + 1];
-    float acc[MICRO][MICRO];
-    WeightColumns a = {w, s};
-    OutputGradPatches b = {dy, s};
-    int in_pixels = height * width, pixels = batch * in_pixels;
-    int depth = out_channels * s.taps();
-    implicit_gemm_tile(a, b, in_channels, pixels, depth, a_slice, b_slice, acc);
+template <typename Engine>
+__device__ __forceinline__ void backward_input(const float* w, const float* dy, float* dx,
+                                               ConvShape s) {
+    int in_pixels = s.height * s.width;
+    gemm_tile<Engine>(WeightColumns{w, s}, OutputGradPatches{dy, s}, s.in_channels,
+                      s.batch * in_pixels, s.out_channels * s.taps(), nullptr,
+                      [&](int c, int pixel, float value) {
+                          int n = pixel / in_pixels, p = pixel % in_pixels;
+                          dx[(n * s.in_channels + c) * in_pixels + p] = value;
+                      });
+}
 
-    int tx = threadIdx.x % SPAN, ty = threadIdx.x / SPAN;
-#pragma unroll
-    for (int i = 0; i < MICRO; ++i) {
-        int c = blockIdx.y * TILE + ty + SPAN * i;
-#pragma unroll
-        for (int j = 0; j < MICRO; ++j) {
-            int pixel = blockIdx.x * TILE + tx + SPAN * j;
-            if (c < in_channels && pixel < pixels) {
-                int n = pixel / in_pixels, p = pixel % in_pixels;
-                dx[(n * in_channels + c) * in_pixels + p] = acc[i][j];
-            }
-        }
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+    conv2d_backward_input(const float* w, const float* dy, float* dx, CONV_SIZE_PARAMS) {
+    backward_input<SimtEngine>(w, dy, dx, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+    conv2d_backward_input_tf32(const float* w, const float* dy, float* dx, CONV_SIZE_PARAMS) {
+    backward_input<Tf32Engine>(w, dy, dx, CONV_SHAPE);
+}
+
+// Stores element (o, d) of the weight gradient's C[out_channels, D + 1]: columns [0, D) are dW,
+// column D is db.
+__device__ __forceinline__ void store_weight_grad(float* dw, float* db, const ConvShape& s, int o,
+                                                  int d, float value) {
+    if (d < s.patch_len()) {
+        dw[o * s.patch_len() + d] = value;
+    } else {
+        db[o] = value;
     }
 }
 
-// dW and db, the gradients of the weight and the bias: C[out_channels, D + 1], columns [0, D)
-// into dW and column D into db. Each block sums its share of the batch·P pixels (all of them
-// unless launches.rs splits the sum).
+// dW and db, the gradients of the weight and the bias: C[out_channels, D + 1]. Each block sums
+// its share of the batch·P pixels: all of them, or, split, its part into parts.
 // Grid: (⌈(D + 1) / 64⌉, ⌈out_channels / 64⌉, splits of batch·P) blocks of 256 threads.
-extern "C" __global__ void conv2d_backward_weight(const float* x, const float* dy, float* dw,
-                                                  float* db, int batch, int in_channels,
-                                                  int out_channels, int height, int width,
-                                                  int kernel, int stride, int padding,
-                                                  int out_height, int out_width) {
-    ConvShape s = {batch,  in_channels, out_channels, height,     width,
-                   kernel, stride,      padding,      out_height, out_width};
-    __shared__ float a_slice[TILE_DEPTH][TILE + 1];
-    __shared__ float b_slice[TILE_DEPTH][TILE + 1];
-    float acc[MICRO][MICRO];
-    OutputGradRows a = {dy, s};
-    PatchColumns b = {x, s};
-    int depth = batch * s.out_pixels();
-    implicit_gemm_tile(a, b, out_channels, s.patch_len() + 1, depth, a_slice, b_slice, acc);
+template <typename Engine>
+__device__ __forceinline__ void backward_weight(const float* x, const float* dy, float* dw,
+                                                float* db, float* parts, ConvShape s) {
+    gemm_tile<Engine>(OutputGradRows{dy, s}, PatchColumns{x, s}, s.out_channels,
+                      s.patch_len() + 1, s.batch * s.out_pixels(), parts,
+                      [&](int o, int d, float value) { store_weight_grad(dw, db, s, o, d, value); });
+}
 
-    int tx = threadIdx.x % SPAN, ty = threadIdx.x / SPAN;
-#pragma unroll
-    for (int i = 0; i < MICRO; ++i) {
-        int o = blockIdx.y * TILE + ty + SPAN * i;
-#pragma unroll
-        for (int j = 0; j < MICRO; ++j) {
-            int d = blockIdx.x * TILE + tx + SPAN * j;
-            if (o >= out_channels) continue;
-            if (d < s.patch_len()) store(&dw[o * s.patch_len() + d], acc[i][j]);
-            if (d == s.patch_len()) store(&db[o], acc[i][j]);
-        }
-    }
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+    conv2d_backward_weight(const float* x, const float* dy, float* dw, float* db, float* parts,
+                           CONV_SIZE_PARAMS) {
+    backward_weight<SimtEngine>(x, dy, dw, db, parts, CONV_SHAPE);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+    conv2d_backward_weight_tf32(const float* x, const float* dy, float* dw, float* db,
+                                float* parts, CONV_SIZE_PARAMS) {
+    backward_weight<Tf32Engine>(x, dy, dw, db, parts, CONV_SHAPE);
+}
+
+// The split weight gradient's second pass: adds the `splits` partial [out_channels, D + 1]
+// products in parts, in order. One thread per element.
+extern "C" __global__ void conv2d_backward_weight_sum_parts(const float* parts, int splits,
+                                                            float* dw, float* db,
+                                                            CONV_SIZE_PARAMS) {
+    ConvShape s = CONV_SHAPE;
+    sum_parts(parts, splits, out_channels, s.patch_len() + 1,
+              [&](int o, int d, float value) { store_weight_grad(dw, db, s, o, d, value); });
 }

@@ -4,12 +4,13 @@
 //! device can reach them, so a mistake in a layer is an error naming the op and the operand, never
 //! a wrong answer or an out-of-bounds kernel.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use crate::cuda::{self, Gpu};
 use crate::launch::{KernelArg, Launch};
+use crate::launches::{gemm_parts_len, GemmContext};
 use crate::{
     cpu, data_launches, emulator, launches, Activation, AdamHyper, AdamStep, Conv2dShape, Error,
     LinearShape, Pool2dShape, Precision, Result, XentShape, PAD_INDEX,
@@ -94,6 +95,13 @@ fn in_gpu_memory() -> Error {
         what: "the buffer is in GPU memory; download it first".to_string(),
     }
 }
+
+/// The emulated device splits sums as an H200 (132 SMs) would, so that it runs the same launches.
+const EMULATED_SM_COUNT: usize = 132;
+
+/// The emulated device's split-sum workspace: allocated at its largest on first use, then only
+/// locked, one op at a time.
+static EMULATED_GEMM_PARTS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
 /// Which implementation runs the ops.
 #[derive(Clone, Debug)]
@@ -254,6 +262,42 @@ impl Device {
         Ok(())
     }
 
+    /// Runs the launches of a GEMM op, built with this device's SM count and split-sum workspace,
+    /// which stays locked until they are issued: on the GPU they then run in stream order before
+    /// any other op's, on the emulator they have finished.
+    fn run_gemm(&self, build: impl FnOnce(&GemmContext) -> Vec<Launch>) -> Result<()> {
+        match self {
+            Device::Cpu => Err(Error::Device {
+                device: "cpu".to_string(),
+                what: "the cpu device runs no CUDA kernels".to_string(),
+            }),
+            Device::Emulated => {
+                let mut parts = EMULATED_GEMM_PARTS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let parts_len = gemm_parts_len(EMULATED_SM_COUNT);
+                if parts.len() < parts_len {
+                    parts.resize(parts_len, 0.0);
+                }
+                let ctx = GemmContext {
+                    sm_count: EMULATED_SM_COUNT,
+                    parts: KernelArg::Ptr(parts.as_mut_ptr() as u64),
+                    parts_len,
+                };
+                self.run(build(&ctx))
+            }
+            Device::Cuda(gpu) => {
+                let parts = gpu.gemm_parts();
+                let ctx = GemmContext {
+                    sm_count: gpu.sm_count(),
+                    parts: KernelArg::Ptr(cuda::device_address(&parts)),
+                    parts_len: parts.len(),
+                };
+                self.run(build(&ctx))
+            }
+        }
+    }
+
     /// Waits until every op issued so far has finished.
     pub fn synchronize(&self) -> Result<()> {
         self.outside_capture("synchronize")?;
@@ -370,14 +414,12 @@ impl Device {
                     db.host_mut()?,
                 )
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_backward_weight(
-                s,
-                precision,
-                x.arg(),
-                dy.arg(),
-                dw.arg_mut(),
-                db.arg_mut(),
-            ))?,
+            Device::Emulated | Device::Cuda(_) => {
+                let (x, dy, dw, db) = (x.arg(), dy.arg(), dw.arg_mut(), db.arg_mut());
+                self.run_gemm(|ctx| {
+                    launches::conv2d_backward_weight(s, precision, ctx, x, dy, dw, db)
+                })?
+            }
         }
         Ok(())
     }
@@ -488,15 +530,12 @@ impl Device {
                         .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 });
                 }
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::linear_forward(
-                s,
-                precision,
-                activation,
-                x.arg(),
-                w.arg(),
-                b.arg(),
-                y.arg_mut(),
-            ))?,
+            Device::Emulated | Device::Cuda(_) => {
+                let (x, w, b, y) = (x.arg(), w.arg(), b.arg(), y.arg_mut());
+                self.run_gemm(|ctx| {
+                    launches::linear_forward(s, precision, activation, ctx, x, w, b, y)
+                })?
+            }
         }
         Ok(())
     }
@@ -518,13 +557,10 @@ impl Device {
                 cpu_precision(op, precision)?;
                 cpu::linear_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?)
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::linear_backward_input(
-                s,
-                precision,
-                w.arg(),
-                dy.arg(),
-                dx.arg_mut(),
-            ))?,
+            Device::Emulated | Device::Cuda(_) => {
+                let (w, dy, dx) = (w.arg(), dy.arg(), dx.arg_mut());
+                self.run_gemm(|ctx| launches::linear_backward_input(s, precision, ctx, w, dy, dx))?
+            }
         }
         Ok(())
     }
@@ -554,14 +590,12 @@ impl Device {
                     db.host_mut()?,
                 )
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::linear_backward_weight(
-                s,
-                precision,
-                x.arg(),
-                dy.arg(),
-                dw.arg_mut(),
-                db.arg_mut(),
-            ))?,
+            Device::Emulated | Device::Cuda(_) => {
+                let (x, dy, dw, db) = (x.arg(), dy.arg(), dw.arg_mut(), db.arg_mut());
+                self.run_gemm(|ctx| {
+                    launches::linear_backward_weight(s, precision, ctx, x, dy, dw, db)
+                })?
+            }
         }
         Ok(())
     }
@@ -887,6 +921,11 @@ impl Device {
         match (&graph.recorded, self) {
             (Recorded::Cuda(graph), Device::Cuda(gpu)) => gpu.launch_graph(graph),
             (Recorded::Launches(launches), _) => {
+                // The recorded GEMM launches address the shared split-sum workspace: hold it, as
+                // run_gemm does, so that another thread's op cannot use it meanwhile.
+                let _parts = EMULATED_GEMM_PARTS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 for launch in launches {
                     // SAFETY: passed on from the caller.
                     unsafe { emulator::run(launch)? };

@@ -5,7 +5,6 @@
 //! kernel computes is below the length of some buffer, so buffers must hold fewer than 2³¹
 //! elements.
 
-use crate::data_launches;
 use crate::launch::{KernelArg, Launch};
 use crate::{
     Activation, AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape,
@@ -13,26 +12,57 @@ use crate::{
 
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
-/// Rows and columns of the output tile of one block of the GEMM kernels (`TILE` in linear.cu and
-/// conv2d.cu), which run `GEMM_THREADS` threads each (a 16x16 grid of 4x4 micro-tiles).
+/// Rows and columns of the output tile of one block of the GEMM kernels (`GEMM_TILE` in
+/// kernels/gemm.cuh), which run `GEMM_THREADS` threads each.
 const GEMM_TILE: usize = 64;
 const GEMM_THREADS: u32 = 256;
-/// Depth of the operand slices the GEMM kernels stage in shared memory (`TILE_DEPTH`): a split of
+/// Depth of the operand slices the GEMM kernels stage in shared memory (`GEMM_DEPTH`): a split of
 /// a sum takes whole slices.
 const GEMM_TILE_DEPTH: usize = 16;
-/// Blocks a GEMM grid should have: two per SM of a big GPU (132 on an H100 or H200), so that
-/// every SM has a second block to run while the first waits for memory.
-const GEMM_TARGET_BLOCKS: usize = 2 * 132;
-/// The shortest part of a sum worth a block of its own: shorter, and zeroing the output and adding
-/// the parts atomically cost more than the extra blocks gain.
+/// The shortest part of a sum worth a block of its own: shorter, and writing and adding the parts
+/// costs more than the extra blocks gain.
 const MIN_SPLIT_DEPTH: usize = 128;
 /// Threads per warp, the unit of work of the softmax kernels (one row each).
 const WARP: u32 = 32;
 /// The fused loss runs in one block of at most this many threads (32 warps).
 const MAX_FUSED_XENT_THREADS: u32 = 1024;
 
+/// What a GEMM launch needs to know of its device: how many SMs to fill, and where split sums
+/// write their partial products (`parts`, `parts_len` floats, held by the device for the op).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GemmContext {
+    pub sm_count: usize,
+    pub parts: KernelArg,
+    pub parts_len: usize,
+}
+
+/// Blocks a GEMM grid should have: two per SM, so that every SM has a second block to run while
+/// the first waits for memory.
+fn target_blocks(sm_count: usize) -> usize {
+    2 * sm_count.max(1)
+}
+
+/// Floats of workspace that every split GEMM fits in. A sum is split only when its output has
+/// fewer tiles than `target_blocks`, into at most ⌈target / tiles⌉ parts, so the parts cover
+/// fewer than 2·target tiles.
+pub(crate) fn gemm_parts_len(sm_count: usize) -> usize {
+    2 * target_blocks(sm_count) * GEMM_TILE * GEMM_TILE
+}
+
 fn int(v: usize) -> KernelArg {
     KernelArg::I32(v as i32)
+}
+
+/// A null pointer, for the parts of a sum that is not split.
+const NO_PARTS: KernelArg = KernelArg::Ptr(0);
+
+/// The kernel that runs a pass with `precision`: `fp32` on the SIMT engine, `tf32` on the tensor
+/// cores.
+fn engine(precision: Precision, fp32: &'static str, tf32: &'static str) -> &'static str {
+    match precision {
+        Precision::Fp32 => fp32,
+        Precision::Tf32 => tf32,
+    }
 }
 
 /// A 2-D grid of GEMM blocks covering an output matrix of `rows` x `cols`: x runs along columns.
@@ -51,42 +81,39 @@ fn gemm(kernel: &'static str, rows: usize, cols: usize, args: Vec<KernelArg>) ->
 }
 
 /// Into how many parts (`blockIdx.z`) a GEMM with `tiles` output tiles splits its sum over
-/// `depth`: enough for `GEMM_TARGET_BLOCKS` blocks in all, none shorter than `MIN_SPLIT_DEPTH`,
-/// and, as the kernels' `depth_range` gives part z the slices [z·per_part, (z + 1)·per_part),
-/// none left empty.
-fn depth_splits(tiles: usize, depth: usize) -> usize {
-    let wanted = GEMM_TARGET_BLOCKS
-        .div_ceil(tiles)
-        .min(depth / MIN_SPLIT_DEPTH)
-        .max(1);
+/// `depth`: enough for `target` blocks in all, none shorter than `MIN_SPLIT_DEPTH`, and, as the
+/// kernels' `depth_range` gives part z the slices [z·per_part, (z + 1)·per_part), none left empty.
+fn depth_splits(tiles: usize, depth: usize, target: usize) -> usize {
+    let wanted = target.div_ceil(tiles).min(depth / MIN_SPLIT_DEPTH).max(1);
     let slices = depth.div_ceil(GEMM_TILE_DEPTH).max(1);
     let slices_per_part = slices.div_ceil(wanted);
     slices.div_ceil(slices_per_part)
 }
 
 /// A GEMM launch whose sum over `depth` is split across blocks where its output has too few
-/// tiles to fill the GPU. The parts are added atomically into the `outputs` (buffer, length), so
-/// `fill_zero` launches clear them first; an unsplit launch stores its tiles directly.
+/// tiles to fill the GPU. `args(parts)` are the kernel's arguments given where its partial
+/// products go; split, they go to the context's workspace and `sum_parts(splits)` launches the
+/// pass that adds them up in order. Unsplit, the kernel stores its tiles directly.
 fn split_gemm(
     kernel: &'static str,
     rows: usize,
     cols: usize,
     depth: usize,
-    outputs: &[(KernelArg, usize)],
-    args: Vec<KernelArg>,
+    ctx: &GemmContext,
+    args: impl Fn(KernelArg) -> Vec<KernelArg>,
+    sum_parts: impl FnOnce(usize) -> Launch,
 ) -> Vec<Launch> {
-    let mut launch = gemm(kernel, rows, cols, args);
-    let splits = depth_splits((launch.grid[0] * launch.grid[1]) as usize, depth);
-    if splits == 1 {
+    let mut launch = gemm(kernel, rows, cols, args(NO_PARTS));
+    let tiles = (launch.grid[0] * launch.grid[1]) as usize;
+    let splits = depth_splits(tiles, depth, target_blocks(ctx.sm_count));
+    // Always true by gemm_parts_len's bound; a guard, not a path.
+    let fits = splits * rows * cols <= ctx.parts_len;
+    if splits == 1 || !fits {
         return vec![launch];
     }
     launch.grid[2] = splits as u32;
-    let mut launches: Vec<Launch> = outputs
-        .iter()
-        .flat_map(|&(buf, len)| data_launches::fill_zero(len as u32, buf))
-        .collect();
-    launches.push(launch);
-    launches
+    launch.args = args(ctx.parts);
+    vec![launch, sum_parts(splits)]
 }
 
 /// The ten sizes every conv kernel takes after its pointers, in its signature's order.
@@ -107,7 +134,7 @@ fn conv_sizes(s: &Conv2dShape) -> [KernelArg; 10] {
 
 pub(crate) fn conv2d_forward(
     s: &Conv2dShape,
-    _precision: Precision,
+    precision: Precision,
     x: KernelArg,
     w: KernelArg,
     b: KernelArg,
@@ -116,12 +143,13 @@ pub(crate) fn conv2d_forward(
     let pixels = s.batch * s.out_height() * s.out_width();
     let mut args = vec![x, w, b, y];
     args.extend(conv_sizes(s));
-    vec![gemm("conv2d_forward", s.out_channels, pixels, args)]
+    let kernel = engine(precision, "conv2d_forward", "conv2d_forward_tf32");
+    vec![gemm(kernel, s.out_channels, pixels, args)]
 }
 
 pub(crate) fn conv2d_backward_input(
     s: &Conv2dShape,
-    _precision: Precision,
+    precision: Precision,
     w: KernelArg,
     dy: KernelArg,
     dx: KernelArg,
@@ -129,12 +157,18 @@ pub(crate) fn conv2d_backward_input(
     let pixels = s.batch * s.height * s.width;
     let mut args = vec![w, dy, dx];
     args.extend(conv_sizes(s));
-    vec![gemm("conv2d_backward_input", s.in_channels, pixels, args)]
+    let kernel = engine(
+        precision,
+        "conv2d_backward_input",
+        "conv2d_backward_input_tf32",
+    );
+    vec![gemm(kernel, s.in_channels, pixels, args)]
 }
 
 pub(crate) fn conv2d_backward_weight(
     s: &Conv2dShape,
-    _precision: Precision,
+    precision: Precision,
+    ctx: &GemmContext,
     x: KernelArg,
     dy: KernelArg,
     dw: KernelArg,
@@ -143,17 +177,18 @@ pub(crate) fn conv2d_backward_weight(
     // One column per weight of an output channel, and one more for its bias.
     let cols = s.in_channels * s.kernel * s.kernel + 1;
     let pixels = s.batch * s.out_height() * s.out_width();
-    let mut args = vec![x, dy, dw, db];
-    args.extend(conv_sizes(s));
-    let outputs = [(dw, s.weight_len()), (db, s.out_channels)];
-    split_gemm(
+    let kernel = engine(
+        precision,
         "conv2d_backward_weight",
-        s.out_channels,
-        cols,
-        pixels,
-        &outputs,
-        args,
-    )
+        "conv2d_backward_weight_tf32",
+    );
+    let args = |parts| [vec![x, dy, dw, db, parts], conv_sizes(s).to_vec()].concat();
+    let sum_parts = |splits| {
+        let args = [vec![ctx.parts, int(splits), dw, db], conv_sizes(s).to_vec()].concat();
+        let name = "conv2d_backward_weight_sum_parts";
+        Launch::linear(name, s.out_channels * cols, BLOCK, args)
+    };
+    split_gemm(kernel, s.out_channels, cols, pixels, ctx, args, sum_parts)
 }
 
 pub(crate) fn maxpool2d_forward(
@@ -214,91 +249,101 @@ pub(crate) fn relu_backward(len: usize, y: KernelArg, dy: KernelArg, dx: KernelA
     vec![Launch::linear("relu_backward", len, BLOCK, args)]
 }
 
+/// The pass that adds the parts of a split linear product C [rows, cols], then stores it as the
+/// product's own kernel would (bias and relu for the forward pass).
+fn linear_sum_parts(
+    ctx: &GemmContext,
+    splits: usize,
+    bias: KernelArg,
+    c: KernelArg,
+    rows: usize,
+    cols: usize,
+    relu: bool,
+) -> Launch {
+    let args = vec![
+        ctx.parts,
+        int(splits),
+        bias,
+        c,
+        int(rows),
+        int(cols),
+        int(relu as usize),
+    ];
+    Launch::linear("linear_sum_parts", rows * cols, BLOCK, args)
+}
+
+#[allow(clippy::too_many_arguments)] // the op's operands, and how it computes
 pub(crate) fn linear_forward(
     s: &LinearShape,
-    _precision: Precision,
+    precision: Precision,
     activation: Activation,
+    ctx: &GemmContext,
     x: KernelArg,
     w: KernelArg,
     b: KernelArg,
     y: KernelArg,
 ) -> Vec<Launch> {
-    let args = vec![
-        x,
-        w,
-        b,
-        y,
-        int(s.batch),
-        int(s.in_features),
-        int(s.out_features),
-    ];
-    let outputs = [(y, s.batch * s.out_features)];
-    let mut launches = split_gemm(
-        "linear_forward",
-        s.batch,
-        s.out_features,
-        s.in_features,
-        &outputs,
-        args,
-    );
-    if activation == Activation::Relu {
-        launches.extend(relu_forward(s.batch * s.out_features, y, y));
-    }
-    launches
+    let relu = activation == Activation::Relu;
+    let sizes = [int(s.batch), int(s.in_features), int(s.out_features)];
+    let args = |parts| [&[x, w, b, y, parts][..], &sizes, &[int(relu as usize)]].concat();
+    let kernel = engine(precision, "linear_forward", "linear_forward_tf32");
+    let sum_parts = |splits| linear_sum_parts(ctx, splits, b, y, s.batch, s.out_features, relu);
+    let (rows, cols, depth) = (s.batch, s.out_features, s.in_features);
+    split_gemm(kernel, rows, cols, depth, ctx, args, sum_parts)
 }
 
 pub(crate) fn linear_backward_input(
     s: &LinearShape,
-    _precision: Precision,
+    precision: Precision,
+    ctx: &GemmContext,
     w: KernelArg,
     dy: KernelArg,
     dx: KernelArg,
 ) -> Vec<Launch> {
-    let args = vec![
-        w,
-        dy,
-        dx,
-        int(s.batch),
-        int(s.in_features),
-        int(s.out_features),
-    ];
-    let outputs = [(dx, s.batch * s.in_features)];
-    split_gemm(
+    let sizes = [int(s.batch), int(s.in_features), int(s.out_features)];
+    let args = |parts| [&[w, dy, dx, parts][..], &sizes].concat();
+    let kernel = engine(
+        precision,
         "linear_backward_input",
-        s.batch,
-        s.in_features,
-        s.out_features,
-        &outputs,
-        args,
-    )
+        "linear_backward_input_tf32",
+    );
+    let sum_parts =
+        |splits| linear_sum_parts(ctx, splits, NO_PARTS, dx, s.batch, s.in_features, false);
+    let (rows, cols, depth) = (s.batch, s.in_features, s.out_features);
+    split_gemm(kernel, rows, cols, depth, ctx, args, sum_parts)
 }
 
+#[allow(clippy::too_many_arguments)] // the op's operands, and how it computes
 pub(crate) fn linear_backward_weight(
     s: &LinearShape,
-    _precision: Precision,
+    precision: Precision,
+    ctx: &GemmContext,
     x: KernelArg,
     dy: KernelArg,
     dw: KernelArg,
     db: KernelArg,
 ) -> Vec<Launch> {
-    let args = vec![
-        x,
-        dy,
-        dw,
-        int(s.batch),
-        int(s.in_features),
-        int(s.out_features),
-    ];
-    let bias_args = vec![dy, db, int(s.batch), int(s.out_features)];
-    let outputs = [(dw, s.out_features * s.in_features)];
-    let mut launches = split_gemm(
+    let sizes = [int(s.batch), int(s.in_features), int(s.out_features)];
+    let args = |parts| [&[x, dy, dw, parts][..], &sizes].concat();
+    let kernel = engine(
+        precision,
         "linear_backward_weight",
-        s.out_features,
-        s.in_features,
-        s.batch,
-        &outputs,
-        args,
+        "linear_backward_weight_tf32",
     );
+    let sum_parts = |splits| {
+        linear_sum_parts(
+            ctx,
+            splits,
+            NO_PARTS,
+            dw,
+            s.out_features,
+            s.in_features,
+            false,
+        )
+    };
+    let (rows, cols, depth) = (s.out_features, s.in_features, s.batch);
+    let mut launches = split_gemm(kernel, rows, cols, depth, ctx, args, sum_parts);
+    let bias_args = vec![dy, db, int(s.batch), int(s.out_features)];
     launches.push(Launch::linear(
         "linear_backward_bias",
         s.out_features,
@@ -472,13 +517,22 @@ pub(crate) fn adam_update_tensors(
 mod tests {
     use super::*;
 
-    // Distinct pointers, so that a test can tell which buffer a launch clears.
+    // Distinct pointers, so that a test can tell which buffer a launch writes.
     const X: KernelArg = KernelArg::Ptr(0x1000);
     const W: KernelArg = KernelArg::Ptr(0x2000);
     const B: KernelArg = KernelArg::Ptr(0x3000);
     const DY: KernelArg = KernelArg::Ptr(0x4000);
     const OUT: KernelArg = KernelArg::Ptr(0x5000);
     const DB: KernelArg = KernelArg::Ptr(0x6000);
+    const PARTS: KernelArg = KernelArg::Ptr(0x7000);
+
+    /// An H200's context.
+    const CTX: GemmContext = GemmContext {
+        sm_count: 132,
+        parts: PARTS,
+        parts_len: 2 * 2 * 132 * 64 * 64,
+    };
+    const FP32: Precision = Precision::Fp32;
 
     /// A 3x3 convolution that keeps the image size, as both of the network's are.
     fn conv(batch: usize, in_channels: usize, out_channels: usize, size: usize) -> Conv2dShape {
@@ -502,10 +556,6 @@ mod tests {
         }
     }
 
-    fn clear(buf: KernelArg, len: usize) -> Vec<Launch> {
-        data_launches::fill_zero(len as u32, buf)
-    }
-
     /// The launch of `kernel` among `launches`, checked against the GPU's limits.
     fn find<'a>(launches: &'a [Launch], kernel: &str) -> &'a Launch {
         let launch = launches.iter().find(|l| l.kernel == kernel).unwrap();
@@ -513,56 +563,68 @@ mod tests {
         launch
     }
 
+    /// Checks a split: the product writes its parts, and the next launch adds them into `out`.
+    fn assert_split(launches: &[Launch], kernel: &str, sum_kernel: &str, out: KernelArg) {
+        let product = find(launches, kernel);
+        let splits = product.grid[2];
+        assert!(splits > 1, "{kernel} is not split");
+        assert!(product.args.contains(&PARTS), "{kernel} writes no parts");
+        let position = launches.iter().position(|l| l.kernel == kernel).unwrap();
+        let sum = &launches[position + 1];
+        assert_eq!(sum.kernel, sum_kernel);
+        sum.check_limits().unwrap();
+        assert_eq!(sum.args[..2], [PARTS, KernelArg::I32(splits as i32)]);
+        assert!(
+            sum.args.contains(&out),
+            "{sum_kernel} does not write the output"
+        );
+        assert!(!launches.iter().any(|l| l.kernel == "fill_zero"));
+    }
+
     #[test]
-    fn the_networks_long_sums_are_split_after_clearing_their_outputs() {
+    fn the_networks_long_sums_are_split_into_parts_added_by_a_second_pass() {
         for s in [
             conv(64, 1, 32, 28),
             conv(64, 32, 64, 14),
             conv(1024, 1, 32, 28),
             conv(1024, 32, 64, 14),
         ] {
-            let launches = conv2d_backward_weight(&s, Precision::Fp32, X, DY, OUT, DB);
-            let cleared = [clear(OUT, s.weight_len()), clear(DB, s.out_channels)].concat();
-            assert_eq!(launches[..2], cleared, "{s:?}");
-            assert!(
-                find(&launches, "conv2d_backward_weight").grid[2] > 1,
-                "{s:?}"
-            );
+            let launches = conv2d_backward_weight(&s, FP32, &CTX, X, DY, OUT, DB);
+            let sum = "conv2d_backward_weight_sum_parts";
+            assert_split(&launches, "conv2d_backward_weight", sum, OUT);
+            assert!(launches[1].args.contains(&DB), "{s:?}");
         }
         for s in [
             linear(64, 3136, 1024),
             linear(64, 1024, 512),
             linear(64, 512, 10),
         ] {
-            let launches = linear_forward(&s, Precision::Fp32, Activation::None, X, W, B, OUT);
-            assert_eq!(launches[..1], clear(OUT, s.batch * s.out_features), "{s:?}");
-            assert!(find(&launches, "linear_forward").grid[2] > 1, "{s:?}");
+            let relu = Activation::Relu;
+            let launches = linear_forward(&s, FP32, relu, &CTX, X, W, B, OUT);
+            assert_split(&launches, "linear_forward", "linear_sum_parts", OUT);
+            // The second pass applies the epilogue: the bias, and relu (the last argument).
+            assert!(launches[1].args.contains(&B));
+            assert_eq!(launches[1].args.last(), Some(&KernelArg::I32(1)));
         }
         for s in [linear(64, 3136, 1024), linear(64, 1024, 512)] {
-            let launches = linear_backward_input(&s, Precision::Fp32, W, DY, OUT);
-            assert_eq!(launches[..1], clear(OUT, s.batch * s.in_features), "{s:?}");
-            assert!(
-                find(&launches, "linear_backward_input").grid[2] > 1,
-                "{s:?}"
-            );
+            let launches = linear_backward_input(&s, FP32, &CTX, W, DY, OUT);
+            assert_split(&launches, "linear_backward_input", "linear_sum_parts", OUT);
         }
         for s in [linear(1024, 1024, 512), linear(1024, 512, 10)] {
-            let launches = linear_backward_weight(&s, Precision::Fp32, X, DY, OUT, DB);
-            let cleared = clear(OUT, s.out_features * s.in_features);
-            assert_eq!(launches[..1], cleared, "{s:?}");
-            assert!(
-                find(&launches, "linear_backward_weight").grid[2] > 1,
-                "{s:?}"
-            );
+            let launches = linear_backward_weight(&s, FP32, &CTX, X, DY, OUT, DB);
+            assert_split(&launches, "linear_backward_weight", "linear_sum_parts", OUT);
+            assert_eq!(launches.last().unwrap().kernel, "linear_backward_bias");
         }
     }
 
     #[test]
     fn short_sums_and_many_tiles_are_not_split() {
         for s in [conv(1, 1, 4, 5), conv(2, 3, 8, 6)] {
-            let launches = conv2d_backward_weight(&s, Precision::Fp32, X, DY, OUT, DB);
+            let launches = conv2d_backward_weight(&s, FP32, &CTX, X, DY, OUT, DB);
             assert_eq!(launches.len(), 1, "{s:?}");
-            assert_eq!(find(&launches, "conv2d_backward_weight").grid[2], 1);
+            let launch = find(&launches, "conv2d_backward_weight");
+            assert_eq!(launch.grid[2], 1);
+            assert!(launch.args.contains(&NO_PARTS));
         }
         // The batch of 64 is the weight gradient's whole sum; fc1's at 1024 has 784 tiles.
         for s in [
@@ -570,44 +632,87 @@ mod tests {
             linear(64, 512, 10),
             linear(1024, 3136, 1024),
         ] {
-            let launches = linear_backward_weight(&s, Precision::Fp32, X, DY, OUT, DB);
+            let launches = linear_backward_weight(&s, FP32, &CTX, X, DY, OUT, DB);
             assert_eq!(launches.len(), 2, "{s:?}");
             assert_eq!(find(&launches, "linear_backward_weight").grid[2], 1);
         }
         // fc3's input gradient sums over its 10 outputs.
-        let launches = linear_backward_input(&linear(64, 512, 10), Precision::Fp32, W, DY, OUT);
+        let launches = linear_backward_input(&linear(64, 512, 10), FP32, &CTX, W, DY, OUT);
         assert_eq!(launches.len(), 1);
-        let launches = linear_forward(
-            &linear(5, 37, 13),
-            Precision::Fp32,
-            Activation::None,
-            X,
-            W,
-            B,
-            OUT,
-        );
+        let none = Activation::None;
+        let launches = linear_forward(&linear(5, 37, 13), FP32, none, &CTX, X, W, B, OUT);
         assert_eq!(launches.len(), 1);
     }
 
     #[test]
-    fn splits_cover_the_depth_in_nonempty_parts_of_whole_slices() {
-        for tiles in [1, 5, 16, 100, 264, 1000] {
-            for depth in [0, 1, 255, 256, 257, 1000, 3136, 12_544, 50_176, 802_816] {
-                let splits = depth_splits(tiles, depth);
-                // As the kernels' depth_range cuts it:
-                let slices = depth.div_ceil(GEMM_TILE_DEPTH).max(1);
-                let slices_per_part = slices.div_ceil(splits);
-                let what = format!("{tiles} tiles, depth {depth}: {splits} splits");
-                assert!((splits - 1) * slices_per_part < slices, "{what}: one empty");
-                assert!(splits * slices_per_part >= slices, "{what}: depth left out");
-                assert!(
-                    splits == 1 || depth / splits >= MIN_SPLIT_DEPTH,
-                    "{what}: too short"
-                );
-                assert!(
-                    splits * tiles <= GEMM_TARGET_BLOCKS + tiles,
-                    "{what}: too many"
-                );
+    fn tf32_picks_the_tensor_core_kernels_with_the_same_arguments() {
+        let (c, l) = (conv(64, 32, 64, 14), linear(64, 3136, 1024));
+        let tf32 = Precision::Tf32;
+        let none = Activation::None;
+        let pairs = [
+            (
+                conv2d_forward(&c, FP32, X, W, B, OUT),
+                conv2d_forward(&c, tf32, X, W, B, OUT),
+            ),
+            (
+                conv2d_backward_input(&c, FP32, W, DY, OUT),
+                conv2d_backward_input(&c, tf32, W, DY, OUT),
+            ),
+            (
+                conv2d_backward_weight(&c, FP32, &CTX, X, DY, OUT, DB),
+                conv2d_backward_weight(&c, tf32, &CTX, X, DY, OUT, DB),
+            ),
+            (
+                linear_forward(&l, FP32, none, &CTX, X, W, B, OUT),
+                linear_forward(&l, tf32, none, &CTX, X, W, B, OUT),
+            ),
+            (
+                linear_backward_input(&l, FP32, &CTX, W, DY, OUT),
+                linear_backward_input(&l, tf32, &CTX, W, DY, OUT),
+            ),
+            (
+                linear_backward_weight(&l, FP32, &CTX, X, DY, OUT, DB),
+                linear_backward_weight(&l, tf32, &CTX, X, DY, OUT, DB),
+            ),
+        ];
+        for (fp32, tf32) in pairs {
+            assert_eq!(fp32.len(), tf32.len());
+            let (product, product_tf32) = (&fp32[0], &tf32[0]);
+            assert_eq!(product_tf32.kernel, format!("{}_tf32", product.kernel));
+            assert_eq!(product_tf32.args, product.args);
+            assert_eq!(product_tf32.grid, product.grid);
+            assert_eq!(
+                fp32[1..],
+                tf32[1..],
+                "the passes after the product are shared"
+            );
+        }
+    }
+
+    #[test]
+    fn splits_cover_the_depth_in_nonempty_parts_of_whole_slices_within_the_workspace() {
+        for sm_count in [1, 16, 132] {
+            let target = target_blocks(sm_count);
+            for tiles in [1, 5, 16, 100, 264, 1000] {
+                for depth in [0, 1, 255, 256, 257, 1000, 3136, 12_544, 50_176, 802_816] {
+                    let splits = depth_splits(tiles, depth, target);
+                    // As the kernels' depth_range cuts it:
+                    let slices = depth.div_ceil(GEMM_TILE_DEPTH).max(1);
+                    let slices_per_part = slices.div_ceil(splits);
+                    let what = format!("{tiles} tiles, depth {depth}: {splits} splits");
+                    assert!((splits - 1) * slices_per_part < slices, "{what}: one empty");
+                    assert!(splits * slices_per_part >= slices, "{what}: depth left out");
+                    assert!(
+                        splits == 1 || depth / splits >= MIN_SPLIT_DEPTH,
+                        "{what}: too short"
+                    );
+                    assert!(splits * tiles <= target + tiles, "{what}: too many");
+                    let parts = splits * tiles * GEMM_TILE * GEMM_TILE;
+                    assert!(
+                        splits == 1 || parts <= gemm_parts_len(sm_count),
+                        "{what}: past the workspace"
+                    );
+                }
             }
         }
     }

@@ -8,9 +8,9 @@ mod graph;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::sys::{CUdevice_attribute_enum, CUfunction_attribute_enum};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
     LaunchConfig, PushKernelArg,
@@ -18,6 +18,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::launch::Launch;
+use crate::launches::gemm_parts_len;
 use crate::{Element, Error, Result};
 
 /// The PTX (and CUBIN) of one `kernels/*.cu` file, embedded by build.rs.
@@ -43,6 +44,11 @@ pub struct Gpu {
     /// and this is the best guess of whose it is.
     last_kernel: Mutex<&'static str>,
     name: String,
+    sm_count: usize,
+    /// Where split GEMM sums write their partial products: allocated once, at its largest, so
+    /// that no op allocates (a captured CUDA graph keeps its address). An op holds the lock while
+    /// it issues its launches, so ops from several threads never interleave their parts.
+    gemm_parts: Mutex<CudaSlice<f32>>,
     /// Whether a graph capture is under way on the stream (see graph.rs).
     capturing: AtomicBool,
 }
@@ -100,6 +106,13 @@ impl Gpu {
         let capability = ctx
             .compute_capability()
             .map_err(driver("cannot read the compute capability"))?;
+        let sm_count = ctx
+            .attribute(CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver("cannot read the number of SMs"))?
+            .max(1) as usize;
+        let gemm_parts = stream
+            .alloc_zeros(gemm_parts_len(sm_count))
+            .map_err(driver("cannot allocate the GEMM workspace"))?;
         let mut functions = HashMap::new();
         for module in KERNEL_MODULES {
             let loaded = load_module(&ctx, module, capability)?;
@@ -116,8 +129,20 @@ impl Gpu {
             functions,
             last_kernel: Mutex::new("(none yet)"),
             name,
+            sm_count,
+            gemm_parts: Mutex::new(gemm_parts),
             capturing: AtomicBool::new(false),
         })
+    }
+
+    /// The number of streaming multiprocessors, as the driver reports it.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+
+    /// The split GEMMs' workspace, locked for the launches of one op.
+    pub(crate) fn gemm_parts(&self) -> MutexGuard<'_, CudaSlice<f32>> {
+        self.gemm_parts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The GPU's name, as the driver reports it.

@@ -35,6 +35,8 @@ enum Status : int {
     kBadConfig = 1,
     kDivergentBarrier = 2,
     kOutOfMemory = 3,
+    kIncompleteMma = 4,
+    kBadAsyncCopy = 5,
 };
 
 constexpr unsigned kMaxThreadsPerBlock = 1024;
@@ -42,6 +44,9 @@ constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr std::size_t kMaxDynamicShared = 227 * 1024;
 // Room for a kernel's local arrays; a guard page below turns an overflow into a fault.
 constexpr std::size_t kStackBytes = 256 * 1024;
+// cp.async copies and groups one thread may have in flight (the GEMM kernels need 16 and 2).
+constexpr unsigned kMaxAsyncCopies = 64;
+constexpr unsigned kMaxAsyncGroups = 8;
 
 // ---- Context switching --------------------------------------------------------------------
 
@@ -114,6 +119,13 @@ void context_start(Context& ctx, char* stack, std::size_t size, void (*entry)())
 
 enum class State : unsigned char { NotStarted, Runnable, Running, AtBlockBarrier, AtWarpBarrier, Exited };
 
+// One queued cp.async: bytes from src (then zeros up to `bytes`, past src_bytes) into dst.
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes, src_bytes;
+};
+
 struct Fiber {
     Context context;
     char* stack = nullptr;  // held from the first run until the thread exits
@@ -122,13 +134,32 @@ struct Fiber {
     unsigned warp = 0;
     unsigned warp_mask = 0;  // the lanes the warp barrier it waits at names
     unsigned exchanges = 0;  // warp exchanges made so far; their parity picks the exchange row
+    unsigned mmas = 0;       // mma.sync made so far: the stamp of the next, and its slot's parity
     State state = State::NotStarted;
+    // This thread's cp.async copies in issue order; group_end[i] is where committed group i ends.
+    unsigned copy_count = 0, group_count = 0;
+    unsigned group_end[kMaxAsyncGroups];
+    AsyncCopy copies[kMaxAsyncCopies];
+
+    void reset() {
+        state = State::NotStarted;
+        exchanges = mmas = copy_count = group_count = 0;
+    }
+};
+
+// The operands of one mma.sync, gathered from the 32 lanes; stamp[lane] says which of the lane's
+// mma calls wrote them, so that a lane that never arrived is caught.
+struct MmaSlot {
+    unsigned a[32][4];
+    unsigned b[32][2];
+    unsigned stamp[32];
 };
 
 // Two rows, used alternately: a lane can only write a row again after every lane has passed
 // the barrier of the exchange in between, so nobody still reads it.
 struct WarpExchange {
     std::uint64_t rows[2][32];
+    MmaSlot mma[2];  // used alternately, as the rows
 };
 
 // Everything one OS thread needs to run blocks; lives as long as the thread.
@@ -141,6 +172,9 @@ struct Executor {
     unsigned char* dynamic_shared = nullptr;
     void (*invoke)(void**) = nullptr;
     void** args = nullptr;
+    // A misuse a thread detected (an mma not every lane reached, a bad cp.async): the block's
+    // result, reported once the block has run.
+    Status fault = kOk;
 
     ~Executor() {
         for (char* stack : all_stacks) munmap(stack - guard_bytes(), kStackBytes + guard_bytes());
@@ -232,11 +266,8 @@ Status run_warp(Executor& ex, Fiber* lanes, unsigned count) {
 }
 
 Status run_block(Executor& ex, std::size_t shared_bytes) {
-    for (Fiber& fiber : ex.fibers) {
-        fiber.state = State::NotStarted;
-        fiber.exchanges = 0;
-    }
-    for (WarpExchange& warp : ex.warps) std::memset(warp.rows, 0, sizeof warp.rows);
+    for (Fiber& fiber : ex.fibers) fiber.reset();
+    for (WarpExchange& warp : ex.warps) std::memset(&warp, 0, sizeof warp);
     // Shared memory starts undefined on a GPU; NaN-filled here, so code that forgets to
     // initialise it fails here too instead of reading zeros.
     std::memset(ex.dynamic_shared, 0xff, shared_bytes);
@@ -248,6 +279,7 @@ Status run_block(Executor& ex, std::size_t shared_bytes) {
             Status status = run_warp(ex, &ex.fibers[first], count);
             if (status != kOk) return status;
         }
+        if (ex.fault != kOk) return ex.fault;
         bool waiting = false;
         for (Fiber& fiber : ex.fibers) {
             if (fiber.state == State::AtBlockBarrier) {
@@ -283,6 +315,83 @@ const std::uint64_t* warp_exchange(unsigned mask, std::uint64_t value) {
 }
 
 unsigned lane_id() { return current_fiber->lane; }
+
+// mma.sync as a warp collective: each lane publishes its fragments, meets the warp, then computes
+// its own four elements of D from everyone's. Operands keep only their TF32 bits (the low 13 are
+// ignored, as the tensor cores do with raw fp32); the products of two TF32 values are exact in
+// double, summed in k order and rounded to fp32 once with c.
+void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    Fiber& fiber = *current_fiber;
+    unsigned stamp = ++fiber.mmas;
+    MmaSlot& slot = current_executor->warps[fiber.warp].mma[stamp & 1];
+    unsigned lane = fiber.lane;
+    for (int i = 0; i < 4; ++i) slot.a[lane][i] = a[i];
+    for (int i = 0; i < 2; ++i) slot.b[lane][i] = b[i];
+    slot.stamp[lane] = stamp;
+    warp_barrier(0xffffffffu);
+    for (unsigned l = 0; l < 32; ++l) {
+        if (slot.stamp[l] != stamp) {
+            current_executor->fault = kIncompleteMma;
+            for (int i = 0; i < 4; ++i) d[i] = __int_as_float(0x7fffffff);
+            return;
+        }
+    }
+    // The PTX fragment layout, g = lane / 4, t = lane % 4: A[row][k] is in lane 4·(row % 8) +
+    // k % 4, register (row / 8) + 2·(k / 4); B[k][n] in lane 4·n + k % 4, register k / 4;
+    // D[row][col] in lane 4·(row % 8) + col / 2, register 2·(row / 8) + col % 2.
+    auto tf32 = [](unsigned bits) { return double(__uint_as_float(bits & 0xffffe000u)); };
+    unsigned g = lane / 4, t = lane % 4;
+    for (unsigned i = 0; i < 4; ++i) {
+        unsigned row = g + 8 * (i / 2), col = 2 * t + i % 2;
+        double sum = 0.0;
+        for (unsigned k = 0; k < 8; ++k) {
+            sum += tf32(slot.a[4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]) *
+                   tf32(slot.b[4 * col + k % 4][k / 4]);
+        }
+        d[i] = float(sum + double(c[i]));
+    }
+}
+
+void async_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes) {
+    Fiber& fiber = *current_fiber;
+    bool aligned = reinterpret_cast<std::uintptr_t>(dst) % bytes == 0 &&
+                   reinterpret_cast<std::uintptr_t>(src) % bytes == 0;
+    if (!aligned || src_bytes > bytes || fiber.copy_count == kMaxAsyncCopies) {
+        current_executor->fault = kBadAsyncCopy;
+        return;
+    }
+    fiber.copies[fiber.copy_count++] = {dst, src, bytes, src_bytes};
+}
+
+void async_commit() {
+    Fiber& fiber = *current_fiber;
+    if (fiber.group_count == kMaxAsyncGroups) {
+        current_executor->fault = kBadAsyncCopy;
+        return;
+    }
+    fiber.group_end[fiber.group_count++] = fiber.copy_count;
+}
+
+// Performs every committed group but the `pending` newest, in order, and forgets them. Copies
+// land only here, so a kernel that reads before its wait, or before the __syncthreads after
+// another thread's, reads stale shared memory here too.
+void async_wait(unsigned pending) {
+    Fiber& fiber = *current_fiber;
+    if (fiber.group_count <= pending) return;
+    unsigned done_groups = fiber.group_count - pending;
+    unsigned done = fiber.group_end[done_groups - 1];
+    for (unsigned i = 0; i < done; ++i) {
+        const AsyncCopy& copy = fiber.copies[i];
+        std::memcpy(copy.dst, copy.src, copy.src_bytes);
+        std::memset(static_cast<char*>(copy.dst) + copy.src_bytes, 0, copy.bytes - copy.src_bytes);
+    }
+    std::memmove(fiber.copies, fiber.copies + done, (fiber.copy_count - done) * sizeof(AsyncCopy));
+    fiber.copy_count -= done;
+    for (unsigned i = done_groups; i < fiber.group_count; ++i) {
+        fiber.group_end[i - done_groups] = fiber.group_end[i] - done;
+    }
+    fiber.group_count -= done_groups;
+}
 
 void* dynamic_shared() { return current_executor->dynamic_shared; }
 
@@ -348,6 +457,7 @@ extern "C" int hw_emulator_run(int kernel, const unsigned grid[3], const unsigne
         fiber.warp = t / warpSize;
     }
     current_executor = &ex;
+    ex.fault = kOk;
     blockDim = {block[0], block[1], block[2]};
     gridDim = {grid[0], grid[1], grid[2]};
 

@@ -253,6 +253,35 @@ inline int __ffs(int x) { return __builtin_ffs(x); }
 
 template <typename T> T __ldg(const T* address) { return *address; }
 
+// ---- Tensor cores and asynchronous copies: host versions of the PTX wrappers in gemm.cuh ------
+
+namespace hw {
+// The warp-wide mma.sync m16n8k8 TF32 (cuda_emulator.cpp): every lane of the warp must call it.
+void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]);
+// cp.async: queued per thread, performed when a wait_group covers its group.
+void async_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes);
+void async_commit();
+void async_wait(unsigned pending);
+}  // namespace hw
+
+// cvt.rna.tf32.f32 as the hardware does it: add half an ulp of TF32 to the magnitude of a finite
+// x (a carry may round up into the exponent, and past FLT_MAX to Inf), then clear the 13 bits
+// TF32 drops. Inf passes through; a NaN stays NaN unless its payload lies only in those 13 bits.
+inline unsigned cvt_rna_tf32(float x) {
+    unsigned bits = __float_as_uint(x);
+    if ((bits & 0x7f800000u) != 0x7f800000u) bits += 0x1000u;
+    return bits & 0xffffe000u;
+}
+inline void mma_m16n8k8_tf32(float d[4], const unsigned a[4], const unsigned b[2],
+                             const float c[4]) {
+    hw::mma_m16n8k8_tf32(d, a, b, c);
+}
+inline void cp_async_4(float* dst, const float* src, unsigned src_bytes) {
+    hw::async_copy(dst, src, 4, src_bytes);
+}
+inline void cp_async_commit() { hw::async_commit(); }
+template <int Pending> void cp_async_wait() { hw::async_wait(Pending); }
+
 // ---- The table of kernels build.rs generates for each .cu file -------------------------------
 
 namespace hw {

@@ -33,6 +33,8 @@ extern "C" {
 const STATUS_BAD_CONFIG: c_int = 1;
 const STATUS_DIVERGENT_BARRIER: c_int = 2;
 const STATUS_OUT_OF_MEMORY: c_int = 3;
+const STATUS_INCOMPLETE_MMA: c_int = 4;
+const STATUS_BAD_ASYNC_COPY: c_int = 5;
 
 /// Runs `launch` to completion on the CPU.
 ///
@@ -86,6 +88,14 @@ pub(crate) unsafe fn run(launch: &Launch) -> Result<()> {
             STATUS_OUT_OF_MEMORY => {
                 Err(fail("the emulator could not allocate fiber stacks".into()))
             }
+            STATUS_INCOMPLETE_MMA => Err(fail(
+                "an mma.sync was not reached by all 32 lanes of a warp: undefined on a GPU".into(),
+            )),
+            STATUS_BAD_ASYNC_COPY => Err(fail(
+                "a cp.async was misaligned or read more bytes than it copies, or a thread had \
+                 more than 64 copies or 8 groups in flight (the emulator's limit)"
+                    .into(),
+            )),
             other => Err(fail(format!("the emulator failed with status {other}"))),
         }
     };

@@ -45,12 +45,7 @@ pub fn default_run_dir() -> PathBuf {
 }
 
 /// Rewrites every file of the run directory `dir` from the epochs so far and the model.
-pub fn write_run(
-    dir: &Path,
-    history: &[EpochMetrics],
-    net: &ConvNet,
-    run: &RunInfo,
-) -> Result<()> {
+pub fn write_run(dir: &Path, history: &[EpochMetrics], net: &ConvNet, run: &RunInfo) -> Result<()> {
     write_atomically(&dir.join(RUN_INFO_FILE), |path| {
         Ok(fs::write(path, run.to_text())?)
     })?;

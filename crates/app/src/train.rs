@@ -68,7 +68,11 @@ pub fn train(options: &TrainOptions) -> Result<()> {
     // A batch larger than the training set would only compute padding.
     let batch_size = options.batch_size.min(train_set.len());
     let mut trainer = Trainer::new(net, Adam::new(options.lr), batch_size, !options.no_graph)?;
-    let graph = if trainer.uses_graph() { "one graph per step" } else { "eager" };
+    let graph = if trainer.uses_graph() {
+        "one graph per step"
+    } else {
+        "eager"
+    };
     println!(
         "training on {} images, testing on {}, device {}, precision {precision}, {graph}, \
          batch {}, lr {}; writing {}",
@@ -92,15 +96,16 @@ pub fn train(options: &TrainOptions) -> Result<()> {
         order.shuffle(&mut rng);
         let progress = epoch_progress_bar(epoch, order.len())?;
         let start = Instant::now();
-        let (train_loss, train_acc) = trainer.train_epoch(&train_set, &order, |trainer, done| {
-            progress.set_position(done as u64);
-            let step = done.div_ceil(batch_size);
-            if step % PROGRESS_EVERY_STEPS == 0 && !progress.is_hidden() {
-                let (loss, _) = trainer.means(done)?;
-                progress.set_message(format!("loss {loss:.4}"));
-            }
-            Ok(())
-        })?;
+        let (train_loss, train_acc) =
+            trainer.train_epoch(&train_set, &order, |trainer, done| {
+                progress.set_position(done as u64);
+                let step = done.div_ceil(batch_size);
+                if step % PROGRESS_EVERY_STEPS == 0 && !progress.is_hidden() {
+                    let (loss, _) = trainer.means(done)?;
+                    progress.set_message(format!("loss {loss:.4}"));
+                }
+                Ok(())
+            })?;
         let seconds = start.elapsed().as_secs_f64();
         progress.finish_and_clear();
         let (test_loss, test_acc) = trainer.evaluate(&test_set, TEST_BATCH_SIZE)?;
@@ -170,5 +175,10 @@ fn epoch_progress_bar(epoch: usize, images: usize) -> Result<ProgressBar> {
 }
 
 fn upload(device: &Device, split: &Split) -> Result<Dataset> {
-    Ok(Dataset::upload(device, &split.images, &split.labels, IMAGE_LEN)?)
+    Ok(Dataset::upload(
+        device,
+        &split.images,
+        &split.labels,
+        IMAGE_LEN,
+    )?)
 }

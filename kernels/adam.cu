@@ -20,3 +20,30 @@ extern "C" __global__ void adam_update(float* params, const float* grads, float*
     v[i] = v_i;
     params[i] -= step_size * m_i / (sqrtf(v_i) / bias_correction2_sqrt + eps);
 }
+
+// The same step over many tensors in one launch (a multi-tensor apply, as PyTorch's fused Adam):
+// tensor t holds offsets[t + 1] − offsets[t] parameters at the address params[t], its gradient
+// at grads[t], and its moments at m + offsets[t] and v + offsets[t] of two flat buffers.
+// One thread per parameter of all tensors together; each finds its tensor by scanning the
+// offsets (a network has a handful of tensors, so a scan beats a search).
+// step_size and bias_correction2_sqrt are read from device memory (step_scalars[0] and [1]), not
+// passed by value, so that a captured CUDA graph replays every step with that step's values.
+extern "C" __global__ void adam_update_tensors(const unsigned long long* params,
+                                               const unsigned long long* grads,
+                                               const unsigned int* offsets, int tensors,
+                                               float* m, float* v, float beta1, float beta2,
+                                               float eps, const float* step_scalars) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= offsets[tensors]) return;
+    int t = 0;
+    while (offsets[t + 1] <= i) ++t;
+    unsigned int k = i - offsets[t];
+    float* p = (float*)params[t];
+    const float* g_t = (const float*)grads[t];
+    float g = g_t[k];
+    float m_i = beta1 * m[i] + (1.0f - beta1) * g;
+    float v_i = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = m_i;
+    v[i] = v_i;
+    p[k] -= step_scalars[0] * m_i / (sqrtf(v_i) / step_scalars[1] + eps);
+}

@@ -99,3 +99,73 @@ extern "C" __global__ void softmax_xent_backward(const float* logits, const unsi
         dlogits[n * classes + c] = (p - onehot) / (float)batch;
     }
 }
+
+// The label of a padding row (an epoch's last, short batch is padded to the full batch): it adds
+// no loss, no count and no gradient, like PyTorch's ignore_index.
+#define IGNORE_LABEL 0xffffffffu
+
+// Forward and backward of the loss in one launch: totals[0] += Σ loss and totals[1] += Σ correct
+// over the rows whose label is not IGNORE_LABEL, and dlogits = (softmax − onehot) / rows for
+// those rows (0 for padding rows), where rows is how many are not padding: the gradient of the
+// mean over the real rows, so a padded batch trains exactly as the short batch would.
+// One block, so that both the row count and the totals are summed in a fixed order: each warp
+// takes rows warp, warp + warps, ... with its sums in lane 0, and thread 0 adds the warps' sums.
+extern "C" __global__ void softmax_xent_fused(const float* logits, const unsigned int* labels,
+                                              float* totals, float* dlogits, int batch,
+                                              int classes) {
+    __shared__ float warp_loss[WARP];
+    __shared__ float warp_correct[WARP];
+    __shared__ int warp_rows[WARP];
+    __shared__ float row_scale;
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
+
+    // Count the real rows first: the gradient of every row divides by it.
+    int rows = 0;
+    for (int n = threadIdx.x; n < batch; n += blockDim.x) rows += labels[n] != IGNORE_LABEL;
+#pragma unroll
+    for (int offset = WARP / 2; offset > 0; offset /= 2) {
+        rows += __shfl_xor_sync(FULL_MASK, rows, offset);
+    }
+    if (lane == 0) warp_rows[warp] = rows;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int total_rows = 0;
+        for (int w = 0; w < warps; ++w) total_rows += warp_rows[w];
+        row_scale = total_rows > 0 ? 1.0f / (float)total_rows : 0.0f;
+    }
+    __syncthreads();
+
+    float loss = 0.0f, correct = 0.0f;
+    for (int n = warp; n < batch; n += warps) {
+        const float* row = logits + n * classes;
+        float* drow = dlogits + n * classes;
+        unsigned int label = labels[n];
+        if (label == IGNORE_LABEL) {
+            for (int c = lane; c < classes; c += WARP) drow[c] = 0.0f;
+            continue;
+        }
+        RowStats stats = row_stats(row, classes, lane);
+        float label_logit = label < (unsigned int)classes ? row[label] : __int_as_float(0x7fc00000);
+        loss += logf(stats.sum_exp) - (label_logit - stats.max);
+        correct += stats.argmax == (int)label ? 1.0f : 0.0f;
+        for (int c = lane; c < classes; c += WARP) {
+            float p = expf(row[c] - stats.max) / stats.sum_exp;
+            float onehot = (unsigned int)c == label ? 1.0f : 0.0f;
+            drow[c] = (p - onehot) * row_scale;
+        }
+    }
+    if (lane == 0) {
+        warp_loss[warp] = loss;
+        warp_correct[warp] = correct;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float block_loss = 0.0f, block_correct = 0.0f;
+        for (int w = 0; w < warps; ++w) {
+            block_loss += warp_loss[w];
+            block_correct += warp_correct[w];
+        }
+        totals[0] += block_loss;
+        totals[1] += block_correct;
+    }
+}

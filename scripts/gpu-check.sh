@@ -14,7 +14,8 @@
 #     `train --device cuda --epochs 1`) and puts its time and accuracy in the summary;
 #   - runs the benches whose names match HANDWRITTEN_GPU_BENCH_FILTER (default `cuda/`, the cuda
 #     device's; empty for every device's);
-#   - runs the tests again under compute-sanitizer's memcheck and racecheck, where it is installed.
+#   - runs the tests again under compute-sanitizer's memcheck, racecheck and synccheck, where it
+#     is installed.
 # It starts no step after HANDWRITTEN_GPU_CHECK_SECONDS (default 450) and lists those it skipped.
 # The exit status is non-zero if any step failed.
 set -euo pipefail
@@ -45,6 +46,7 @@ build() {
                 lib:kernels | test:device_* | test:kernels_*) cp "$executable" "$GPU_DIR/tests/$name" ;;
             esac
         done
+    # nn's devices test runs the trainer's step graph (capture, replay) on the chosen device.
     cargo test -p nn --release --no-run --test devices --message-format=json | executables |
         while read -r name kind executable; do
             if [ "$kind:$name" = test:devices ]; then cp "$executable" "$GPU_DIR/tests/nn_devices"; fi
@@ -119,7 +121,7 @@ run() {
         step "bench $(basename "$bench") ${bench_args[*]}" 150 "$bench" "${bench_args[@]}"
     done
     if command -v compute-sanitizer > /dev/null; then
-        for tool in memcheck racecheck; do
+        for tool in memcheck racecheck synccheck; do
             for test in "$GPU_DIR"/tests/*; do
                 # The library's unit tests make no CUDA call, which compute-sanitizer counts as
                 # a failure ("terminated before first instrumented API call").

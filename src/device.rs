@@ -12,8 +12,8 @@ use crate::cuda::{self, Gpu};
 use crate::launch::{KernelArg, Launch};
 use crate::launches::{gemm_parts_len, GemmContext};
 use crate::{
-    cpu, data_launches, emulator, launches, Activation, AdamStep, Conv2dShape, Error, LinearShape,
-    Pool2dShape, Precision, Result, XentShape,
+    cpu, data_launches, emulator, launches, Activation, AdamHyper, AdamStep, Conv2dShape, Error,
+    LinearShape, Pool2dShape, Precision, Result, XentShape, PAD_INDEX,
 };
 
 /// The element types a buffer can hold.
@@ -24,6 +24,7 @@ pub trait Element:
 impl Element for f32 {}
 impl Element for u32 {}
 impl Element for u8 {}
+impl Element for u64 {}
 
 /// A flat array on some device.
 #[derive(Debug)]
@@ -151,6 +152,7 @@ impl Device {
     }
 
     pub fn zeros<T: Element>(&self, len: usize) -> Result<Buffer<T>> {
+        self.outside_capture("zeros")?;
         let storage = match self {
             Device::Cuda(gpu) if len > 0 => Storage::Cuda(gpu.zeros(len)?),
             // CUDA allocates no 0 bytes; an empty buffer is the same anywhere.
@@ -160,6 +162,7 @@ impl Device {
     }
 
     pub fn upload<T: Element>(&self, data: &[T]) -> Result<Buffer<T>> {
+        self.outside_capture("upload")?;
         let storage = match self {
             Device::Cuda(gpu) if !data.is_empty() => Storage::Cuda(gpu.upload(data)?),
             _ => Storage::Host(data.to_vec()),
@@ -170,6 +173,7 @@ impl Device {
     /// Copies host data into an existing buffer of the same length.
     pub fn write<T: Element>(&self, data: &[T], dst: &mut Buffer<T>) -> Result<()> {
         self.expect("write", "dst", dst, data.len())?;
+        self.outside_capture("write")?;
         match (self, &mut dst.storage) {
             (Device::Cuda(gpu), Storage::Cuda(slice)) => gpu.write(data, slice),
             _ => {
@@ -181,6 +185,7 @@ impl Device {
 
     pub fn download<T: Element>(&self, buf: &Buffer<T>) -> Result<Vec<T>> {
         self.expect("download", "buffer", buf, buf.len())?;
+        self.outside_capture("download")?;
         match (self, &buf.storage) {
             (Device::Cuda(gpu), Storage::Cuda(slice)) => gpu.download(slice),
             _ => Ok(buf.host()?.to_vec()),
@@ -199,10 +204,14 @@ impl Device {
             // The kernel clears whole words; other byte counts (only u8 buffers) are cleared by
             // the copy engine or on the host.
             Device::Cuda(gpu) => match &mut buf.storage {
-                Storage::Cuda(slice) => gpu.memset_zero(slice),
+                Storage::Cuda(slice) => {
+                    self.outside_capture("fill_zero of a u8 buffer")?;
+                    gpu.memset_zero(slice)
+                }
                 Storage::Host(_) => Err(in_host_memory()),
             },
             Device::Cpu | Device::Emulated => {
+                self.outside_capture("fill_zero of a u8 buffer")?;
                 buf.host_mut()?.fill(T::default());
                 Ok(())
             }
@@ -213,6 +222,7 @@ impl Device {
     pub fn copy<T: Element>(&self, src: &Buffer<T>, dst: &mut Buffer<T>) -> Result<()> {
         self.expect("copy", "src", src, src.len())?;
         self.expect("copy", "dst", dst, src.len())?;
+        self.outside_capture("copy")?;
         match (self, &src.storage, &mut dst.storage) {
             (Device::Cuda(gpu), Storage::Cuda(from), Storage::Cuda(to)) => gpu.copy(from, to),
             _ => {
@@ -290,6 +300,7 @@ impl Device {
 
     /// Waits until every op issued so far has finished.
     pub fn synchronize(&self) -> Result<()> {
+        self.outside_capture("synchronize")?;
         match self {
             Device::Cpu | Device::Emulated => Ok(()),
             Device::Cuda(gpu) => gpu.synchronize(),
@@ -755,8 +766,12 @@ fn cpu_precision(op: &'static str, precision: Precision) -> Result<()> {
 }
 
 /// On the host an index past the data would panic; the kernels write NaN (or !0 for labels).
+/// [`PAD_INDEX`] is a padding row, which both give zeros (or [`crate::IGNORE_LABEL`]).
 fn check_indices(op: &'static str, indices: &[u32], count: usize) -> Result<()> {
-    match indices.iter().find(|&&i| i as usize >= count) {
+    match indices
+        .iter()
+        .find(|&&i| i != PAD_INDEX && i as usize >= count)
+    {
         Some(bad) => Err(Error::Shape {
             op,
             what: format!("index {bad} is past the {count} items"),
@@ -833,5 +848,360 @@ mod tests {
                 .unwrap();
             assert_eq!(dev.download(&y).unwrap(), want, "{activation:?}");
         }
+    }
+}
+/// A recorded training step (or any sequence of launches), replayed with one call: a CUDA graph
+/// on the GPU, the list of launches on the emulator. Made by [`Device::capture`].
+pub struct Graph {
+    device: Device,
+    recorded: Recorded,
+}
+
+enum Recorded {
+    Launches(Vec<Launch>),
+    Cuda(cudarc::driver::CudaGraph),
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.recorded {
+            Recorded::Launches(launches) => write!(f, "Graph({} launches)", launches.len()),
+            Recorded::Cuda(_) => write!(f, "Graph(cuda)"),
+        }
+    }
+}
+
+impl Graph {
+    /// The recorded launches, in order, on the emulator (a CUDA graph keeps them on the GPU).
+    pub fn launches(&self) -> Option<&[Launch]> {
+        match &self.recorded {
+            Recorded::Launches(launches) => Some(launches),
+            Recorded::Cuda(_) => None,
+        }
+    }
+}
+
+/// The parameter and gradient tensors of one multi-tensor Adam launch, as the kernel reads them:
+/// their device addresses and where each tensor's moments start in the flat moment buffers.
+/// Made once by [`Device::tensor_table`]; [`Device::adam_update_tensors`] checks that the tensors
+/// it is handed are still the ones at those addresses.
+#[derive(Debug)]
+pub struct TensorTable {
+    /// (parameter address, gradient address, length) of each tensor, as the host knows them.
+    tensors: Vec<(u64, u64, usize)>,
+    params: Buffer<u64>,
+    grads: Buffer<u64>,
+    /// offsets[t] = the elements of tensors before t; offsets[tensors] = all of them.
+    offsets: Buffer<u32>,
+}
+
+impl TensorTable {
+    /// Parameters over all tensors: the length of the flat moment buffers.
+    pub fn total_len(&self) -> usize {
+        self.tensors.iter().map(|&(_, _, len)| len).sum()
+    }
+
+    /// Each tensor's length, in order.
+    pub fn lens(&self) -> impl Iterator<Item = usize> + '_ {
+        self.tensors.iter().map(|&(_, _, len)| len)
+    }
+}
+
+fn address<T: Element>(buf: &Buffer<T>) -> u64 {
+    match buf.arg() {
+        KernelArg::Ptr(address) => address,
+        _ => unreachable!("a buffer's argument is its address"),
+    }
+}
+
+impl Device {
+    /// Records the launches `record` issues into a [`Graph`] instead of running them (so nothing
+    /// `record` launches has happened when this returns: replay the graph for that). Only
+    /// launches may be recorded: allocating, copying to or from the host and waiting fail while a
+    /// capture is under way, so run a step eagerly once first to allocate its buffers.
+    pub fn capture<E: From<Error>>(
+        &self,
+        record: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<Graph, E> {
+        let recorded = match self {
+            Device::Cpu => {
+                return Err(E::from(Error::Device {
+                    device: "cpu".to_string(),
+                    what: "the cpu device runs no kernels to capture into a graph".to_string(),
+                }))
+            }
+            Device::Emulated => {
+                if !emulator::graph::begin_capture() {
+                    return Err(E::from(capture_error("emulated")));
+                }
+                let result = record();
+                let launches = emulator::graph::end_capture();
+                result?;
+                Recorded::Launches(launches)
+            }
+            Device::Cuda(gpu) => {
+                gpu.begin_capture()?;
+                let result = record();
+                let graph = gpu.end_capture();
+                result?;
+                Recorded::Cuda(graph?)
+            }
+        };
+        Ok(Graph {
+            device: self.clone(),
+            recorded,
+        })
+    }
+
+    /// Replays a graph captured on this device: every recorded launch, in order, with the
+    /// arguments it was recorded with.
+    ///
+    /// # Safety
+    /// Every buffer the recorded launches address must still be alive, and not reallocated since
+    /// the capture (the launches keep their addresses).
+    pub unsafe fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        if graph.device != *self {
+            return Err(Error::Device {
+                device: self.name().to_string(),
+                what: format!(
+                    "the graph was captured on another device ({})",
+                    graph.device.name()
+                ),
+            });
+        }
+        match (&graph.recorded, self) {
+            (Recorded::Cuda(graph), Device::Cuda(gpu)) => gpu.launch_graph(graph),
+            (Recorded::Launches(launches), _) => {
+                // The recorded GEMM launches address the shared split-sum workspace: hold it, as
+                // run_gemm does, so that another thread's op cannot use it meanwhile.
+                let _parts = EMULATED_GEMM_PARTS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for launch in launches {
+                    // SAFETY: passed on from the caller.
+                    unsafe { emulator::run(launch)? };
+                }
+                Ok(())
+            }
+            (Recorded::Cuda(_), _) => unreachable!("a CUDA graph belongs to a cuda device"),
+        }
+    }
+
+    /// Fails if a capture is under way: `op` would escape it (it is not a launch).
+    fn outside_capture(&self, op: &'static str) -> Result<()> {
+        let capturing = match self {
+            Device::Cpu => false,
+            Device::Emulated => emulator::graph::is_capturing(),
+            Device::Cuda(gpu) => gpu.is_capturing(),
+        };
+        if capturing {
+            return Err(Error::Device {
+                device: self.name().to_string(),
+                what: format!(
+                    "{op} is not a kernel launch, so it cannot be part of a graph capture"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// y = relu(maxpool2d(x)) and the pool's argmax, in one pass (ReLU is monotone, so it
+    /// commutes with the max: this is also maxpool of relu).
+    pub fn maxpool2d_relu_forward(
+        &self,
+        s: &Pool2dShape,
+        x: &Buffer<f32>,
+        y: &mut Buffer<f32>,
+        argmax: &mut Buffer<u32>,
+    ) -> Result<()> {
+        let op = "maxpool2d_relu_forward";
+        self.expect(op, "x", x, s.input_len())?;
+        self.expect(op, "y", y, s.output_len())?;
+        self.expect(op, "argmax", argmax, s.output_len())?;
+        match self {
+            Device::Cpu => {
+                cpu::maxpool2d_relu_forward(s, x.host()?, y.host_mut()?, argmax.host_mut()?)
+            }
+            Device::Emulated | Device::Cuda(_) => self.run(launches::maxpool2d_relu_forward(
+                s,
+                x.arg(),
+                y.arg_mut(),
+                argmax.arg_mut(),
+            ))?,
+        }
+        Ok(())
+    }
+
+    /// The gradient of [`Device::maxpool2d_relu_forward`]: dy goes to each window's argmax where
+    /// the output y is positive; every other dx is 0.
+    pub fn maxpool2d_relu_backward(
+        &self,
+        s: &Pool2dShape,
+        argmax: &Buffer<u32>,
+        y: &Buffer<f32>,
+        dy: &Buffer<f32>,
+        dx: &mut Buffer<f32>,
+    ) -> Result<()> {
+        let op = "maxpool2d_relu_backward";
+        self.expect(op, "argmax", argmax, s.output_len())?;
+        self.expect(op, "y", y, s.output_len())?;
+        self.expect(op, "dy", dy, s.output_len())?;
+        self.expect(op, "dx", dx, s.input_len())?;
+        match self {
+            Device::Cpu => cpu::maxpool2d_relu_backward(
+                s,
+                argmax.host()?,
+                y.host()?,
+                dy.host()?,
+                dx.host_mut()?,
+            ),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::maxpool2d_relu_backward(
+                s,
+                argmax.arg(),
+                y.arg(),
+                dy.arg(),
+                dx.arg_mut(),
+            ))?,
+        }
+        Ok(())
+    }
+
+    /// The loss forward and backward in one op, over the rows whose label is not
+    /// [`IGNORE_LABEL`](crate::IGNORE_LABEL) (padding): adds their loss sum to `totals[0]` and
+    /// their correct count to `totals[1]`, and writes dlogits = (softmax − onehot) / rows for
+    /// them (rows: how many there are), 0 for padding rows.
+    pub fn softmax_xent_fused(
+        &self,
+        s: &XentShape,
+        logits: &Buffer<f32>,
+        labels: &Buffer<u32>,
+        totals: &mut Buffer<f32>,
+        dlogits: &mut Buffer<f32>,
+    ) -> Result<()> {
+        let op = "softmax_xent_fused";
+        self.expect(op, "logits", logits, s.batch * s.classes)?;
+        self.expect(op, "labels", labels, s.batch)?;
+        self.expect(op, "totals", totals, 2)?;
+        self.expect(op, "dlogits", dlogits, s.batch * s.classes)?;
+        match self {
+            Device::Cpu => cpu::softmax_xent_fused(
+                s,
+                logits.host()?,
+                labels.host()?,
+                totals.host_mut()?,
+                dlogits.host_mut()?,
+            ),
+            Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_fused(
+                s,
+                logits.arg(),
+                labels.arg(),
+                totals.arg_mut(),
+                dlogits.arg_mut(),
+            ))?,
+        }
+        Ok(())
+    }
+
+    /// The table of `params` and their `grads` (pairwise the same lengths) for
+    /// [`Device::adam_update_tensors`].
+    pub fn tensor_table(
+        &self,
+        params: &[&Buffer<f32>],
+        grads: &[&Buffer<f32>],
+    ) -> Result<TensorTable> {
+        let op = "tensor_table";
+        check(op, "grads", grads.len(), params.len())?;
+        let mut tensors = Vec::with_capacity(params.len());
+        let mut offsets = vec![0u32];
+        for (t, (param, grad)) in params.iter().zip(grads).enumerate() {
+            self.expect(op, &format!("params[{t}]"), param, param.len())?;
+            self.expect(op, &format!("grads[{t}]"), grad, param.len())?;
+            tensors.push((address(param), address(grad), param.len()));
+            let end = *offsets.last().unwrap_or(&0) as usize + param.len();
+            offsets.push(u32_len(op, "the tensors together", end)?);
+        }
+        let (param_addresses, grad_addresses): (Vec<u64>, Vec<u64>) =
+            tensors.iter().map(|&(p, g, _)| (p, g)).unzip();
+        Ok(TensorTable {
+            params: self.upload(&param_addresses)?,
+            grads: self.upload(&grad_addresses)?,
+            offsets: self.upload(&offsets)?,
+            tensors,
+        })
+    }
+
+    /// One Adam step over many tensors in one launch: tensor t of `params` (updated from
+    /// `grads[t]`) has its moments in `m` and `v` at the offset of the tensors before it.
+    /// `scalars` holds the step's [`AdamStep::scalars`](crate::AdamStep::scalars), read from
+    /// device memory so that a captured step replays with each step's own values. `table` must
+    /// come from [`Device::tensor_table`] of these same buffers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam_update_tensors(
+        &self,
+        hyper: &AdamHyper,
+        scalars: &Buffer<f32>,
+        table: &TensorTable,
+        params: &mut [&mut Buffer<f32>],
+        grads: &[&Buffer<f32>],
+        m: &mut Buffer<f32>,
+        v: &mut Buffer<f32>,
+    ) -> Result<()> {
+        let op = "adam_update_tensors";
+        check(op, "params", params.len(), table.tensors.len())?;
+        check(op, "grads", grads.len(), table.tensors.len())?;
+        for (t, ((param, grad), &(p, g, len))) in
+            params.iter().zip(grads).zip(&table.tensors).enumerate()
+        {
+            self.expect(op, &format!("params[{t}]"), param, len)?;
+            self.expect(op, &format!("grads[{t}]"), grad, len)?;
+            if address(param) != p || address(grad) != g {
+                return Err(Error::Shape {
+                    op,
+                    what: format!("tensor {t} is not the one its table was made for"),
+                });
+            }
+        }
+        let total = table.total_len();
+        self.expect(op, "m", m, total)?;
+        self.expect(op, "v", v, total)?;
+        self.expect(op, "scalars", scalars, 2)?;
+        match self {
+            Device::Cpu => {
+                let (m, v) = (m.host_mut()?, v.host_mut()?);
+                let scalars = scalars.host()?;
+                let mut start = 0;
+                for (param, grad) in params.iter_mut().zip(grads) {
+                    let range = start..start + param.len();
+                    start = range.end;
+                    cpu::adam_update_scaled(
+                        hyper,
+                        [scalars[0], scalars[1]],
+                        param.host_mut()?,
+                        grad.host()?,
+                        &mut m[range.clone()],
+                        &mut v[range],
+                    );
+                }
+            }
+            Device::Emulated | Device::Cuda(_) => self.run(launches::adam_update_tensors(
+                hyper,
+                total,
+                table.tensors.len(),
+                table.params.arg(),
+                table.grads.arg(),
+                table.offsets.arg(),
+                m.arg_mut(),
+                v.arg_mut(),
+                scalars.arg(),
+            ))?,
+        }
+        Ok(())
+    }
+}
+
+fn capture_error(device: &str) -> Error {
+    Error::Device {
+        device: device.to_string(),
+        what: "a graph capture is already under way".to_string(),
     }
 }

@@ -6,7 +6,9 @@
 //! elements.
 
 use crate::launch::{KernelArg, Launch};
-use crate::{Activation, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape};
+use crate::{
+    Activation, AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape,
+};
 
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -22,6 +24,8 @@ const GEMM_TILE_DEPTH: usize = 16;
 const MIN_SPLIT_DEPTH: usize = 128;
 /// Threads per warp, the unit of work of the softmax kernels (one row each).
 const WARP: u32 = 32;
+/// The fused loss runs in one block of at most this many threads (32 warps).
+const MAX_FUSED_XENT_THREADS: u32 = 1024;
 
 /// What a GEMM launch needs to know of its device: how many SMs to fill, and where split sums
 /// write their partial products (`parts`, `parts_len` floats, held by the device for the op).
@@ -406,6 +410,107 @@ pub(crate) fn adam_update(
         KernelArg::F32(step.bias_correction2_sqrt()),
     ];
     vec![Launch::linear("adam_update", len, BLOCK, args)]
+}
+
+pub(crate) fn maxpool2d_relu_forward(
+    s: &Pool2dShape,
+    x: KernelArg,
+    y: KernelArg,
+    argmax: KernelArg,
+) -> Vec<Launch> {
+    let args = vec![
+        x,
+        y,
+        argmax,
+        int(s.batch * s.channels),
+        int(s.height),
+        int(s.width),
+    ];
+    vec![Launch::linear(
+        "maxpool2d_relu_forward",
+        s.output_len(),
+        BLOCK,
+        args,
+    )]
+}
+
+pub(crate) fn maxpool2d_relu_backward(
+    s: &Pool2dShape,
+    argmax: KernelArg,
+    y: KernelArg,
+    dy: KernelArg,
+    dx: KernelArg,
+) -> Vec<Launch> {
+    let args = vec![
+        argmax,
+        y,
+        dy,
+        dx,
+        int(s.batch * s.channels),
+        int(s.height),
+        int(s.width),
+    ];
+    vec![Launch::linear(
+        "maxpool2d_relu_backward",
+        s.input_len(),
+        BLOCK,
+        args,
+    )]
+}
+
+/// One block, as many warps as rows up to 32 (a warp per row at a time): the row count and the
+/// totals are then summed in a fixed order.
+pub(crate) fn softmax_xent_fused(
+    s: &XentShape,
+    logits: KernelArg,
+    labels: KernelArg,
+    totals: KernelArg,
+    dlogits: KernelArg,
+) -> Vec<Launch> {
+    let args = vec![
+        logits,
+        labels,
+        totals,
+        dlogits,
+        int(s.batch),
+        int(s.classes),
+    ];
+    let warps = s.batch.clamp(1, (MAX_FUSED_XENT_THREADS / WARP) as usize) as u32;
+    vec![Launch {
+        kernel: "softmax_xent_fused",
+        grid: [1, 1, 1],
+        block: [warps * WARP, 1, 1],
+        shared_bytes: 0,
+        args,
+    }]
+}
+
+/// One thread per parameter of all the tensors together.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adam_update_tensors(
+    hyper: &AdamHyper,
+    total: usize,
+    tensors: usize,
+    params: KernelArg,
+    grads: KernelArg,
+    offsets: KernelArg,
+    m: KernelArg,
+    v: KernelArg,
+    scalars: KernelArg,
+) -> Vec<Launch> {
+    let args = vec![
+        params,
+        grads,
+        offsets,
+        int(tensors),
+        m,
+        v,
+        KernelArg::F32(hyper.beta1),
+        KernelArg::F32(hyper.beta2),
+        KernelArg::F32(hyper.eps),
+        scalars,
+    ];
+    vec![Launch::linear("adam_update_tensors", total, BLOCK, args)]
 }
 
 #[cfg(test)]

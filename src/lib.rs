@@ -23,8 +23,9 @@ pub mod reference;
 mod shapes;
 
 pub use cuda::Gpu;
-pub use device::{Buffer, Device, Element};
+pub use device::{Buffer, Device, Element, Graph, TensorTable};
 pub use error::{Error, Result};
 pub use shapes::{
-    Activation, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape,
+    Activation, AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape,
+    IGNORE_LABEL, PAD_INDEX,
 };

@@ -11,7 +11,7 @@
 //! produced it: where the forward read an input, the backward adds into that input's gradient.
 //! `docs/` derives each op once with shapes and indices and links to every implementation.
 
-use crate::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
+use crate::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape, IGNORE_LABEL, PAD_INDEX};
 
 /// The float types the reference ops run in: f32 (as the devices) and f64 (for gradient checks).
 pub trait Real:
@@ -391,12 +391,17 @@ pub fn adam_update<T: Real>(
     }
 }
 
-/// out[i, :] = (images[indices[i], :] / 255 − 0.5) / 0.5 for u8 images of `image_len` pixels.
+/// out[i, :] = (images[indices[i], :] / 255 − 0.5) / 0.5 for u8 images of `image_len` pixels;
+/// zeros for [`PAD_INDEX`].
 pub fn gather_images(images: &[u8], image_len: usize, indices: &[u32], out: &mut [f32]) {
     if image_len == 0 {
         return;
     }
     for (row, &index) in out.chunks_exact_mut(image_len).zip(indices) {
+        if index == PAD_INDEX {
+            row.fill(0.0);
+            continue;
+        }
         let image = &images[index as usize * image_len..][..image_len];
         for (o, &pixel) in row.iter_mut().zip(image) {
             *o = (pixel as f32 / 255.0 - 0.5) / 0.5;
@@ -404,9 +409,12 @@ pub fn gather_images(images: &[u8], image_len: usize, indices: &[u32], out: &mut
     }
 }
 
-/// out[i] = labels[indices[i]].
+/// out[i] = labels[indices[i]]; [`IGNORE_LABEL`] for [`PAD_INDEX`].
 pub fn gather_labels(labels: &[u8], indices: &[u32], out: &mut [u32]) {
     for (o, &index) in out.iter_mut().zip(indices) {
-        *o = labels[index as usize] as u32;
+        *o = match index {
+            PAD_INDEX => IGNORE_LABEL,
+            _ => labels[index as usize] as u32,
+        };
     }
 }

@@ -83,6 +83,13 @@ pub struct XentShape {
     pub classes: usize,
 }
 
+/// The index of a padding row in a batch's indices: [`Device::gather_images`](crate::Device)
+/// gives it zero pixels and [`Device::gather_labels`](crate::Device) the label
+/// [`IGNORE_LABEL`], so that an epoch's last, short batch can run at the full batch's shape.
+pub const PAD_INDEX: u32 = u32::MAX;
+/// The label of a padding row: the fused loss gives it no loss, no count and no gradient.
+pub const IGNORE_LABEL: u32 = u32::MAX;
+
 /// One Adam step with torch.optim.Adam's semantics (no weight decay, no amsgrad).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
@@ -103,6 +110,29 @@ impl AdamStep {
     pub fn bias_correction2_sqrt(&self) -> f32 {
         (1.0 - (self.beta2 as f64).powi(self.step as i32)).sqrt() as f32
     }
+
+    /// What changes from step to step, as [`crate::Device::adam_update_tensors`] reads it from
+    /// device memory: `[step_size, bias_correction2_sqrt]`.
+    pub fn scalars(&self) -> [f32; 2] {
+        [self.step_size(), self.bias_correction2_sqrt()]
+    }
+
+    /// What stays the same from step to step.
+    pub fn hyper(&self) -> AdamHyper {
+        AdamHyper {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
+    }
+}
+
+/// Adam's constants, which a captured step may bake in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamHyper {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
 }
 
 /// How the GEMM-shaped kernels (convolutions and linear layers) multiply.

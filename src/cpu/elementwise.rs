@@ -3,7 +3,7 @@
 //! Handing work to the pool costs a wake-up of a few microseconds, so tensors of one chunk or
 //! less run on the calling thread.
 
-use crate::AdamStep;
+use crate::{AdamHyper, PAD_INDEX};
 use rayon::prelude::*;
 
 /// Elements per task: large enough that scheduling is noise, small enough to balance two threads.
@@ -23,6 +23,19 @@ pub fn relu_forward(x: &[f32], y: &mut [f32]) {
         .for_each(|(y, x)| relu(x, y));
 }
 
+/// y = max(y, 0) in place; -0 and NaN become 0, as in relu_forward.
+pub fn relu_in_place(y: &mut [f32]) {
+    fn relu(y: &mut [f32]) {
+        for y in y {
+            *y = if *y > 0.0 { *y } else { 0.0 };
+        }
+    }
+    if y.len() <= CHUNK {
+        return relu(y);
+    }
+    y.par_chunks_mut(CHUNK).for_each(relu);
+}
+
 pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
     fn mask(y: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {
@@ -38,20 +51,19 @@ pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
         .for_each(|((dx, y), dy)| mask(y, dy, dx));
 }
 
-/// The whole update in one pass over memory; torch's unfused Adam makes seven.
+/// The whole update in one pass over memory; torch's unfused Adam makes seven. `scalars` are
+/// the step's [`crate::AdamStep::scalars`].
 pub fn adam_update(
-    step: &AdamStep,
+    hyper: &AdamHyper,
+    scalars: [f32; 2],
     params: &mut [f32],
     grads: &[f32],
     m: &mut [f32],
     v: &mut [f32],
 ) {
     let update = |params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]| {
-        let AdamStep {
-            beta1, beta2, eps, ..
-        } = *step;
-        let step_size = step.step_size();
-        let bias_correction2_sqrt = step.bias_correction2_sqrt();
+        let AdamHyper { beta1, beta2, eps } = *hyper;
+        let [step_size, bias_correction2_sqrt] = scalars;
         for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m).zip(v) {
             *m = beta1 * *m + (1.0 - beta1) * g;
             *v = beta2 * *v + (1.0 - beta2) * g * g;
@@ -74,6 +86,9 @@ pub fn gather_images(images: &[u8], image_len: usize, indices: &[u32], out: &mut
         return;
     }
     let gather = |row: &mut [f32], index: u32| {
+        if index == PAD_INDEX {
+            return row.fill(0.0);
+        }
         let image = &images[index as usize * image_len..][..image_len];
         for (o, &pixel) in row.iter_mut().zip(image) {
             *o = (pixel as f32 / 255.0 - 0.5) / 0.5;

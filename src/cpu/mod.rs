@@ -6,12 +6,13 @@
 
 mod conv;
 mod elementwise;
+mod fused;
 mod linear;
 mod matmul;
 mod pool;
 mod scratch;
 
-use crate::{reference, AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
+use crate::{reference, AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
 use std::sync::Once;
 
 /// Sets flush-to-zero and denormals-are-zero on the calling thread, and once per process builds
@@ -80,7 +81,26 @@ pub fn maxpool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut
 
 pub fn maxpool2d_backward(s: &Pool2dShape, argmax: &[u32], dy: &[f32], dx: &mut [f32]) {
     init_threads();
-    pool::backward(s, argmax, dy, dx)
+    pool::backward(s, argmax, None, dy, dx)
+}
+
+/// Max-pool then ReLU: the pool, then negative maxima set to 0 (the argmax is the pool's).
+pub fn maxpool2d_relu_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    init_threads();
+    pool::forward(s, x, y, argmax);
+    elementwise::relu_in_place(y);
+}
+
+/// The pool's gradient, passed only where the fused output y is positive.
+pub fn maxpool2d_relu_backward(
+    s: &Pool2dShape,
+    argmax: &[u32],
+    y: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) {
+    init_threads();
+    pool::backward(s, argmax, Some(y), dy, dx)
 }
 
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {
@@ -134,7 +154,32 @@ pub fn adam_update(
     v: &mut [f32],
 ) {
     init_threads();
-    elementwise::adam_update(step, params, grads, m, v)
+    elementwise::adam_update(&step.hyper(), step.scalars(), params, grads, m, v)
+}
+
+/// [`adam_update`] with the step's [`AdamStep::scalars`] given: one tensor of a multi-tensor step.
+pub fn adam_update_scaled(
+    hyper: &AdamHyper,
+    scalars: [f32; 2],
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) {
+    init_threads();
+    elementwise::adam_update(hyper, scalars, params, grads, m, v)
+}
+
+/// The loss forward and backward in one pass, padding rows ignored (see `fused.rs`).
+pub fn softmax_xent_fused(
+    s: &XentShape,
+    logits: &[f32],
+    labels: &[u32],
+    totals: &mut [f32],
+    dlogits: &mut [f32],
+) {
+    init_threads();
+    fused::softmax_xent(s, logits, labels, totals, dlogits)
 }
 
 pub fn gather_images(images: &[u8], image_len: usize, indices: &[u32], out: &mut [f32]) {
@@ -142,7 +187,7 @@ pub fn gather_images(images: &[u8], image_len: usize, indices: &[u32], out: &mut
     elementwise::gather_images(images, image_len, indices, out)
 }
 
-/// One integer per image: the reference loop is already the right code.
+/// One integer per image: the reference loop is already the right code (padding included).
 pub fn gather_labels(labels: &[u8], indices: &[u32], out: &mut [u32]) {
     reference::gather_labels(labels, indices, out)
 }

@@ -48,7 +48,15 @@ pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
         });
 }
 
-pub fn backward(s: &Pool2dShape, argmax: &[u32], dy: &[f32], dx: &mut [f32]) {
+/// With `relu_output` (the output of a fused max-pool and ReLU), gradient passes only where that
+/// output is positive.
+pub fn backward(
+    s: &Pool2dShape,
+    argmax: &[u32],
+    relu_output: Option<&[f32]>,
+    dy: &[f32],
+    dx: &mut [f32],
+) {
     let out_plane = s.out_height() * s.out_width();
     let plane_len = s.height * s.width;
     if out_plane == 0 {
@@ -63,7 +71,11 @@ pub fn backward(s: &Pool2dShape, argmax: &[u32], dy: &[f32], dx: &mut [f32]) {
         .for_each(|(plane, ((dx, dy), argmax))| {
             dx.fill(0.0);
             let offset = plane * plane_len;
-            for (&k, &g) in argmax.iter().zip(dy) {
+            let y = relu_output.map(|y| &y[plane * out_plane..][..out_plane]);
+            for (i, (&k, &g)) in argmax.iter().zip(dy).enumerate() {
+                if y.is_some_and(|y| y[i].is_nan() || y[i] <= 0.0) {
+                    continue; // ReLU's mask: no gradient where the output was clamped to 0
+                }
                 // The forward pass only ever picks from the window's own plane.
                 dx[k as usize - offset] = g;
             }

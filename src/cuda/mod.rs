@@ -4,7 +4,10 @@
 //! copies run in issue order and the host only waits in `synchronize` and `download`. cudarc
 //! panics where a library is missing, so every entry point looks for the library first.
 
+mod graph;
+
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::driver::sys::{CUdevice_attribute_enum, CUfunction_attribute_enum};
@@ -53,6 +56,8 @@ pub struct Gpu {
     /// that no op allocates (a captured CUDA graph keeps its address). An op holds the lock while
     /// it issues its launches, so ops from several threads never interleave their parts.
     gemm_parts: Mutex<CudaSlice<f32>>,
+    /// Whether a graph capture is under way on the stream (see graph.rs).
+    capturing: AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -128,6 +133,7 @@ impl Gpu {
             name,
             sm_count,
             gemm_parts: Mutex::new(gemm_parts),
+            capturing: AtomicBool::new(false),
         })
     }
 

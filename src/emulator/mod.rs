@@ -6,6 +6,8 @@
 //! array into its parameters. Here we check the launch against the kernel's signature and split
 //! its blocks across the rayon threads.
 
+pub(crate) mod graph;
+
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
 use rayon::prelude::*;
@@ -39,6 +41,7 @@ const STATUS_BAD_ASYNC_COPY: c_int = 5;
 /// # Safety
 /// Every pointer argument must address host memory that holds everything the kernel reads and
 /// writes through it, and nothing else may use that memory while the kernel runs.
+/// While a graph capture is under way on this thread, the launch is checked and recorded instead.
 pub(crate) unsafe fn run(launch: &Launch) -> Result<()> {
     launch.check_limits()?;
     let fail = |what: String| Error::Launch {
@@ -52,6 +55,9 @@ pub(crate) unsafe fn run(launch: &Launch) -> Result<()> {
     }
     let params = unsafe { CStr::from_ptr(hw_emulator_params(kernel)) }.to_bytes();
     check_arguments(&launch.args, params).map_err(fail)?;
+    if graph::record(launch) {
+        return Ok(());
+    }
 
     let slots = launch.param_slots();
     let blocks = launch.grid.iter().map(|&n| n as u64).product::<u64>();

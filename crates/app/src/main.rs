@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use app::outputs::default_run_dir;
 use app::train::{eval, train, EvalOptions, TrainOptions};
 use clap::{Args, Parser, Subcommand};
+use kernels::Precision;
 
 const DEVICES: [&str; 4] = ["cpu", "cuda", "emulated", "auto"];
 
@@ -45,6 +46,14 @@ struct TrainArgs {
     /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
     #[arg(long, default_value = "auto", value_parser = DEVICES)]
     device: String,
+    /// How convolutions and linear layers multiply: tf32 (tensor cores) or fp32
+    /// [default: tf32 on cuda and emulated, fp32 on cpu, which has only fp32].
+    #[arg(long, value_name = "P")]
+    precision: Option<Precision>,
+    /// Launch every op of a step one by one instead of replaying the step's captured graph
+    /// (for debugging; the cpu device always runs this way).
+    #[arg(long)]
+    no_graph: bool,
     /// Run directory for metrics.csv, Loss.png, Acc.png and model.safetensors
     /// [default: runs/<UTC date-time>].
     #[arg(long, value_name = "DIR")]
@@ -68,6 +77,10 @@ struct EvalArgs {
     /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
     #[arg(long, default_value = "auto", value_parser = DEVICES)]
     device: String,
+    /// How convolutions and linear layers multiply: tf32 or fp32
+    /// [default: tf32 on cuda and emulated, fp32 on cpu].
+    #[arg(long, value_name = "P")]
+    precision: Option<Precision>,
     /// Images per forward pass.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = at_least_one)]
     batch_size: usize,
@@ -100,6 +113,8 @@ fn main() -> ExitCode {
             lr: args.lr,
             seed: args.seed,
             device: args.device,
+            precision: args.precision,
+            no_graph: args.no_graph,
             out: args.out.unwrap_or_else(default_run_dir),
             train_limit: args.train_limit,
             test_limit: args.test_limit,
@@ -108,6 +123,7 @@ fn main() -> ExitCode {
             checkpoint: args.checkpoint,
             data: args.data,
             device: args.device,
+            precision: args.precision,
             batch_size: args.batch_size,
             test_limit: args.test_limit,
         }),

@@ -1,11 +1,12 @@
-//! A training run's directory: metrics.csv, Loss.png, Acc.png and model.safetensors, all
-//! rewritten after every epoch.
+//! A training run's directory: metrics.csv, Loss.png, Acc.png, model.safetensors and run.txt
+//! (how the run computes), all rewritten after every epoch.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use kernels::Precision;
 use nn::ConvNet;
 
 use crate::metrics::{to_csv, EpochMetrics};
@@ -15,6 +16,25 @@ pub const METRICS_FILE: &str = "metrics.csv";
 pub const LOSS_PLOT_FILE: &str = "Loss.png";
 pub const ACCURACY_PLOT_FILE: &str = "Acc.png";
 pub const CHECKPOINT_FILE: &str = "model.safetensors";
+pub const RUN_INFO_FILE: &str = "run.txt";
+
+/// How a run computes, written to run.txt as `key value` lines.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    pub device: &'static str,
+    pub precision: Precision,
+    /// Whether each step replays a captured graph.
+    pub graph: bool,
+}
+
+impl RunInfo {
+    fn to_text(&self) -> String {
+        format!(
+            "device {}\nprecision {}\ngraph {}\n",
+            self.device, self.precision, self.graph
+        )
+    }
+}
 
 /// `runs/<UTC date-time>`, e.g. `runs/20251128-154500`.
 pub fn default_run_dir() -> PathBuf {
@@ -25,7 +45,10 @@ pub fn default_run_dir() -> PathBuf {
 }
 
 /// Rewrites every file of the run directory `dir` from the epochs so far and the model.
-pub fn write_run(dir: &Path, history: &[EpochMetrics], net: &ConvNet) -> Result<()> {
+pub fn write_run(dir: &Path, history: &[EpochMetrics], net: &ConvNet, run: &RunInfo) -> Result<()> {
+    write_atomically(&dir.join(RUN_INFO_FILE), |path| {
+        Ok(fs::write(path, run.to_text())?)
+    })?;
     let series = |field: fn(&EpochMetrics) -> f64| history.iter().map(field).collect::<Vec<_>>();
     write_atomically(&dir.join(METRICS_FILE), |path| {
         Ok(fs::write(path, to_csv(history))?)

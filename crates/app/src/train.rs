@@ -7,17 +7,17 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use kernels::{Buffer, Device};
-use nn::{Adam, ConvNet, ConvNetConfig, SoftmaxCrossEntropy, Tensor};
+use kernels::{Device, Precision};
+use nn::{Adam, ConvNet, ConvNetConfig, Dataset, Trainer};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::metrics::EpochMetrics;
-use crate::mnist::{Split, IMAGE_LEN, IMAGE_SIDE};
-use crate::outputs::write_run;
+use crate::mnist::{Split, IMAGE_LEN};
+use crate::outputs::{write_run, RunInfo};
 
 /// Reading the running loss for the progress bar waits for the device: only this often.
 const PROGRESS_EVERY_STEPS: usize = 50;
@@ -33,6 +33,10 @@ pub struct TrainOptions {
     pub lr: f32,
     pub seed: u64,
     pub device: String,
+    /// tf32 or fp32; None picks the device's default.
+    pub precision: Option<Precision>,
+    /// Run every step's launches one by one instead of replaying a captured graph.
+    pub no_graph: bool,
     pub out: PathBuf,
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
@@ -44,6 +48,7 @@ pub struct EvalOptions {
     pub checkpoint: PathBuf,
     pub data: PathBuf,
     pub device: String,
+    pub precision: Option<Precision>,
     pub batch_size: usize,
     pub test_limit: Option<usize>,
 }
@@ -52,36 +57,58 @@ pub struct EvalOptions {
 /// after each.
 pub fn train(options: &TrainOptions) -> Result<()> {
     let device = open_device(&options.device)?;
-    let train_set =
-        DeviceSplit::upload(&device, &Split::train(&options.data, options.train_limit)?)?;
-    let test_set = DeviceSplit::upload(&device, &Split::test(&options.data, options.test_limit)?)?;
+    let precision = resolve_precision(&device, options.precision)?;
+    let train_set = upload(&device, &Split::train(&options.data, options.train_limit)?)?;
+    let test_set = upload(&device, &Split::test(&options.data, options.test_limit)?)?;
     fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
+
+    let mut net = ConvNet::new(&device, ConvNetConfig::reference(), options.seed)?;
+    net.set_precision(precision);
+    // A batch larger than the training set would only compute padding.
+    let batch_size = options.batch_size.min(train_set.len());
+    let mut trainer = Trainer::new(net, Adam::new(options.lr), batch_size, !options.no_graph)?;
+    let graph = if trainer.uses_graph() {
+        "one graph per step"
+    } else {
+        "eager"
+    };
     println!(
-        "training on {} images, testing on {}, device {}, batch {}, lr {}; writing {}",
-        train_set.len,
-        test_set.len,
+        "training on {} images, testing on {}, device {}, precision {precision}, {graph}, \
+         batch {}, lr {}; writing {}",
+        train_set.len(),
+        test_set.len(),
         device.name(),
         options.batch_size,
         options.lr,
         options.out.display()
     );
+    let run = RunInfo {
+        device: device.name(),
+        precision,
+        graph: trainer.uses_graph(),
+    };
 
-    let net = ConvNet::new(&device, ConvNetConfig::reference(), options.seed)?;
-    let mut model = Model::new(device, net)?;
-    let mut adam = Adam::new(options.lr);
     let mut rng = StdRng::seed_from_u64(options.seed);
-    let mut order: Vec<u32> = (0..train_set.len as u32).collect();
+    let mut order: Vec<u32> = (0..train_set.len() as u32).collect();
     let mut history = Vec::with_capacity(options.epochs);
     for epoch in 1..=options.epochs {
         order.shuffle(&mut rng);
         let progress = epoch_progress_bar(epoch, order.len())?;
         let start = Instant::now();
         let (train_loss, train_acc) =
-            model.train_epoch(&mut adam, &train_set, &order, options.batch_size, &progress)?;
+            trainer.train_epoch(&train_set, &order, |trainer, done| {
+                progress.set_position(done as u64);
+                let step = done.div_ceil(batch_size);
+                if step % PROGRESS_EVERY_STEPS == 0 && !progress.is_hidden() {
+                    let (loss, _) = trainer.means(done)?;
+                    progress.set_message(format!("loss {loss:.4}"));
+                }
+                Ok(())
+            })?;
         let seconds = start.elapsed().as_secs_f64();
         progress.finish_and_clear();
-        let (test_loss, test_acc) = model.evaluate(&test_set, TEST_BATCH_SIZE)?;
+        let (test_loss, test_acc) = trainer.evaluate(&test_set, TEST_BATCH_SIZE)?;
 
         let metrics = EpochMetrics {
             epoch,
@@ -99,7 +126,7 @@ pub fn train(options: &TrainOptions) -> Result<()> {
             metrics.images_per_second
         );
         history.push(metrics);
-        write_run(&options.out, &history, &model.net)?;
+        write_run(&options.out, &history, trainer.net(), &run)?;
     }
     Ok(())
 }
@@ -107,16 +134,32 @@ pub fn train(options: &TrainOptions) -> Result<()> {
 /// Prints the mean loss and accuracy of a checkpoint over the test images.
 pub fn eval(options: &EvalOptions) -> Result<()> {
     let device = open_device(&options.device)?;
-    let test_set = DeviceSplit::upload(&device, &Split::test(&options.data, options.test_limit)?)?;
-    let net = ConvNet::load(&device, &options.checkpoint)?;
-    let mut model = Model::new(device, net)?;
-    let (test_loss, test_acc) = model.evaluate(&test_set, options.batch_size)?;
+    let precision = resolve_precision(&device, options.precision)?;
+    let test_set = upload(&device, &Split::test(&options.data, options.test_limit)?)?;
+    let mut net = ConvNet::load(&device, &options.checkpoint)?;
+    net.set_precision(precision);
+    println!("device {}, precision {precision}", device.name());
+    let mut trainer = Trainer::new(net, Adam::new(1e-3), 1, false)?;
+    let (test_loss, test_acc) = trainer.evaluate(&test_set, options.batch_size)?;
     println!("test_loss {test_loss:.4} test_acc {test_acc:.4}");
     Ok(())
 }
 
 fn open_device(name: &str) -> Result<Device> {
     Device::from_name(name).with_context(|| format!("--device {name}"))
+}
+
+/// `--precision`, or the device's default: tf32 on the kernels (as PyTorch's for convolutions),
+/// fp32 on the cpu device, which has no other.
+fn resolve_precision(device: &Device, asked: Option<Precision>) -> Result<Precision> {
+    match (device, asked) {
+        (Device::Cpu, Some(Precision::Tf32)) => {
+            bail!("--precision tf32: the cpu device computes in fp32 only; use --precision fp32 or another device")
+        }
+        (Device::Cpu, _) => Ok(Precision::Fp32),
+        (_, Some(precision)) => Ok(precision),
+        (_, None) => Ok(Precision::Tf32),
+    }
 }
 
 fn epoch_progress_bar(epoch: usize, images: usize) -> Result<ProgressBar> {
@@ -131,141 +174,11 @@ fn epoch_progress_bar(epoch: usize, images: usize) -> Result<ProgressBar> {
     Ok(bar)
 }
 
-/// A split on the device, as raw u8 pixels and labels: the gather normalises what it picks.
-struct DeviceSplit {
-    images: Buffer<u8>,
-    labels: Buffer<u8>,
-    len: usize,
-}
-
-impl DeviceSplit {
-    fn upload(device: &Device, split: &Split) -> Result<Self> {
-        Ok(DeviceSplit {
-            images: device.upload(&split.images)?,
-            labels: device.upload(&split.labels)?,
-            len: split.len(),
-        })
-    }
-}
-
-/// One batch on the device: its indices into the split and what they pick.
-struct Batch {
-    indices: Buffer<u32>,
-    images: Tensor,
-    labels: Buffer<u32>,
-}
-
-impl Batch {
-    fn new(device: &Device, size: usize) -> Result<Self> {
-        Ok(Batch {
-            indices: device.zeros(size)?,
-            images: Tensor {
-                shape: vec![size, 1, IMAGE_SIDE, IMAGE_SIDE],
-                data: device.zeros(size * IMAGE_LEN)?,
-            },
-            labels: device.zeros(size)?,
-        })
-    }
-}
-
-/// Gathers batches into buffers reused from step to step, one set per batch size met: the full
-/// batch and the last, partial one.
-#[derive(Default)]
-struct Batcher {
-    batches: Vec<Batch>,
-}
-
-impl Batcher {
-    fn gather(&mut self, device: &Device, split: &DeviceSplit, indices: &[u32]) -> Result<&Batch> {
-        let slot = match self
-            .batches
-            .iter()
-            .position(|b| b.indices.len() == indices.len())
-        {
-            Some(slot) => slot,
-            None => {
-                self.batches.push(Batch::new(device, indices.len())?);
-                self.batches.len() - 1
-            }
-        };
-        let batch = &mut self.batches[slot];
-        device.write(indices, &mut batch.indices)?;
-        device.gather_images(
-            &split.images,
-            IMAGE_LEN,
-            &batch.indices,
-            &mut batch.images.data,
-        )?;
-        device.gather_labels(&split.labels, &batch.indices, &mut batch.labels)?;
-        Ok(batch)
-    }
-}
-
-/// The network, its loss, and the device buffers a pass over a split reuses.
-struct Model {
-    device: Device,
-    net: ConvNet,
-    loss: SoftmaxCrossEntropy,
-    /// The current pass's loss sum and correct count, added up on the device.
-    totals: Buffer<f32>,
-    batcher: Batcher,
-}
-
-impl Model {
-    fn new(device: Device, net: ConvNet) -> Result<Self> {
-        Ok(Model {
-            loss: SoftmaxCrossEntropy::new(&device),
-            totals: device.zeros(2)?,
-            batcher: Batcher::default(),
-            device,
-            net,
-        })
-    }
-
-    /// One pass of Adam steps over `split` in the order `order`; returns the mean loss and the
-    /// accuracy over the pass.
-    fn train_epoch(
-        &mut self,
-        adam: &mut Adam,
-        split: &DeviceSplit,
-        order: &[u32],
-        batch_size: usize,
-        progress: &ProgressBar,
-    ) -> Result<(f64, f64)> {
-        self.device.fill_zero(&mut self.totals)?;
-        for (step, indices) in order.chunks(batch_size).enumerate() {
-            let batch = self.batcher.gather(&self.device, split, indices)?;
-            let logits = self.net.forward(&batch.images)?;
-            self.loss.forward(logits, &batch.labels, &mut self.totals)?;
-            let dlogits = self.loss.backward(logits, &batch.labels)?;
-            self.net.backward(dlogits)?;
-            adam.step(&self.device, self.net.params_mut())?;
-
-            progress.inc(indices.len() as u64);
-            if (step + 1) % PROGRESS_EVERY_STEPS == 0 && !progress.is_hidden() {
-                let (loss, _) = self.means(progress.position() as usize)?;
-                progress.set_message(format!("loss {loss:.4}"));
-            }
-        }
-        self.means(order.len())
-    }
-
-    /// Mean loss and accuracy over `split`, in batches of `batch_size`, without gradients.
-    fn evaluate(&mut self, split: &DeviceSplit, batch_size: usize) -> Result<(f64, f64)> {
-        self.device.fill_zero(&mut self.totals)?;
-        let order: Vec<u32> = (0..split.len as u32).collect();
-        for indices in order.chunks(batch_size) {
-            let batch = self.batcher.gather(&self.device, split, indices)?;
-            let logits = self.net.forward(&batch.images)?;
-            self.loss.forward(logits, &batch.labels, &mut self.totals)?;
-        }
-        self.means(split.len)
-    }
-
-    /// The totals so far as a mean loss and an accuracy over `images` images.
-    fn means(&self, images: usize) -> Result<(f64, f64)> {
-        let totals = self.device.download(&self.totals)?;
-        let images = images as f64;
-        Ok((f64::from(totals[0]) / images, f64::from(totals[1]) / images))
-    }
+fn upload(device: &Device, split: &Split) -> Result<Dataset> {
+    Ok(Dataset::upload(
+        device,
+        &split.images,
+        &split.labels,
+        IMAGE_LEN,
+    )?)
 }

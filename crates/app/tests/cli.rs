@@ -62,3 +62,22 @@ fn missing_data_is_an_error_naming_the_file() {
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains("train-images-idx3-ubyte.gz"), "{err}");
 }
+
+#[test]
+fn tf32_on_the_cpu_device_and_unknown_precisions_are_refused() {
+    let output = handwritten(&["train", "--device", "cpu", "--precision", "tf32"]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("--precision tf32") && err.contains("fp32 only"),
+        "{err}"
+    );
+
+    let output = handwritten(&["eval", "--precision", "fp16", "--checkpoint", "x"]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("fp16") && err.contains("tf32 or fp32"),
+        "{err}"
+    );
+}

@@ -140,3 +140,66 @@ fn short_run_learns_and_its_checkpoint_evaluates_the_same() {
     );
     fs::remove_dir_all(&out).unwrap();
 }
+
+/// metrics.csv without its timing columns (seconds, images_per_second), which no two runs share.
+fn metrics_without_timing(dir: &Path) -> Vec<String> {
+    let csv = fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    csv.lines()
+        .map(|row| row.split(',').take(5).collect::<Vec<_>>().join(","))
+        .collect()
+}
+
+/// Two runs on the kernels with the same seed write the same bytes: no sum depends on the order
+/// in which blocks or threads finish. One runs eagerly and one replays graphs, which must not
+/// change a bit either.
+#[test]
+fn two_runs_with_the_same_seed_write_identical_checkpoints_and_metrics() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+    let dirs: Vec<_> = ["graph", "eager"]
+        .iter()
+        .map(|run| {
+            let out = std::env::temp_dir()
+                .join(format!("handwritten-repro-{run}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&out);
+            let mut args = vec![
+                "train",
+                "--device",
+                "emulated",
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "32",
+                "--train-limit",
+                "48",
+                "--test-limit",
+                "16",
+                "--seed",
+                "11",
+            ];
+            if *run == "eager" {
+                args.push("--no-graph");
+            }
+            let stdout = handwritten(&args);
+            assert!(stdout.contains("precision tf32"), "{stdout}");
+            out
+        })
+        .collect();
+    let checkpoints: Vec<Vec<u8>> = dirs
+        .iter()
+        .map(|d| fs::read(d.join("model.safetensors")).unwrap())
+        .collect();
+    assert!(checkpoints[0] == checkpoints[1], "checkpoints differ");
+    assert_eq!(
+        metrics_without_timing(&dirs[0]),
+        metrics_without_timing(&dirs[1])
+    );
+    let run_info = fs::read_to_string(dirs[0].join("run.txt")).unwrap();
+    assert_eq!(run_info, "device emulated\nprecision tf32\ngraph true\n");
+    for dir in dirs {
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,6 +1,16 @@
 //! The Adam optimizer, as `torch.optim.Adam` (no weight decay, no amsgrad).
+//!
+//! One launch updates every parameter: the moments of all tensors live in two flat buffers (each
+//! tensor's at the offset of the tensors before it, in the order the parameters are passed), and
+//! a table of the parameters' and gradients' addresses tells the kernel where each tensor is.
+//! (The parameters themselves stay one buffer each: every op takes whole buffers, and views into
+//! one flat buffer would reach into every op of the device layer for one launch's sake.)
+//!
+//! A step is two halves, so that the second can be captured in a CUDA graph: [`Adam::begin_step`]
+//! counts the step and writes its bias corrections to a small device buffer (a host write, never
+//! in a graph), and [`Adam::apply`] launches the update, which reads them from there.
 
-use kernels::{AdamStep, Buffer, Device};
+use kernels::{AdamStep, Buffer, Device, TensorTable};
 
 use crate::{Error, Param, Result};
 
@@ -11,14 +21,19 @@ pub struct Adam {
     pub eps: f32,
     /// Steps taken so far; the bias corrections depend on it.
     steps: u32,
-    /// The running means of each parameter's gradient and squared gradient, in the order the
-    /// parameters are passed to [`Adam::step`].
-    moments: Vec<Moments>,
+    /// Allocated at the first step, as torch allocates its moments.
+    state: Option<FlatState>,
+    /// Moments loaded by [`Adam::load_moments`] before the first step, uploaded by it.
+    pending: Option<Vec<(Vec<f32>, Vec<f32>)>>,
 }
 
-struct Moments {
+/// Everything the one launch reads, on the device.
+struct FlatState {
+    table: TensorTable,
     m: Buffer<f32>,
     v: Buffer<f32>,
+    /// This step's [`AdamStep::scalars`]: step size and √(1 − β2ᵗ).
+    scalars: Buffer<f32>,
 }
 
 impl Adam {
@@ -34,7 +49,8 @@ impl Adam {
             beta2,
             eps,
             steps: 0,
-            moments: Vec::new(),
+            state: None,
+            pending: None,
         }
     }
 
@@ -45,27 +61,64 @@ impl Adam {
 
     /// Updates every parameter from its gradient; pass the same parameters, in the same order, at
     /// every step.
-    pub fn step(&mut self, device: &Device, params: Vec<&mut Param>) -> Result<()> {
-        if self.moments.is_empty() {
-            // As torch, both moments start at zero, allocated at the first step.
-            for param in &params {
-                let len = param.value.data.len();
-                self.moments.push(Moments {
-                    m: device.zeros(len)?,
-                    v: device.zeros(len)?,
-                });
-            }
-        }
-        if self.moments.len() != params.len() {
+    pub fn step(&mut self, device: &Device, mut params: Vec<&mut Param>) -> Result<()> {
+        self.prepare(device, &params)?;
+        self.check(&params)?;
+        self.begin_step(device)?;
+        self.apply(device, &mut params)
+    }
+
+    /// Fails unless `params` have the lengths of the parameters the moments are for.
+    fn check(&self, params: &[&mut Param]) -> Result<()> {
+        let Some(state) = &self.state else {
+            return Err(not_prepared());
+        };
+        let lens: Vec<usize> = state.table.lens().collect();
+        let given: Vec<usize> = params.iter().map(|p| p.value.data.len()).collect();
+        if given != lens {
             return Err(Error::Shape {
                 name: "adam".to_string(),
                 what: format!(
-                    "{} parameters to step, but the moments are for {}",
-                    params.len(),
-                    self.moments.len()
+                    "parameters of lengths {given:?} to step, but the moments are for {lens:?}"
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Allocates the moments and the tensor table for `params` if this is the first step.
+    pub fn prepare(&mut self, device: &Device, params: &[&mut Param]) -> Result<()> {
+        if self.state.is_some() {
+            return Ok(());
+        }
+        let values: Vec<&Buffer<f32>> = params.iter().map(|p| &p.value.data).collect();
+        let grads: Vec<&Buffer<f32>> = params.iter().map(|p| &p.grad.data).collect();
+        let table = device.tensor_table(&values, &grads)?;
+        let total = table.total_len();
+        let (m, v) = match self.pending.take() {
+            // As torch, both moments start at zero.
+            None => (device.zeros(total)?, device.zeros(total)?),
+            Some(moments) => {
+                let lens: Vec<usize> = table.lens().collect();
+                let (m, v) = flatten_moments(&lens, moments)?;
+                (device.upload(&m)?, device.upload(&v)?)
+            }
+        };
+        self.state = Some(FlatState {
+            table,
+            m,
+            v,
+            scalars: device.zeros(2)?,
+        });
+        Ok(())
+    }
+
+    /// Counts a step and writes its bias corrections where [`Adam::apply`] reads them. Not a
+    /// launch: call it before replaying a captured step, outside the graph.
+    pub fn begin_step(&mut self, device: &Device) -> Result<()> {
+        let Some(state) = &mut self.state else {
+            return Err(not_prepared());
+        };
         self.steps += 1;
         let step = AdamStep {
             lr: self.lr,
@@ -74,10 +127,100 @@ impl Adam {
             eps: self.eps,
             step: self.steps,
         };
-        for (param, moments) in params.into_iter().zip(&mut self.moments) {
-            let (m, v) = (&mut moments.m, &mut moments.v);
-            device.adam_update(&step, &mut param.value.data, &param.grad.data, m, v)?;
-        }
+        device.write(&step.scalars(), &mut state.scalars)?;
         Ok(())
+    }
+
+    /// The update of the step [`Adam::begin_step`] began: one launch over every parameter.
+    pub fn apply(&mut self, device: &Device, params: &mut [&mut Param]) -> Result<()> {
+        self.check(params)?;
+        let Some(state) = &mut self.state else {
+            return Err(not_prepared());
+        };
+        let hyper = kernels::AdamHyper {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        };
+        let (mut values, grads): (Vec<&mut Buffer<f32>>, Vec<&Buffer<f32>>) = params
+            .iter_mut()
+            .map(|p| (&mut p.value.data, &p.grad.data))
+            .unzip();
+        let (m, v) = (&mut state.m, &mut state.v);
+        device.adam_update_tensors(
+            &hyper,
+            &state.scalars,
+            &state.table,
+            &mut values,
+            &grads,
+            m,
+            v,
+        )?;
+        Ok(())
+    }
+
+    /// Each parameter's first and second moments, in the order the parameters are passed (the
+    /// state_dict order for a [`crate::ConvNet`]); empty before the first step.
+    pub fn moments(&self, device: &Device) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let Some(state) = &self.state else {
+            return Ok(self.pending.clone().unwrap_or_default());
+        };
+        let (m, v) = (device.download(&state.m)?, device.download(&state.v)?);
+        let mut start = 0;
+        Ok(state
+            .table
+            .lens()
+            .map(|len| {
+                let range = start..start + len;
+                start = range.end;
+                (m[range.clone()].to_vec(), v[range].to_vec())
+            })
+            .collect())
+    }
+
+    /// Restores the step count and each parameter's moments (as [`Adam::moments`] gives them),
+    /// so that the next step continues a run.
+    pub fn load_moments(
+        &mut self,
+        device: &Device,
+        steps: u32,
+        moments: Vec<(Vec<f32>, Vec<f32>)>,
+    ) -> Result<()> {
+        match &mut self.state {
+            None => self.pending = Some(moments),
+            Some(state) => {
+                let lens: Vec<usize> = state.table.lens().collect();
+                let (m, v) = flatten_moments(&lens, moments)?;
+                device.write(&m, &mut state.m)?;
+                device.write(&v, &mut state.v)?;
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// The per-tensor moments laid end to end, checked against the tensors' lengths.
+fn flatten_moments(
+    lens: &[usize],
+    moments: Vec<(Vec<f32>, Vec<f32>)>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let fits = moments.len() == lens.len()
+        && (moments.iter().zip(lens)).all(|((m, v), &len)| m.len() == len && v.len() == len);
+    if !fits {
+        let got: Vec<usize> = moments.iter().map(|(m, _)| m.len()).collect();
+        return Err(Error::Shape {
+            name: "adam".to_string(),
+            what: format!("moments of lengths {got:?} for parameters of lengths {lens:?}"),
+        });
+    }
+    let (m, v): (Vec<Vec<f32>>, Vec<Vec<f32>>) = moments.into_iter().unzip();
+    Ok((m.concat(), v.concat()))
+}
+
+fn not_prepared() -> Error {
+    Error::Shape {
+        name: "adam".to_string(),
+        what: "no parameters yet: call prepare (or step) first".to_string(),
     }
 }

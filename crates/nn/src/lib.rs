@@ -5,6 +5,8 @@
 //!   call one op of [`kernels::Device`] apiece.
 //! - [`SoftmaxCrossEntropy`] and [`Adam`]: the loss and the optimizer, as PyTorch's.
 //! - [`ConvNet`]: the reference network, its initialisation and its safetensors checkpoints.
+//! - [`Trainer`] and [`Dataset`]: the training step (gather, forward, loss, backward, Adam), run
+//!   eagerly or replayed as one captured graph per step, and evaluation.
 
 mod adam;
 mod checkpoint;
@@ -15,6 +17,7 @@ mod loss;
 mod model;
 mod param;
 mod tensor;
+mod trainer;
 
 pub use adam::Adam;
 pub use error::{Error, Result};
@@ -22,3 +25,4 @@ pub use loss::SoftmaxCrossEntropy;
 pub use model::{ConvNet, ConvNetConfig};
 pub use param::Param;
 pub use tensor::{Tensor, TensorView};
+pub use trainer::{Dataset, Trainer};

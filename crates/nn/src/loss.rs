@@ -34,6 +34,26 @@ impl SoftmaxCrossEntropy {
         Ok(())
     }
 
+    /// [`SoftmaxCrossEntropy::forward`] and [`SoftmaxCrossEntropy::backward`] in one op, over the
+    /// rows whose label is not [`kernels::IGNORE_LABEL`] (padding): the gradient is that of the
+    /// mean over those rows, and padding rows get none.
+    pub fn forward_backward(
+        &mut self,
+        logits: &Tensor,
+        labels: &Buffer<u32>,
+        totals: &mut Buffer<f32>,
+    ) -> Result<&Tensor> {
+        let s = xent_shape(logits)?;
+        let dlogits = match &mut self.dlogits {
+            Some(dlogits) => dlogits,
+            none => none.insert(Tensor::zeros(&self.device, &logits.shape)?),
+        };
+        dlogits.resize(&self.device, &logits.shape)?;
+        self.device
+            .softmax_xent_fused(&s, &logits.data, labels, totals, &mut dlogits.data)?;
+        Ok(dlogits)
+    }
+
     /// The gradient of the batch's mean loss to the logits: (softmax(logits) − onehot) / N.
     pub fn backward(&mut self, logits: &Tensor, labels: &Buffer<u32>) -> Result<&Tensor> {
         let s = xent_shape(logits)?;

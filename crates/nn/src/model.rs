@@ -7,13 +7,16 @@
 //! forward: conv2d → flatten → relu(fc1) → relu(fc2) → fc3
 //! ```
 //!
+//! Each `MaxPool2d(2), ReLU()` pair runs as one fused op, and the ReLUs after fc1 and fc2 run in
+//! their products' epilogues.
+//!
 //! The widths come from [`ConvNetConfig`]; saving and loading are in `checkpoint.rs`.
 
-use kernels::Device;
+use kernels::{Device, Precision};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::layers::{Conv2d, Flatten, Linear, MaxPool2d, ReLU};
+use crate::layers::{Conv2d, Flatten, Linear, MaxPool2d};
 use crate::{Error, Param, Result, Tensor};
 
 /// The widths of the reference network; smaller ones serve the tests.
@@ -66,17 +69,18 @@ impl ConvNetConfig {
 pub struct ConvNet {
     device: Device,
     config: ConvNetConfig,
+    precision: Precision,
     conv1: Conv2d,
+    /// `conv2d.1` and `conv2d.2`, max-pool and ReLU fused.
     pool1: MaxPool2d,
-    relu1: ReLU,
     conv2: Conv2d,
+    /// `conv2d.4` and `conv2d.5`.
     pool2: MaxPool2d,
-    relu2: ReLU,
     flatten: Flatten,
+    /// relu(fc1(x)), the ReLU in the product's epilogue.
     fc1: Linear,
-    fc1_relu: ReLU,
+    /// relu(fc2(x)).
     fc2: Linear,
-    fc2_relu: ReLU,
     fc3: Linear,
 }
 
@@ -89,9 +93,9 @@ impl ConvNet {
         Ok(ConvNet {
             device: device.clone(),
             config,
+            precision: Precision::Fp32,
             conv1: Conv2d::new(device, "conv2d.0", 1, c.conv1_channels, 3, 1, rng)?,
-            pool1: MaxPool2d::new(device, "conv2d.1")?,
-            relu1: ReLU::new(device, "conv2d.2")?,
+            pool1: MaxPool2d::with_relu(device, "conv2d.1-2")?,
             conv2: Conv2d::new(
                 device,
                 "conv2d.3",
@@ -101,13 +105,10 @@ impl ConvNet {
                 1,
                 rng,
             )?,
-            pool2: MaxPool2d::new(device, "conv2d.4")?,
-            relu2: ReLU::new(device, "conv2d.5")?,
+            pool2: MaxPool2d::with_relu(device, "conv2d.4-5")?,
             flatten: Flatten::new(),
-            fc1: Linear::new(device, "fc1", c.flat_features(), c.hidden1, rng)?,
-            fc1_relu: ReLU::new(device, "relu(fc1)")?,
-            fc2: Linear::new(device, "fc2", c.hidden1, c.hidden2, rng)?,
-            fc2_relu: ReLU::new(device, "relu(fc2)")?,
+            fc1: Linear::with_relu(device, "fc1", c.flat_features(), c.hidden1, rng)?,
+            fc2: Linear::with_relu(device, "fc2", c.hidden1, c.hidden2, rng)?,
             fc3: Linear::new(device, "fc3", c.hidden2, c.classes, rng)?,
         })
     }
@@ -118,6 +119,21 @@ impl ConvNet {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// How the convolutions and linear layers multiply: fp32 (the default) or TF32 (on the
+    /// kernels only; the cpu device refuses it at the first op).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        self.conv1.set_precision(precision);
+        self.conv2.set_precision(precision);
+        self.fc1.set_precision(precision);
+        self.fc2.set_precision(precision);
+        self.fc3.set_precision(precision);
     }
 
     /// x: `[N, 1, image_size, image_size]` → logits `[N, classes]`.
@@ -134,34 +150,31 @@ impl ConvNet {
         }
         let x = self.conv1.forward(x.view())?;
         let x = self.pool1.forward(x)?;
-        let x = self.relu1.forward(x)?;
         let x = self.conv2.forward(x)?;
         let x = self.pool2.forward(x)?;
-        let x = self.relu2.forward(x)?;
         let x = self.flatten.forward(x)?;
         let x = self.fc1.forward(x)?;
-        let x = self.fc1_relu.forward(x)?;
         let x = self.fc2.forward(x)?;
-        let x = self.fc2_relu.forward(x)?;
         self.fc3.forward(x)?;
         Ok(self.fc3.output())
     }
 
-    /// Fills every parameter's grad from the gradient of the loss to the logits.
-    pub fn backward(&mut self, dlogits: &Tensor) -> Result<()> {
-        let d = self.fc3.backward(dlogits.view())?;
-        let d = self.fc2_relu.backward(d)?;
-        let d = self.fc2.backward(d)?;
-        let d = self.fc1_relu.backward(d)?;
-        let d = self.fc1.backward(d)?;
+    /// Fills every parameter's grad from the gradient of the loss to the logits; `x` is the
+    /// input of the last forward, unchanged since. Each layer's input is read where it lives
+    /// (the previous layer's output), never copied.
+    pub fn backward(&mut self, x: &Tensor, dlogits: &Tensor) -> Result<()> {
+        let d = self
+            .fc3
+            .backward(self.fc2.output().view(), dlogits.view())?;
+        let d = self.fc2.backward(self.fc1.output().view(), d)?;
+        let fc1_input = self.flatten.output(&self.pool2.output().data);
+        let d = self.fc1.backward(fc1_input, d)?;
         let d = self.flatten.backward(d)?;
-        let d = self.relu2.backward(d)?;
         let d = self.pool2.backward(d)?;
-        let d = self.conv2.backward(d)?;
-        let d = self.relu1.backward(d)?;
+        let d = self.conv2.backward(self.pool1.output().view(), d)?;
         let d = self.pool1.backward(d)?;
         // conv1's input is the data: nothing upstream wants its gradient.
-        self.conv1.backward_params(d)
+        self.conv1.backward_params(x.view(), d)
     }
 
     /// Every parameter, in state_dict order.

@@ -45,7 +45,9 @@ fn conv2d_forward_matches_reference_and_gradients_match_finite_differences() {
     assert_close("conv y", &y, &expected, 1e-5);
 
     let dy = random(rng, y.len());
-    let dx = host_view(conv.backward(tensor(&y_shape, &dy).view()).unwrap());
+    let x_tensor = tensor(&x_shape, &x);
+    let dy_tensor = tensor(&y_shape, &dy);
+    let dx = host_view(conv.backward(x_tensor.view(), dy_tensor.view()).unwrap());
     assert_eq!(dx.0, x_shape);
     let dw = host(&conv.params()[0].grad.data);
     let db = host(&conv.params()[1].grad.data);
@@ -73,12 +75,12 @@ fn conv2d_backward_params_gives_the_same_gradients_as_backward() {
     let dy = tensor(&[3, 3, 5, 5], &random(rng, 225));
     let mut conv = Conv2d::new(&DEVICE, "conv", 2, 3, 3, 1, rng).unwrap();
     conv.forward(x.view()).unwrap();
-    conv.backward(dy.view()).unwrap();
+    conv.backward(x.view(), dy.view()).unwrap();
     let full: Vec<Vec<f32>> = conv.params().iter().map(|p| host(&p.grad.data)).collect();
     for p in conv.params_mut() {
         DEVICE.fill_zero(&mut p.grad.data).unwrap();
     }
-    conv.backward_params(dy.view()).unwrap();
+    conv.backward_params(x.view(), dy.view()).unwrap();
     let only: Vec<Vec<f32>> = conv.params().iter().map(|p| host(&p.grad.data)).collect();
     assert_eq!(full, only);
 }
@@ -156,7 +158,8 @@ fn linear_forward_matches_reference_and_gradients_match_finite_differences() {
     assert_eq!(host(&fc.output().data), y);
 
     let dy = random(rng, 15);
-    let dx = host_view(fc.backward(tensor(&[3, 5], &dy).view()).unwrap());
+    let (x_tensor, dy_tensor) = (tensor(&[3, 7], &x), tensor(&[3, 5], &dy));
+    let dx = host_view(fc.backward(x_tensor.view(), dy_tensor.view()).unwrap());
     assert_eq!(dx.0, [3, 7]);
     let dw = host(&fc.params()[0].grad.data);
     let db = host(&fc.params()[1].grad.data);
@@ -216,7 +219,8 @@ fn a_layer_follows_changes_of_batch_size() {
         r::linear_forward(&s, &to_f64(&x), &w, &b, &mut expected);
         assert_close("linear y", &y, &expected, 1e-5);
         let dy = tensor(&y_shape, &random(rng, batch * 3));
-        let dx = fc.backward(dy.view()).unwrap();
+        let x = tensor(&[batch, 4], &x);
+        let dx = fc.backward(x.view(), dy.view()).unwrap();
         assert_eq!(dx.shape, [batch, 4]);
     }
 }
@@ -244,8 +248,21 @@ fn misshapen_inputs_and_gradients_are_errors_naming_the_layer() {
         "conv2d.3",
         "[N, 2, H, W]",
     );
+    let x = tensor(&[1, 2, 4, 4], &[0.0; 32]);
+    conv.forward(x.view()).unwrap();
+    let dy = tensor(&[1, 3, 5, 5], &[0.0; 75]);
+    assert_shape_error(
+        conv.backward(x.view(), dy.view()).map(|_| ()),
+        "conv2d.3",
+        "dy",
+    );
     let dy = tensor(&[1, 3, 4, 4], &[0.0; 48]);
-    assert_shape_error(conv.backward(dy.view()).map(|_| ()), "conv2d.3", "dy");
+    let wider = tensor(&[1, 2, 4, 5], &[0.0; 40]);
+    assert_shape_error(
+        conv.backward(wider.view(), dy.view()).map(|_| ()),
+        "conv2d.3",
+        "x has shape",
+    );
 
     let mut fc = Linear::new(&DEVICE, "fc2", 6, 2, rng).unwrap();
     let five = tensor(&[1, 5], &[0.0; 5]);

@@ -58,7 +58,7 @@ fn network_gradients_match_finite_differences() {
     let mut xent = SoftmaxCrossEntropy::new(&DEVICE);
     let logits = net.forward(&x).unwrap();
     let dlogits = xent.backward(logits, &labels).unwrap();
-    net.backward(dlogits).unwrap();
+    net.backward(&x, dlogits).unwrap();
     let grads: Vec<Vec<f32>> = net.params().iter().map(|p| host(&p.grad.data)).collect();
 
     // The logits' f32 rounding leaves ~1e-5 of noise in a difference over a step of 1e-3. A ReLU
@@ -208,7 +208,7 @@ fn fifty_adam_steps_memorise_one_batch() {
     for _ in 0..50 {
         let logits = net.forward(&x).unwrap();
         let dlogits = xent.backward(logits, &labels).unwrap();
-        net.backward(dlogits).unwrap();
+        net.backward(&x, dlogits).unwrap();
         adam.step(&DEVICE, net.params_mut()).unwrap();
     }
     let after = mean_loss(&mut net, &x, &labels);

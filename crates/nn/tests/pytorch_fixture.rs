@@ -83,7 +83,7 @@ fn forward_backward_and_two_adam_steps_match_pytorch() {
         );
 
         let dlogits = xent.backward(logits, &labels).unwrap();
-        net.backward(dlogits).unwrap();
+        net.backward(&x, dlogits).unwrap();
         for param in net.params() {
             let name = format!("grad.{step}.{}", param.name);
             assert_matches(&name, &host(&param.grad.data), &f32s(&file, &name).1);

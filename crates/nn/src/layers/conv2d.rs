@@ -17,8 +17,10 @@ pub struct Conv2d {
     out_channels: usize,
     kernel: usize,
     padding: usize,
-    /// The input of the last forward: the weight gradient correlates it with dy.
-    input: Tensor,
+    precision: Precision,
+    /// The shape of the last forward's input. The input itself is not kept: backward takes it
+    /// again, from the network, which keeps it alive anyway (it is the previous layer's output).
+    input_shape: Vec<usize>,
     output: Tensor,
     input_grad: Tensor,
 }
@@ -48,10 +50,16 @@ impl Conv2d {
             out_channels,
             kernel,
             padding,
-            input: Tensor::zeros(device, &[0])?,
+            precision: Precision::Fp32,
+            input_shape: Vec::new(),
             output: Tensor::zeros(device, &[0])?,
             input_grad: Tensor::zeros(device, &[0])?,
         })
+    }
+
+    /// How the products are computed (fp32 until set).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     pub fn params(&self) -> [&Param; 2] {
@@ -65,26 +73,26 @@ impl Conv2d {
     /// x `[N, in_channels, H, W]` → y `[N, out_channels, H', W']`.
     pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
         let s = self.op_shape(x.shape)?;
-        // A copy, as the caller may overwrite x before backward.
-        self.input.resize(&self.device, x.shape)?;
-        self.device.copy(x.data, &mut self.input.data)?;
+        self.input_shape.clear();
+        self.input_shape.extend_from_slice(x.shape);
         let y_shape = [s.batch, s.out_channels, s.out_height(), s.out_width()];
         self.output.resize(&self.device, &y_shape)?;
         let (w, b) = (&self.weight.value.data, &self.bias.value.data);
         self.device
-            .conv2d_forward(&s, Precision::Fp32, x.data, w, b, &mut self.output.data)?;
+            .conv2d_forward(&s, self.precision, x.data, w, b, &mut self.output.data)?;
         Ok(self.output.view())
     }
 
-    /// Fills the weight and bias gradients and returns the gradient to the input.
-    pub fn backward(&mut self, dy: TensorView) -> Result<TensorView<'_>> {
-        self.backward_params(dy)?;
-        let s = self.op_shape(&self.input.shape)?;
-        self.input_grad.resize(&self.device, &self.input.shape)?;
+    /// Fills the weight and bias gradients and returns the gradient to the input; `x` is the
+    /// input of the last forward, unchanged since.
+    pub fn backward(&mut self, x: TensorView, dy: TensorView) -> Result<TensorView<'_>> {
+        self.backward_params(x, dy)?;
+        let s = self.op_shape(x.shape)?;
+        self.input_grad.resize(&self.device, x.shape)?;
         let w = &self.weight.value.data;
         self.device.conv2d_backward_input(
             &s,
-            Precision::Fp32,
+            self.precision,
             w,
             dy.data,
             &mut self.input_grad.data,
@@ -93,18 +101,13 @@ impl Conv2d {
     }
 
     /// Fills only the weight and bias gradients: all a first layer needs, whose input is data.
-    pub fn backward_params(&mut self, dy: TensorView) -> Result<()> {
+    pub fn backward_params(&mut self, x: TensorView, dy: TensorView) -> Result<()> {
+        expect_shape(&self.name, "x", x.shape, &self.input_shape)?;
         expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
-        let s = self.op_shape(&self.input.shape)?;
+        let s = self.op_shape(x.shape)?;
         let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
-        self.device.conv2d_backward_weight(
-            &s,
-            Precision::Fp32,
-            &self.input.data,
-            dy.data,
-            dw,
-            db,
-        )?;
+        self.device
+            .conv2d_backward_weight(&s, self.precision, x.data, dy.data, dw, db)?;
         Ok(())
     }
 

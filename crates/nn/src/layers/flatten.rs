@@ -4,6 +4,8 @@
 //! a row: flattening only changes the shape. Forward and backward hand out views of the buffers
 //! they are given, and no value is copied.
 
+use kernels::Buffer;
+
 use crate::error::expect_shape;
 use crate::{Error, Result, TensorView};
 
@@ -33,6 +35,15 @@ impl Flatten {
             shape: &self.output_shape,
             data: x.data,
         })
+    }
+
+    /// `data` (the last forward's input) read under the output's shape again: the input the
+    /// next layer's backward needs.
+    pub fn output<'a>(&'a self, data: &'a Buffer<f32>) -> TensorView<'a> {
+        TensorView {
+            shape: &self.output_shape,
+            data,
+        }
     }
 
     /// The gradient, read again under the input's shape.

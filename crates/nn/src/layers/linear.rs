@@ -1,4 +1,6 @@
-//! A fully connected layer, as PyTorch's `nn.Linear`: y = x·Wᵀ + b.
+//! A fully connected layer, as PyTorch's `nn.Linear`: y = x·Wᵀ + b, optionally followed by a
+//! ReLU applied in the product's epilogue (`relu(fc(x))` in one op, as the ConvNet's fc1 and
+//! fc2 have it).
 
 use kernels::{Activation, Device, LinearShape, Precision};
 use rand::rngs::StdRng;
@@ -15,9 +17,15 @@ pub struct Linear {
     bias: Param,
     in_features: usize,
     out_features: usize,
-    /// The input of the last forward: the weight gradient is dyᵀ·x.
-    input: Tensor,
+    /// What the epilogue applies to x·Wᵀ + b.
+    activation: Activation,
+    precision: Precision,
+    /// The shape of the last forward's input. The input itself is not kept: backward takes it
+    /// again, from the network, which keeps it alive anyway (it is the previous layer's output).
+    input_shape: Vec<usize>,
     output: Tensor,
+    /// With the ReLU: the gradient to x·Wᵀ + b, dy masked where the output is 0.
+    pre_activation_grad: Tensor,
     input_grad: Tensor,
 }
 
@@ -31,6 +39,42 @@ impl Linear {
         out_features: usize,
         rng: &mut StdRng,
     ) -> Result<Linear> {
+        Linear::build(
+            device,
+            name,
+            in_features,
+            out_features,
+            Activation::None,
+            rng,
+        )
+    }
+
+    /// relu(x·Wᵀ + b), the ReLU in the product's epilogue; initialised as [`Linear::new`].
+    pub fn with_relu(
+        device: &Device,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        rng: &mut StdRng,
+    ) -> Result<Linear> {
+        Linear::build(
+            device,
+            name,
+            in_features,
+            out_features,
+            Activation::Relu,
+            rng,
+        )
+    }
+
+    fn build(
+        device: &Device,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        activation: Activation,
+        rng: &mut StdRng,
+    ) -> Result<Linear> {
         let weight = init::uniform_fan_in(rng, out_features * in_features, in_features);
         let bias = init::uniform_fan_in(rng, out_features, in_features);
         let weight_shape = [out_features, in_features];
@@ -41,10 +85,18 @@ impl Linear {
             bias: Param::new(device, format!("{name}.bias"), &[out_features], &bias)?,
             in_features,
             out_features,
-            input: Tensor::zeros(device, &[0])?,
+            activation,
+            precision: Precision::Fp32,
+            input_shape: Vec::new(),
             output: Tensor::zeros(device, &[0])?,
+            pre_activation_grad: Tensor::zeros(device, &[0])?,
             input_grad: Tensor::zeros(device, &[0])?,
         })
+    }
+
+    /// How the products are computed (fp32 until set).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     pub fn params(&self) -> [&Param; 2] {
@@ -63,16 +115,15 @@ impl Linear {
     /// x `[N, in_features]` → y `[N, out_features]`.
     pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
         let s = self.op_shape(x.shape)?;
-        // A copy, as the caller may overwrite x before backward.
-        self.input.resize(&self.device, x.shape)?;
-        self.device.copy(x.data, &mut self.input.data)?;
+        self.input_shape.clear();
+        self.input_shape.extend_from_slice(x.shape);
         self.output
             .resize(&self.device, &[s.batch, s.out_features])?;
         let (w, b) = (&self.weight.value.data, &self.bias.value.data);
         self.device.linear_forward(
             &s,
-            Precision::Fp32,
-            Activation::None,
+            self.precision,
+            self.activation,
             x.data,
             w,
             b,
@@ -81,35 +132,41 @@ impl Linear {
         Ok(self.output.view())
     }
 
-    /// Fills the weight and bias gradients and returns the gradient to the input, dy·W.
-    pub fn backward(&mut self, dy: TensorView) -> Result<TensorView<'_>> {
-        self.backward_params(dy)?;
-        let s = self.op_shape(&self.input.shape)?;
-        self.input_grad.resize(&self.device, &self.input.shape)?;
+    /// Fills the weight and bias gradients and returns the gradient to the input, dy·W; `x` is
+    /// the input of the last forward, unchanged since.
+    pub fn backward(&mut self, x: TensorView, dy: TensorView) -> Result<TensorView<'_>> {
+        self.backward_params(x, dy)?;
+        let s = self.op_shape(x.shape)?;
+        self.input_grad.resize(&self.device, x.shape)?;
         let w = &self.weight.value.data;
-        self.device.linear_backward_input(
-            &s,
-            Precision::Fp32,
-            w,
-            dy.data,
-            &mut self.input_grad.data,
-        )?;
+        let dz = match self.activation {
+            Activation::Relu => &self.pre_activation_grad.data,
+            Activation::None => dy.data,
+        };
+        self.device
+            .linear_backward_input(&s, self.precision, w, dz, &mut self.input_grad.data)?;
         Ok(self.input_grad.view())
     }
 
-    /// Fills only the weight gradient dyᵀ·x and the bias gradient Σ_batch dy.
-    pub fn backward_params(&mut self, dy: TensorView) -> Result<()> {
+    /// Fills only the weight gradient dzᵀ·x and the bias gradient Σ_batch dz, where dz is dy
+    /// (or, with the ReLU, dy where the output is positive and 0 elsewhere).
+    pub fn backward_params(&mut self, x: TensorView, dy: TensorView) -> Result<()> {
+        expect_shape(&self.name, "x", x.shape, &self.input_shape)?;
         expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
-        let s = self.op_shape(&self.input.shape)?;
+        let s = self.op_shape(x.shape)?;
+        let dz = match self.activation {
+            Activation::Relu => {
+                let dz = &mut self.pre_activation_grad;
+                dz.resize(&self.device, dy.shape)?;
+                self.device
+                    .relu_backward(&self.output.data, dy.data, &mut dz.data)?;
+                &dz.data
+            }
+            Activation::None => dy.data,
+        };
         let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
-        self.device.linear_backward_weight(
-            &s,
-            Precision::Fp32,
-            &self.input.data,
-            dy.data,
-            dw,
-            db,
-        )?;
+        self.device
+            .linear_backward_weight(&s, self.precision, x.data, dz, dw, db)?;
         Ok(())
     }
 

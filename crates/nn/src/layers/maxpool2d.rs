@@ -1,4 +1,5 @@
-//! 2x2 max pooling with stride 2, as PyTorch's `nn.MaxPool2d(2)`.
+//! 2x2 max pooling with stride 2, as PyTorch's `nn.MaxPool2d(2)`, optionally followed by a ReLU
+//! in the same op (`MaxPool2d(2), ReLU()` as the ConvNet has them: one pass instead of two).
 
 use kernels::{Buffer, Device, Pool2dShape};
 
@@ -9,6 +10,8 @@ pub struct MaxPool2d {
     device: Device,
     name: String,
     shape: Pool2dShape,
+    /// Whether a ReLU follows in the same op; its backward then masks by the output.
+    relu: bool,
     /// For each output, the index into x of the maximum it took: only that input receives
     /// gradient, so backward needs the positions, not x itself.
     argmax: Buffer<u32>,
@@ -18,7 +21,17 @@ pub struct MaxPool2d {
 
 impl MaxPool2d {
     pub fn new(device: &Device, name: &str) -> Result<MaxPool2d> {
+        MaxPool2d::build(device, name, false)
+    }
+
+    /// Max-pool then ReLU, fused: equal to ReLU then max-pool, as ReLU is monotone.
+    pub fn with_relu(device: &Device, name: &str) -> Result<MaxPool2d> {
+        MaxPool2d::build(device, name, true)
+    }
+
+    fn build(device: &Device, name: &str, relu: bool) -> Result<MaxPool2d> {
         Ok(MaxPool2d {
+            relu,
             device: device.clone(),
             name: name.to_string(),
             shape: Pool2dShape {
@@ -31,6 +44,11 @@ impl MaxPool2d {
             output: Tensor::zeros(device, &[0])?,
             input_grad: Tensor::zeros(device, &[0])?,
         })
+    }
+
+    /// The output of the last forward.
+    pub fn output(&self) -> &Tensor {
+        &self.output
     }
 
     /// x `[N, C, H, W]` → y `[N, C, H/2, W/2]`; odd trailing rows and columns are dropped.
@@ -55,19 +73,31 @@ impl MaxPool2d {
         if self.argmax.len() != s.output_len() {
             self.argmax = self.device.zeros(s.output_len())?;
         }
-        self.device
-            .maxpool2d_forward(&s, x.data, &mut self.output.data, &mut self.argmax)?;
+        let (y, argmax) = (&mut self.output.data, &mut self.argmax);
+        if self.relu {
+            self.device.maxpool2d_relu_forward(&s, x.data, y, argmax)?;
+        } else {
+            self.device.maxpool2d_forward(&s, x.data, y, argmax)?;
+        }
         Ok(self.output.view())
     }
 
-    /// Routes each output's gradient to the input that was its maximum; the rest get zero.
+    /// Routes each output's gradient to the input that was its maximum (with the ReLU, only
+    /// where the output is positive); the rest get zero.
     pub fn backward(&mut self, dy: TensorView) -> Result<TensorView<'_>> {
         expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
         let s = self.shape;
         self.input_grad
             .resize(&self.device, &[s.batch, s.channels, s.height, s.width])?;
-        self.device
-            .maxpool2d_backward(&s, &self.argmax, dy.data, &mut self.input_grad.data)?;
+        let dx = &mut self.input_grad.data;
+        if self.relu {
+            let y = &self.output.data;
+            self.device
+                .maxpool2d_relu_backward(&s, &self.argmax, y, dy.data, dx)?;
+        } else {
+            self.device
+                .maxpool2d_backward(&s, &self.argmax, dy.data, dx)?;
+        }
         Ok(self.input_grad.view())
     }
 }

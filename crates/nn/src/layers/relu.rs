@@ -24,6 +24,11 @@ impl ReLU {
         })
     }
 
+    /// The output of the last forward.
+    pub fn output(&self) -> &Tensor {
+        &self.output
+    }
+
     /// y = max(x, 0), elementwise, any shape.
     pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
         self.output.resize(&self.device, x.shape)?;

@@ -1,0 +1,286 @@
+//! The training step: gather a batch, forward, loss, backward and Adam, with the loss and
+//! accuracy summed on the device, run eagerly or as one captured graph per step.
+//!
+//! On the cuda and emulated devices the step is captured once as a [`Graph`] and replayed: the
+//! first step of a shape runs eagerly (it allocates every buffer the step uses, and a capture may
+//! not allocate), the second is captured and replayed, and every later one only replays. What
+//! changes from step to step cannot be baked into the graph, so it is written to device memory
+//! before each replay: the batch's indices into the dataset, and Adam's bias corrections.
+//!
+//! Every batch has the same shape: an epoch's last, shorter batch is padded to the full size with
+//! [`PAD_INDEX`], whose rows the gather fills with zeros and the loss ignores (no loss, no count,
+//! no gradient; the mean is over the real rows). So one graph serves the whole epoch and no
+//! buffer is reallocated, at the cost of computing the padding rows once per epoch; padding rows
+//! add exact zeros to every gradient sum, so the step equals the unpadded one.
+
+use kernels::launch::KernelArg;
+use kernels::{Buffer, Device, Graph, PAD_INDEX};
+
+use crate::{Adam, ConvNet, Error, Result, SoftmaxCrossEntropy, Tensor};
+
+/// A split of a dataset on the device, as raw u8 pixels and labels: the gather normalises what
+/// it picks, so the whole split crosses the bus once.
+pub struct Dataset {
+    images: Buffer<u8>,
+    labels: Buffer<u8>,
+    len: usize,
+}
+
+impl Dataset {
+    /// `images` holds `labels.len()` images of `image_len` bytes each.
+    pub fn upload(
+        device: &Device,
+        images: &[u8],
+        labels: &[u8],
+        image_len: usize,
+    ) -> Result<Dataset> {
+        if images.len() != labels.len() * image_len {
+            return Err(Error::Shape {
+                name: "dataset".to_string(),
+                what: format!(
+                    "{} image bytes for {} labels of {image_len}-pixel images",
+                    images.len(),
+                    labels.len()
+                ),
+            });
+        }
+        Ok(Dataset {
+            images: device.upload(images)?,
+            labels: device.upload(labels)?,
+            len: labels.len(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One batch's buffers on the device, reused from step to step.
+struct Batch {
+    /// The indices written before the step, padded with PAD_INDEX.
+    indices: Buffer<u32>,
+    host_indices: Vec<u32>,
+    images: Tensor,
+    labels: Buffer<u32>,
+}
+
+impl Batch {
+    fn new(device: &Device, size: usize, image_side: usize) -> Result<Batch> {
+        Ok(Batch {
+            indices: device.zeros(size)?,
+            host_indices: vec![PAD_INDEX; size],
+            images: Tensor::zeros(device, &[size, 1, image_side, image_side])?,
+            labels: device.zeros(size)?,
+        })
+    }
+
+    fn size(&self) -> usize {
+        self.host_indices.len()
+    }
+
+    /// Writes `indices`, padded to the batch's size: a host write, outside any graph.
+    fn write_indices(&mut self, device: &Device, indices: &[u32]) -> Result<()> {
+        if indices.is_empty() || indices.len() > self.size() {
+            return Err(Error::Shape {
+                name: "trainer".to_string(),
+                what: format!(
+                    "a step of {} images, expected 1 to {}",
+                    indices.len(),
+                    self.size()
+                ),
+            });
+        }
+        let (real, padding) = self.host_indices.split_at_mut(indices.len());
+        real.copy_from_slice(indices);
+        padding.fill(PAD_INDEX);
+        device.write(&self.host_indices, &mut self.indices)?;
+        Ok(())
+    }
+
+    /// Gathers the images and labels the indices pick: launches only.
+    fn gather(&mut self, device: &Device, data: &Dataset) -> Result<()> {
+        let image_len = self.images.data.len() / self.size();
+        device.gather_images(
+            &data.images,
+            image_len,
+            &self.indices,
+            &mut self.images.data,
+        )?;
+        device.gather_labels(&data.labels, &self.indices, &mut self.labels)?;
+        Ok(())
+    }
+}
+
+/// A captured step and the dataset whose buffers it reads.
+struct StepGraph {
+    graph: Graph,
+    dataset: KernelArg,
+}
+
+/// The network, its loss and optimizer, and the device buffers a pass over a dataset reuses.
+pub struct Trainer {
+    device: Device,
+    net: ConvNet,
+    loss: SoftmaxCrossEntropy,
+    adam: Adam,
+    batch: Batch,
+    /// Evaluation's batch, of its own size.
+    eval_batch: Option<Batch>,
+    /// The current pass's loss sum and correct count, added up on the device.
+    totals: Buffer<f32>,
+    use_graph: bool,
+    graph: Option<StepGraph>,
+    /// Whether a step has run eagerly at the training shape since the buffers last changed:
+    /// then every buffer a step uses exists, and the next step may be captured.
+    allocated: bool,
+}
+
+impl Trainer {
+    /// Trains `net` with `adam` in batches of `batch_size`, replaying one captured graph per
+    /// step where `use_graph` and the device runs kernels (the cpu device always runs eagerly).
+    pub fn new(net: ConvNet, adam: Adam, batch_size: usize, use_graph: bool) -> Result<Trainer> {
+        let device = net.device().clone();
+        let side = net.config().image_size;
+        if batch_size == 0 {
+            return Err(Error::Shape {
+                name: "trainer".to_string(),
+                what: "batch size 0, expected at least 1".to_string(),
+            });
+        }
+        Ok(Trainer {
+            loss: SoftmaxCrossEntropy::new(&device),
+            batch: Batch::new(&device, batch_size, side)?,
+            eval_batch: None,
+            totals: device.zeros(2)?,
+            use_graph: use_graph && device != Device::Cpu,
+            graph: None,
+            allocated: false,
+            device,
+            net,
+            adam,
+        })
+    }
+
+    /// Whether steps replay a captured graph.
+    pub fn uses_graph(&self) -> bool {
+        self.use_graph
+    }
+
+    pub fn net(&self) -> &ConvNet {
+        &self.net
+    }
+
+    pub fn adam(&self) -> &Adam {
+        &self.adam
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch.size()
+    }
+
+    /// Clears the loss and accuracy sums: call at the start of a pass.
+    pub fn start_pass(&mut self) -> Result<()> {
+        self.device.fill_zero(&mut self.totals)?;
+        Ok(())
+    }
+
+    /// The sums since [`Trainer::start_pass`] as a mean loss and an accuracy over `images`
+    /// images. Waits for the device.
+    pub fn means(&self, images: usize) -> Result<(f64, f64)> {
+        let totals = self.device.download(&self.totals)?;
+        let images = images.max(1) as f64;
+        Ok((f64::from(totals[0]) / images, f64::from(totals[1]) / images))
+    }
+
+    /// One pass of Adam steps over `data` in the order `order`, calling `after_step` with the
+    /// images done so far after each; returns the mean loss and the accuracy over the pass.
+    pub fn train_epoch(
+        &mut self,
+        data: &Dataset,
+        order: &[u32],
+        mut after_step: impl FnMut(&Trainer, usize) -> Result<()>,
+    ) -> Result<(f64, f64)> {
+        self.start_pass()?;
+        let mut done = 0;
+        for indices in order.chunks(self.batch.size()) {
+            self.step(data, indices)?;
+            done += indices.len();
+            after_step(self, done)?;
+        }
+        self.means(order.len())
+    }
+
+    /// One Adam step on the images of `data` at `indices` (at most the batch size; fewer are
+    /// padded), its loss and correct count added to the pass's sums.
+    pub fn step(&mut self, data: &Dataset, indices: &[u32]) -> Result<()> {
+        // What changes from step to step goes to device memory first, outside any graph.
+        self.batch.write_indices(&self.device, indices)?;
+        self.adam.prepare(&self.device, &self.net.params_mut())?;
+        self.adam.begin_step(&self.device)?;
+        if !self.use_graph {
+            return self.step_launches(data);
+        }
+        let dataset = data.images.arg();
+        if self.graph.as_ref().is_some_and(|g| g.dataset != dataset) {
+            self.graph = None;
+        }
+        if self.graph.is_none() {
+            if !self.allocated {
+                self.step_launches(data)?;
+                self.allocated = true;
+                return Ok(());
+            }
+            let device = self.device.clone();
+            let graph = device.capture(|| self.step_launches(data))?;
+            self.graph = Some(StepGraph { graph, dataset });
+        }
+        let graph = &self.graph.as_ref().expect("captured above").graph;
+        // SAFETY: the graph addresses the dataset (checked above), the batch, the network's
+        // buffers, the loss's gradient, Adam's state and the totals. Each of these is owned by
+        // this trainer or by `data`, and none is reallocated while the shapes stay those of the
+        // capture: evaluation, the one thing that changes them, drops the graph.
+        unsafe { self.device.launch_graph(graph)? };
+        Ok(())
+    }
+
+    /// Everything a step launches, in order: what a graph captures.
+    fn step_launches(&mut self, data: &Dataset) -> Result<()> {
+        self.batch.gather(&self.device, data)?;
+        let logits = self.net.forward(&self.batch.images)?;
+        let dlogits = self
+            .loss
+            .forward_backward(logits, &self.batch.labels, &mut self.totals)?;
+        self.net.backward(&self.batch.images, dlogits)?;
+        self.adam.apply(&self.device, &mut self.net.params_mut())
+    }
+
+    /// Mean loss and accuracy over `data`, in batches of `batch_size`, without gradients (the
+    /// fused loss writes one, which nothing reads). Always eager.
+    pub fn evaluate(&mut self, data: &Dataset, batch_size: usize) -> Result<(f64, f64)> {
+        // The network's buffers take evaluation's batch size: the step's graph would address
+        // freed memory, and the next step must allocate again before it captures.
+        self.graph = None;
+        self.allocated = false;
+        self.start_pass()?;
+        let size = batch_size.min(data.len()).max(1);
+        let side = self.net.config().image_size;
+        let batch = match &mut self.eval_batch {
+            Some(batch) if batch.size() == size => batch,
+            slot => slot.insert(Batch::new(&self.device, size, side)?),
+        };
+        let order: Vec<u32> = (0..data.len() as u32).collect();
+        for indices in order.chunks(size) {
+            batch.write_indices(&self.device, indices)?;
+            batch.gather(&self.device, data)?;
+            let logits = self.net.forward(&batch.images)?;
+            self.loss
+                .forward_backward(logits, &batch.labels, &mut self.totals)?;
+        }
+        self.means(data.len())
+    }
+}

@@ -284,6 +284,7 @@ impl Device {
         y: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "conv2d_forward";
+        s.check(op)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "bias", b, s.out_channels)?;
@@ -309,6 +310,7 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "conv2d_backward_input";
+        s.check(op)?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dx", dx, s.input_len())?;
@@ -333,6 +335,7 @@ impl Device {
         db: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "conv2d_backward_weight";
+        s.check(op)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dweight", dw, s.weight_len())?;
@@ -364,6 +367,7 @@ impl Device {
         argmax: &mut Buffer<u32>,
     ) -> Result<()> {
         let op = "maxpool2d_forward";
+        s.check(op)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "y", y, s.output_len())?;
         self.expect(op, "argmax", argmax, s.output_len())?;
@@ -387,6 +391,7 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "maxpool2d_backward";
+        s.check(op)?;
         self.expect(op, "argmax", argmax, s.output_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dx", dx, s.input_len())?;
@@ -444,6 +449,7 @@ impl Device {
         y: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "linear_forward";
+        s.check(op)?;
         self.expect(op, "x", x, s.batch * s.in_features)?;
         self.expect(op, "weight", w, s.out_features * s.in_features)?;
         self.expect(op, "bias", b, s.out_features)?;
@@ -469,6 +475,7 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "linear_backward_input";
+        s.check(op)?;
         self.expect(op, "weight", w, s.out_features * s.in_features)?;
         self.expect(op, "dy", dy, s.batch * s.out_features)?;
         self.expect(op, "dx", dx, s.batch * s.in_features)?;
@@ -493,6 +500,7 @@ impl Device {
         db: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "linear_backward_weight";
+        s.check(op)?;
         self.expect(op, "x", x, s.batch * s.in_features)?;
         self.expect(op, "dy", dy, s.batch * s.out_features)?;
         self.expect(op, "dweight", dw, s.out_features * s.in_features)?;
@@ -525,11 +533,13 @@ impl Device {
         totals: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "softmax_xent_forward";
+        s.check(op)?;
         self.expect(op, "logits", logits, s.batch * s.classes)?;
         self.expect(op, "labels", labels, s.batch)?;
         self.expect(op, "totals", totals, 2)?;
         match self {
             Device::Cpu => {
+                check_labels(op, labels.host()?, s.classes)?;
                 cpu::softmax_xent_forward(s, logits.host()?, labels.host()?, totals.host_mut()?)
             }
             Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_forward(
@@ -550,11 +560,13 @@ impl Device {
         dlogits: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "softmax_xent_backward";
+        s.check(op)?;
         self.expect(op, "logits", logits, s.batch * s.classes)?;
         self.expect(op, "labels", labels, s.batch)?;
         self.expect(op, "dlogits", dlogits, s.batch * s.classes)?;
         match self {
             Device::Cpu => {
+                check_labels(op, labels.host()?, s.classes)?;
                 cpu::softmax_xent_backward(s, logits.host()?, labels.host()?, dlogits.host_mut()?)
             }
             Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_backward(
@@ -675,6 +687,18 @@ fn check_indices(op: &'static str, indices: &[u32], count: usize) -> Result<()> 
         Some(bad) => Err(Error::Shape {
             op,
             what: format!("index {bad} is past the {count} items"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// On the host a label past the classes would index out of bounds; the kernels give a NaN loss,
+/// which the trainer stops on.
+fn check_labels(op: &'static str, labels: &[u32], classes: usize) -> Result<()> {
+    match labels.iter().find(|&&l| l as usize >= classes) {
+        Some(bad) => Err(Error::Shape {
+            op,
+            what: format!("label {bad}, expected 0 to {}", classes - 1),
         }),
         None => Ok(()),
     }

@@ -1,4 +1,26 @@
-//! The shapes every op takes: plain numbers, shared by every device.
+//! The shapes every op takes: plain numbers, shared by every device. Each op checks its shape
+//! first: an impossible one is an error naming the op, never a panic or an out-of-bounds launch.
+
+use crate::error::{Error, Result};
+
+/// The kernels index with 32-bit ints and the launches size grids from them: no operand may have
+/// more elements than this.
+pub const MAX_ELEMENTS: usize = 1 << 31;
+
+/// The product of `dims`, or an error naming `op` when it overflows or passes [`MAX_ELEMENTS`].
+fn elements(op: &'static str, operand: &str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| Error::Shape {
+            op,
+            what: format!("{operand} of shape {dims:?} has more than {MAX_ELEMENTS} elements"),
+        })
+}
+
+fn refuse(op: &'static str, what: String) -> Result<()> {
+    Err(Error::Shape { op, what })
+}
 
 /// A 2-D convolution over NCHW input, square kernel, same stride and padding on both axes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +36,33 @@ pub struct Conv2dShape {
 }
 
 impl Conv2dShape {
+    /// Stride and kernel at least 1, the kernel within the padded input, every operand within
+    /// [`MAX_ELEMENTS`].
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        if self.stride == 0 || self.kernel == 0 {
+            return refuse(
+                op,
+                format!("{self:?}: stride and kernel must be at least 1"),
+            );
+        }
+        let padded = |side: usize| side.checked_add(self.padding.checked_mul(2)?);
+        match (padded(self.height), padded(self.width)) {
+            (Some(h), Some(w)) if self.kernel <= h && self.kernel <= w => {}
+            _ => return refuse(op, format!("{self:?}: kernel larger than the padded input")),
+        }
+        let (k, c) = (self.kernel, self.in_channels);
+        elements(op, "x", &[self.batch, c, self.height, self.width])?;
+        elements(op, "weight", &[self.out_channels, c, k, k])?;
+        let out = [
+            self.batch,
+            self.out_channels,
+            self.out_height(),
+            self.out_width(),
+        ];
+        elements(op, "y", &out)?;
+        // The GEMM's depth runs over in_channels x kernel x kernel.
+        elements(op, "im2col", &[self.batch, c * k * k, out[2], out[3]]).map(drop)
+    }
     pub fn out_height(&self) -> usize {
         (self.height + 2 * self.padding - self.kernel) / self.stride + 1
     }
@@ -48,6 +97,15 @@ pub struct Pool2dShape {
 }
 
 impl Pool2dShape {
+    /// Every operand within [`MAX_ELEMENTS`].
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        elements(
+            op,
+            "x",
+            &[self.batch, self.channels, self.height, self.width],
+        )
+        .map(drop)
+    }
     pub fn out_height(&self) -> usize {
         self.height / 2
     }
@@ -71,6 +129,12 @@ pub struct LinearShape {
 }
 
 impl LinearShape {
+    /// Every operand within [`MAX_ELEMENTS`].
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        elements(op, "x", &[self.batch, self.in_features])?;
+        elements(op, "weight", &[self.out_features, self.in_features])?;
+        elements(op, "y", &[self.batch, self.out_features]).map(drop)
+    }
     pub fn forward_flops(&self) -> u64 {
         2 * (self.batch * self.in_features * self.out_features) as u64
     }
@@ -81,6 +145,16 @@ impl LinearShape {
 pub struct XentShape {
     pub batch: usize,
     pub classes: usize,
+}
+
+impl XentShape {
+    /// At least one class, the logits within [`MAX_ELEMENTS`].
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        if self.classes == 0 {
+            return refuse(op, "logits have no classes".to_string());
+        }
+        elements(op, "logits", &[self.batch, self.classes]).map(drop)
+    }
 }
 
 /// One Adam step with torch.optim.Adam's semantics (no weight decay, no amsgrad).
@@ -137,7 +211,9 @@ impl std::str::FromStr for Precision {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "tf32" => Ok(Precision::Tf32),
-            other => Err(format!("unknown precision {other:?}: expected tf32 or fp32")),
+            other => Err(format!(
+                "unknown precision {other:?}: expected tf32 or fp32"
+            )),
         }
     }
 }

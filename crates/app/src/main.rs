@@ -1,14 +1,20 @@
-//! `handwritten`: train the reference MNIST ConvNet on hand-written kernels, or evaluate a
-//! checkpoint.
+//! `handwritten`: train the reference MNIST ConvNet on hand-written kernels, evaluate a
+//! checkpoint, or ask it about one's own images.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use app::outputs::default_run_dir;
-use app::train::{eval, train, EvalOptions, TrainOptions};
+use anyhow::Result;
+use app::predict::{json_line, load_image, text_line};
+use app::signals::INTERRUPTED_EXIT_CODE;
+use app::state::RunOptions;
+use app::train::{classify, eval, load_checkpoint, train, EvalOptions, Interrupted, TrainStart};
 use clap::{Args, Parser, Subcommand};
+use kernels::Device;
 
 const DEVICES: [&str; 4] = ["cpu", "cuda", "emulated", "auto"];
+/// More epochs than anyone trains, and few enough that no count derived from them overflows.
+const MAX_EPOCHS: usize = 1_000_000;
 
 #[derive(Parser)]
 #[command(name = "handwritten", version, about)]
@@ -21,18 +27,25 @@ struct Cli {
 enum Command {
     /// Train the reference network; print and save each epoch's figures, plots and checkpoint.
     Train(TrainArgs),
-    /// Print the test loss and accuracy of a checkpoint.
+    /// Print a checkpoint's test loss and accuracy, its accuracy per class and its confusion
+    /// matrix.
     Eval(EvalArgs),
+    /// Print the class a checkpoint sees in each image (PNG, JPEG, BMP or PGM).
+    Predict(PredictArgs),
 }
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Directory of the four MNIST or Fashion-MNIST IDX files, gzip-compressed or raw.
-    #[arg(long, value_name = "DIR", default_value = "data/mnist")]
-    data: PathBuf,
-    /// Passes over the training images.
-    #[arg(long, value_name = "N", default_value_t = 20, value_parser = at_least_one)]
-    epochs: usize,
+    /// Continue the run in DIR from its last completed epoch, with its own options.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["batch_size", "lr", "seed", "out", "train_limit", "test_limit"])]
+    resume: Option<PathBuf>,
+    /// Directory of the four MNIST or Fashion-MNIST IDX files, gzip-compressed or raw
+    /// [default: data/mnist].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Passes over the training images; with --resume, the new total [default: 20].
+    #[arg(long, value_name = "N", value_parser = epochs)]
+    epochs: Option<usize>,
     /// Images per Adam step; an epoch's last batch takes what is left.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least_one)]
     batch_size: usize,
@@ -42,11 +55,11 @@ struct TrainArgs {
     /// Seeds the initial weights and the shuffles.
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
-    /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
-    #[arg(long, default_value = "auto", value_parser = DEVICES)]
-    device: String,
-    /// Run directory for metrics.csv, Loss.png, Acc.png and model.safetensors
-    /// [default: runs/<UTC date-time>].
+    /// Where the ops run; auto picks cuda when a GPU is found, else cpu [default: auto].
+    #[arg(long, value_parser = DEVICES)]
+    device: Option<String>,
+    /// Run directory for the training state, checkpoint, metrics and plots; must be empty or
+    /// new [default: runs/<UTC date-time>].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Train on the first N training images only.
@@ -74,6 +87,25 @@ struct EvalArgs {
     /// Test on the first N test images only.
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     test_limit: Option<usize>,
+    /// Also draw the confusion matrix to DIR/confusion.png.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// A model.safetensors written by `handwritten train` (or by PyTorch, same names).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
+    #[arg(long, default_value = "auto", value_parser = DEVICES)]
+    device: String,
+    /// One JSON object per image instead of a line of text.
+    #[arg(long)]
+    json: bool,
+    /// Images of one digit each: PNG, JPEG, BMP or PGM, any size, dark on light or light on dark.
+    #[arg(value_name = "IMAGE", required = true)]
+    images: Vec<PathBuf>,
 }
 
 fn at_least_one(value: &str) -> Result<usize, String> {
@@ -84,6 +116,13 @@ fn at_least_one(value: &str) -> Result<usize, String> {
     }
 }
 
+fn epochs(value: &str) -> Result<usize, String> {
+    match at_least_one(value)? {
+        n if n > MAX_EPOCHS => Err(format!("at most {MAX_EPOCHS}")),
+        n => Ok(n),
+    }
+}
+
 fn positive(value: &str) -> Result<f32, String> {
     match value.parse::<f32>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
@@ -91,29 +130,69 @@ fn positive(value: &str) -> Result<f32, String> {
     }
 }
 
+fn train_start(args: TrainArgs) -> TrainStart {
+    match args.resume {
+        Some(dir) => TrainStart::Resume {
+            dir,
+            epochs: args.epochs,
+            device: args.device,
+            data: args.data,
+        },
+        None => TrainStart::New {
+            options: RunOptions {
+                data: args.data.unwrap_or_else(|| PathBuf::from("data/mnist")),
+                epochs: args.epochs.unwrap_or(20),
+                batch_size: args.batch_size,
+                lr: args.lr,
+                seed: args.seed,
+                device: args.device.unwrap_or_else(|| "auto".to_string()),
+                train_limit: args.train_limit,
+                test_limit: args.test_limit,
+            },
+            out: args.out,
+        },
+    }
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    let device = Device::from_name(&args.device)
+        .map_err(anyhow::Error::from)
+        .map_err(|e| e.context(format!("--device {}", args.device)))?;
+    let net = load_checkpoint(&device, &args.checkpoint)?;
+    let mut pixels = Vec::new();
+    for path in &args.images {
+        pixels.extend_from_slice(&load_image(path)?);
+    }
+    for (path, probabilities) in args.images.iter().zip(classify(device, net, pixels)?) {
+        let line = if args.json {
+            json_line(path, &probabilities)
+        } else {
+            text_line(path, &probabilities)
+        };
+        println!("{line}");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Train(args) => train(&TrainOptions {
-            data: args.data,
-            epochs: args.epochs,
-            batch_size: args.batch_size,
-            lr: args.lr,
-            seed: args.seed,
-            device: args.device,
-            out: args.out.unwrap_or_else(default_run_dir),
-            train_limit: args.train_limit,
-            test_limit: args.test_limit,
-        }),
+        Command::Train(args) => train(&train_start(args)),
         Command::Eval(args) => eval(&EvalOptions {
             checkpoint: args.checkpoint,
             data: args.data,
             device: args.device,
             batch_size: args.batch_size,
             test_limit: args.test_limit,
+            out: args.out,
         }),
+        Command::Predict(args) => predict(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<Interrupted>() => {
+            eprintln!("{err}");
+            ExitCode::from(INTERRUPTED_EXIT_CODE)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

@@ -1,41 +1,46 @@
 //! Training and evaluation. The dataset is uploaded to the device once and every batch is
 //! gathered there, so a step sends only its batch's indices from the host; loss and accuracy add
-//! up on the device and are read once per pass.
+//! up on the device and are read once per pass (and, to catch a diverging run, at intervals).
 
 use std::fmt;
-use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use kernels::{Buffer, Device};
 use nn::{Adam, ConvNet, ConvNetConfig, SoftmaxCrossEntropy, Tensor};
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand_chacha::ChaCha12Rng;
 
+use crate::eval_report::ClassReport;
 use crate::metrics::EpochMetrics;
-use crate::mnist::{Split, IMAGE_LEN, IMAGE_SIDE};
-use crate::outputs::write_run;
+use crate::mnist::{Split, CLASSES, IMAGE_LEN, IMAGE_SIDE};
+use crate::run_dir::RunDir;
+use crate::signals;
+use crate::state::{RunOptions, TrainingState, STATE_FILE};
 
 /// Reading the running loss for the progress bar waits for the device: only this often.
 const PROGRESS_EVERY_STEPS: usize = 50;
 /// The test pass needs no gradients, so it takes large batches.
 const TEST_BATCH_SIZE: usize = 1000;
 
-/// What `handwritten train` was asked to do.
+/// How `handwritten train` starts: a new run, or one resumed from its directory.
 #[derive(Debug, Clone)]
-pub struct TrainOptions {
-    pub data: PathBuf,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f32,
-    pub seed: u64,
-    pub device: String,
-    pub out: PathBuf,
-    pub train_limit: Option<usize>,
-    pub test_limit: Option<usize>,
+pub enum TrainStart {
+    /// `out` None: a fresh `runs/<UTC date-time>`.
+    New {
+        options: RunOptions,
+        out: Option<PathBuf>,
+    },
+    /// The run in `dir`, with its own options but for these, when given.
+    Resume {
+        dir: PathBuf,
+        epochs: Option<usize>,
+        device: Option<String>,
+        data: Option<PathBuf>,
+    },
 }
 
 /// What `handwritten eval` was asked to do.
@@ -46,43 +51,147 @@ pub struct EvalOptions {
     pub device: String,
     pub batch_size: usize,
     pub test_limit: Option<usize>,
+    /// Where to draw confusion.png, when given.
+    pub out: Option<PathBuf>,
 }
 
-/// Trains the reference network, printing each epoch's figures and rewriting the run directory
+/// Training stopped by Ctrl-C (SIGINT or SIGTERM) after finishing a step.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub epoch: usize,
+    pub kept_epochs: usize,
+    pub dir: PathBuf,
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "interrupted in epoch {}; {} keeps the {} completed epochs; resume with \
+             `handwritten train --resume {}`",
+            self.epoch,
+            self.dir.display(),
+            self.kept_epochs,
+            self.dir.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Trains the reference network, printing each epoch's figures and committing the run directory
 /// after each.
-pub fn train(options: &TrainOptions) -> Result<()> {
+pub fn train(start: &TrainStart) -> Result<()> {
+    let (state, resume_dir) = match start {
+        TrainStart::New { options, .. } => (initial_state(options.clone()), None),
+        TrainStart::Resume {
+            dir,
+            epochs,
+            device,
+            data,
+        } => {
+            let path = dir.join(STATE_FILE);
+            if !path.exists() {
+                bail!(
+                    "--resume {}: no {STATE_FILE}, so no run to resume there",
+                    dir.display()
+                );
+            }
+            let mut state = TrainingState::load(&path)?;
+            let o = &mut state.options;
+            o.epochs = epochs.unwrap_or(o.epochs);
+            o.device = device.clone().unwrap_or_else(|| o.device.clone());
+            o.data = data.clone().unwrap_or_else(|| o.data.clone());
+            if o.epochs < state.epoch {
+                bail!(
+                    "--epochs {}: {} has already completed {} epochs",
+                    o.epochs,
+                    dir.display(),
+                    state.epoch
+                );
+            }
+            (state, Some(dir.clone()))
+        }
+    };
+    let options = state.options.clone();
     let device = open_device(&options.device)?;
     let train_set =
         DeviceSplit::upload(&device, &Split::train(&options.data, options.train_limit)?)?;
     let test_set = DeviceSplit::upload(&device, &Split::test(&options.data, options.test_limit)?)?;
-    fs::create_dir_all(&options.out)
-        .with_context(|| format!("creating {}", options.out.display()))?;
+    let run = match (start, &resume_dir) {
+        (_, Some(dir)) => RunDir::reopen(dir)?,
+        (TrainStart::New { out: Some(out), .. }, None) => RunDir::create(out)?,
+        (TrainStart::New { out: None, .. }, None) => RunDir::create_default()?,
+        (TrainStart::Resume { .. }, None) => unreachable!("a resume has its directory"),
+    };
     println!(
-        "training on {} images, testing on {}, device {}, batch {}, lr {}; writing {}",
+        "training on {} images, testing on {}, device {}, batch {}, lr {}; {} {}",
         train_set.len,
         test_set.len,
         device.name(),
         options.batch_size,
         options.lr,
-        options.out.display()
+        if resume_dir.is_some() {
+            "resuming"
+        } else {
+            "writing"
+        },
+        run.path.display()
     );
 
-    let net = ConvNet::new(&device, ConvNetConfig::reference(), options.seed)?;
-    let mut model = Model::new(device, net)?;
+    let mut net = ConvNet::new(&device, ConvNetConfig::reference(), options.seed)?;
     let mut adam = Adam::new(options.lr);
-    let mut rng = StdRng::seed_from_u64(options.seed);
+    if resume_dir.is_some() {
+        for (param, values) in net.params_mut().into_iter().zip(&state.weights) {
+            device.write(values, &mut param.value.data)?;
+        }
+        adam.load_state(&device, &state.adam, &net.params())?;
+    }
+    // The shuffles are replayed from the seed; the saved position checks that the replay is the
+    // run's own (the same training set, the same epochs).
+    let mut rng = ChaCha12Rng::seed_from_u64(options.seed);
     let mut order: Vec<u32> = (0..train_set.len as u32).collect();
-    let mut history = Vec::with_capacity(options.epochs);
-    for epoch in 1..=options.epochs {
+    for _ in 0..state.epoch {
+        order.shuffle(&mut rng);
+    }
+    if rng.get_word_pos() != state.rng_word_pos {
+        bail!(
+            "{}: its shuffles do not replay on these {} training images: was --data or the data \
+             changed?",
+            run.state_path().display(),
+            order.len()
+        );
+    }
+    if resume_dir.is_none() {
+        // Epoch 0 committed: from here on the run can be resumed, whenever it stops.
+        run.commit(
+            &state_of(&state, 0, &rng, &net, &adam, &state.history)?,
+            &net,
+        )?;
+    } else {
+        run.write_derived(&state.history, &net)?;
+    }
+
+    let mut model = Model::new(device, net)?;
+    let mut history = state.history.clone();
+    signals::install();
+    for epoch in state.epoch + 1..=options.epochs {
         order.shuffle(&mut rng);
         let progress = epoch_progress_bar(epoch, order.len())?;
         let start = Instant::now();
-        let (train_loss, train_acc) =
-            model.train_epoch(&mut adam, &train_set, &order, options.batch_size, &progress)?;
-        let seconds = start.elapsed().as_secs_f64();
+        let pass = model.train_epoch(&mut adam, &train_set, &order, options.batch_size, &progress);
         progress.finish_and_clear();
+        let (train_loss, train_acc) = pass.map_err(|stop| stop.into_error(epoch, &run.path))?;
+        let seconds = start.elapsed().as_secs_f64();
         let (test_loss, test_acc) = model.evaluate(&test_set, TEST_BATCH_SIZE)?;
-
+        if !test_loss.is_finite() {
+            bail!(
+                "epoch {epoch}: the test loss is {test_loss}: the weights are no longer finite; \
+                 {} keeps epoch {}; try a smaller --lr",
+                run.path.display(),
+                epoch - 1
+            );
+        }
         let metrics = EpochMetrics {
             epoch,
             train_loss,
@@ -92,27 +201,107 @@ pub fn train(options: &TrainOptions) -> Result<()> {
             seconds,
             images_per_second: order.len() as f64 / seconds,
         };
-        println!("epoch {epoch}, train_loss {train_loss:.4}, train_acc {train_acc:.4}");
-        println!("test_loss {test_loss:.4} , test_acc {test_acc:.4}");
+        history.push(metrics);
+        run.commit(
+            &state_of(&state, epoch, &rng, &model.net, &adam, &history)?,
+            &model.net,
+        )?;
+        println!("epoch {epoch}, train_loss {train_loss:.6}, train_acc {train_acc:.6}");
+        println!("test_loss {test_loss:.6} , test_acc {test_acc:.6}");
         println!(
             "seconds {seconds:.1}, images_per_second {:.0}",
             metrics.images_per_second
         );
-        history.push(metrics);
-        write_run(&options.out, &history, &model.net)?;
+        if signals::stop_requested() && epoch < options.epochs {
+            return Err(Interrupted {
+                epoch: epoch + 1,
+                kept_epochs: epoch,
+                dir: run.path.clone(),
+            }
+            .into());
+        }
     }
     Ok(())
 }
 
-/// Prints the mean loss and accuracy of a checkpoint over the test images.
+/// A new run before its first epoch.
+fn initial_state(options: RunOptions) -> TrainingState {
+    TrainingState {
+        epoch: 0,
+        options,
+        rng_word_pos: 0,
+        weights: Vec::new(),
+        adam: Default::default(),
+        history: Vec::new(),
+    }
+}
+
+/// The state after `epoch`: `start`'s options, and the rest as the run now has it.
+fn state_of(
+    start: &TrainingState,
+    epoch: usize,
+    rng: &ChaCha12Rng,
+    net: &ConvNet,
+    adam: &Adam,
+    history: &[EpochMetrics],
+) -> Result<TrainingState> {
+    let weights = net
+        .params()
+        .iter()
+        .map(|p| p.value.to_vec(net.device()))
+        .collect::<nn::Result<_>>()?;
+    Ok(TrainingState {
+        epoch,
+        options: start.options.clone(),
+        rng_word_pos: rng.get_word_pos(),
+        weights,
+        adam: adam.state(net.device())?,
+        history: history.to_vec(),
+    })
+}
+
+/// Prints the test loss and accuracy of a checkpoint, its accuracy per class and its confusion
+/// matrix; draws the matrix to `confusion.png` under `--out`.
 pub fn eval(options: &EvalOptions) -> Result<()> {
     let device = open_device(&options.device)?;
-    let test_set = DeviceSplit::upload(&device, &Split::test(&options.data, options.test_limit)?)?;
-    let net = ConvNet::load(&device, &options.checkpoint)?;
+    let split = Split::test(&options.data, options.test_limit)?;
+    let net = load_checkpoint(&device, &options.checkpoint)?;
+    let test_set = DeviceSplit::upload(&device, &split)?;
     let mut model = Model::new(device, net)?;
     let (test_loss, test_acc) = model.evaluate(&test_set, options.batch_size)?;
-    println!("test_loss {test_loss:.4} test_acc {test_acc:.4}");
+    if !test_loss.is_finite() {
+        bail!(
+            "{}: the test loss is {test_loss}",
+            options.checkpoint.display()
+        );
+    }
+    println!("test_loss {test_loss:.6} test_acc {test_acc:.6}");
+    let predictions = model.predict(&test_set, options.batch_size)?;
+    let report = ClassReport::new(&split.labels, &predictions);
+    print!("{report}");
+    if let Some(out) = &options.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let path = out.join(crate::eval_report::CONFUSION_PLOT_FILE);
+        crate::run_dir::write_atomically(&path, |temp| report.draw(temp))?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
+}
+
+/// A checkpoint whose network reads 28x28 images into [`CLASSES`] classes, as the data has.
+pub fn load_checkpoint(device: &Device, path: &std::path::Path) -> Result<ConvNet> {
+    let net = ConvNet::load(device, path)?;
+    let config = net.config();
+    if config.classes != CLASSES || config.image_size != IMAGE_SIDE {
+        bail!(
+            "checkpoint {}: its network reads {1}x{1} images into {2} classes, the data has \
+             {IMAGE_SIDE}x{IMAGE_SIDE} images in {CLASSES} classes",
+            path.display(),
+            config.image_size,
+            config.classes
+        );
+    }
+    Ok(net)
 }
 
 fn open_device(name: &str) -> Result<Device> {
@@ -231,23 +420,62 @@ impl Model {
         order: &[u32],
         batch_size: usize,
         progress: &ProgressBar,
-    ) -> Result<(f64, f64)> {
+    ) -> Result<(f64, f64), Stop> {
         self.device.fill_zero(&mut self.totals)?;
-        for (step, indices) in order.chunks(batch_size).enumerate() {
-            let batch = self.batcher.gather(&self.device, split, indices)?;
-            let logits = self.net.forward(&batch.images)?;
-            self.loss.forward(logits, &batch.labels, &mut self.totals)?;
-            let dlogits = self.loss.backward(logits, &batch.labels)?;
-            self.net.backward(dlogits)?;
-            adam.step(&self.device, self.net.params_mut())?;
+        // The loss sum is checked for NaN or infinity after every step where reading it is free
+        // (the cpu device); elsewhere a read waits for the device, so only every
+        // PROGRESS_EVERY_STEPS steps, and the error names the range of steps.
+        let check_every = match self.device {
+            Device::Cpu => 1,
+            _ => PROGRESS_EVERY_STEPS,
+        };
+        let mut checked_steps = 0;
+        for (step, indices) in (1..).zip(order.chunks(batch_size)) {
+            self.step(adam, split, indices)?;
 
             progress.inc(indices.len() as u64);
-            if (step + 1) % PROGRESS_EVERY_STEPS == 0 && !progress.is_hidden() {
+            let last = step * batch_size >= order.len();
+            if step % check_every == 0 || last {
                 let (loss, _) = self.means(progress.position() as usize)?;
-                progress.set_message(format!("loss {loss:.4}"));
+                if !loss.is_finite() {
+                    return Err(Stop::NonFinite {
+                        loss,
+                        steps: checked_steps + 1..=step,
+                    });
+                }
+                checked_steps = step;
+                if step % PROGRESS_EVERY_STEPS == 0 {
+                    progress.set_message(format!("loss {loss:.4}"));
+                }
+            }
+            if signals::stop_requested() && !last {
+                return Err(Stop::Signal);
             }
         }
-        self.means(order.len())
+        Ok(self.means(order.len())?)
+    }
+
+    /// One Adam step on the images `indices` of `split`.
+    fn step(&mut self, adam: &mut Adam, split: &DeviceSplit, indices: &[u32]) -> Result<()> {
+        let batch = self.batcher.gather(&self.device, split, indices)?;
+        let logits = self.net.forward(&batch.images)?;
+        self.loss.forward(logits, &batch.labels, &mut self.totals)?;
+        let dlogits = self.loss.backward(logits, &batch.labels)?;
+        self.net.backward(dlogits)?;
+        adam.step(&self.device, self.net.params_mut())?;
+        Ok(())
+    }
+
+    /// The predicted class of every image of `split`, in order.
+    fn predict(&mut self, split: &DeviceSplit, batch_size: usize) -> Result<Vec<u8>> {
+        let order: Vec<u32> = (0..split.len as u32).collect();
+        let mut predictions = Vec::with_capacity(split.len);
+        for indices in order.chunks(batch_size) {
+            let batch = self.batcher.gather(&self.device, split, indices)?;
+            let logits = self.net.forward(&batch.images)?.to_vec(&self.device)?;
+            predictions.extend(logits.chunks(CLASSES).map(argmax));
+        }
+        Ok(predictions)
     }
 
     /// Mean loss and accuracy over `split`, in batches of `batch_size`, without gradients.
@@ -267,5 +495,106 @@ impl Model {
         let totals = self.device.download(&self.totals)?;
         let images = images as f64;
         Ok((f64::from(totals[0]) / images, f64::from(totals[1]) / images))
+    }
+}
+
+/// The index of the largest value, the first of equals: the class a row of logits predicts.
+pub fn argmax(values: &[f32]) -> u8 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u8
+}
+
+/// Why an epoch stopped before its end.
+enum Stop {
+    Signal,
+    NonFinite {
+        loss: f64,
+        steps: std::ops::RangeInclusive<usize>,
+    },
+    Error(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Stop {
+    fn from(err: anyhow::Error) -> Self {
+        Stop::Error(err)
+    }
+}
+
+impl From<kernels::Error> for Stop {
+    fn from(err: kernels::Error) -> Self {
+        Stop::Error(err.into())
+    }
+}
+
+impl Stop {
+    fn into_error(self, epoch: usize, dir: &std::path::Path) -> anyhow::Error {
+        match self {
+            Stop::Signal => Interrupted {
+                epoch,
+                kept_epochs: epoch - 1,
+                dir: dir.to_path_buf(),
+            }
+            .into(),
+            Stop::NonFinite { loss, steps } => {
+                let at = if steps.start() == steps.end() {
+                    format!("step {}", steps.end())
+                } else {
+                    format!("steps {} to {}", steps.start(), steps.end())
+                };
+                anyhow::anyhow!(
+                    "the training loss became {loss} in epoch {epoch}, {at}; {} keeps epoch {}; \
+                     try a smaller --lr",
+                    dir.display(),
+                    epoch - 1
+                )
+            }
+            Stop::Error(err) => err,
+        }
+    }
+}
+
+/// Each image's class probabilities: `images` holds 28x28 u8 pixels per image, as the dataset.
+pub fn classify(device: Device, net: ConvNet, images: Vec<u8>) -> Result<Vec<[f32; CLASSES]>> {
+    let labels = vec![0; images.len() / IMAGE_LEN];
+    let split = DeviceSplit::upload(&device, &Split { images, labels })?;
+    let mut model = Model::new(device, net)?;
+    let order: Vec<u32> = (0..split.len as u32).collect();
+    let mut probabilities = Vec::with_capacity(split.len);
+    for indices in order.chunks(TEST_BATCH_SIZE) {
+        let batch = model.batcher.gather(&model.device, &split, indices)?;
+        let logits = model.net.forward(&batch.images)?.to_vec(&model.device)?;
+        probabilities.extend(logits.chunks(CLASSES).map(crate::predict::softmax));
+    }
+    Ok(probabilities)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+
+    /// The shuffles use ChaCha12 by name (its stream position can be saved); StdRng, which runs
+    /// before this trainer could resume used, is the same generator, so seeds keep their runs.
+    #[test]
+    fn shuffles_match_std_rng() {
+        let (mut a, mut b): (Vec<u32>, Vec<u32>) = ((0..1000).collect(), (0..1000).collect());
+        let mut chacha = ChaCha12Rng::seed_from_u64(7);
+        let mut std = StdRng::seed_from_u64(7);
+        for _ in 0..3 {
+            a.shuffle(&mut chacha);
+            b.shuffle(&mut std);
+        }
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equals() {
+        assert_eq!(argmax(&[0.0, 2.0, 2.0, 1.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0]), 1);
     }
 }

@@ -16,6 +16,16 @@ pub struct Adam {
     moments: Vec<Moments>,
 }
 
+/// Adam's state on the host: what a resumed run needs to continue exactly where it stopped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AdamState {
+    /// Steps taken so far.
+    pub steps: u32,
+    /// Each parameter's first and second moments `(m, v)`, in state_dict order; empty before the
+    /// first step.
+    pub moments: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
 struct Moments {
     m: Buffer<f32>,
     v: Buffer<f32>,
@@ -41,6 +51,66 @@ impl Adam {
     /// How many steps have been taken.
     pub fn steps(&self) -> u32 {
         self.steps
+    }
+
+    /// The step count and the moments, copied to the host.
+    pub fn state(&self, device: &Device) -> Result<AdamState> {
+        let moments = self
+            .moments
+            .iter()
+            .map(|mo| Ok((device.download(&mo.m)?, device.download(&mo.v)?)))
+            .collect::<Result<_>>()?;
+        Ok(AdamState {
+            steps: self.steps,
+            moments,
+        })
+    }
+
+    /// Continues from `state`, which must hold a moment pair for each of `params` (state_dict
+    /// order) of its length, or none at all (no step taken yet).
+    pub fn load_state(
+        &mut self,
+        device: &Device,
+        state: &AdamState,
+        params: &[&Param],
+    ) -> Result<()> {
+        let mismatch = |what: String| Error::Shape {
+            name: "adam state".to_string(),
+            what,
+        };
+        if !state.moments.is_empty() && state.moments.len() != params.len() {
+            return Err(mismatch(format!(
+                "moments for {} parameters, expected {}",
+                state.moments.len(),
+                params.len()
+            )));
+        }
+        if state.moments.is_empty() != (state.steps == 0) {
+            return Err(mismatch(format!(
+                "{} steps taken but moments for {} parameters",
+                state.steps,
+                state.moments.len()
+            )));
+        }
+        let mut moments = Vec::with_capacity(state.moments.len());
+        for ((m, v), param) in state.moments.iter().zip(params) {
+            let len = param.value.data.len();
+            if m.len() != len || v.len() != len {
+                return Err(mismatch(format!(
+                    "moments of {} have {} and {} values, expected {len}",
+                    param.name,
+                    m.len(),
+                    v.len()
+                )));
+            }
+            moments.push(Moments {
+                m: device.upload(m)?,
+                v: device.upload(v)?,
+            });
+        }
+        self.steps = state.steps;
+        self.moments = moments;
+        Ok(())
     }
 
     /// Updates every parameter from its gradient; pass the same parameters, in the same order, at

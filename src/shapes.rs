@@ -217,3 +217,102 @@ impl std::str::FromStr for Precision {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+
+    const CONV: Conv2dShape = Conv2dShape {
+        batch: 2,
+        in_channels: 3,
+        out_channels: 4,
+        height: 5,
+        width: 5,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+
+    fn refusal(result: Result<()>) -> String {
+        result.expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn impossible_convolutions_are_refused() {
+        assert!(CONV.check("conv").is_ok());
+        let stride0 = Conv2dShape { stride: 0, ..CONV };
+        assert!(refusal(stride0.check("conv")).contains("stride"));
+        let big_kernel = Conv2dShape { kernel: 8, ..CONV };
+        assert!(refusal(big_kernel.check("conv")).contains("kernel larger"));
+        // 7 = 5 + 2 x 1 still fits.
+        assert!(Conv2dShape { kernel: 7, ..CONV }.check("conv").is_ok());
+        let huge = Conv2dShape {
+            batch: 1 << 40,
+            ..CONV
+        };
+        assert!(refusal(huge.check("conv")).contains("more than"));
+        let overflow = Conv2dShape {
+            padding: usize::MAX,
+            ..CONV
+        };
+        assert!(overflow.check("conv").is_err());
+    }
+
+    #[test]
+    fn oversized_linear_pool_and_softmax_shapes_are_refused() {
+        let linear = LinearShape {
+            batch: 1 << 20,
+            in_features: 1 << 12,
+            out_features: 1,
+        };
+        assert!(refusal(linear.check("linear")).contains("x of shape"));
+        let pool = Pool2dShape {
+            batch: usize::MAX,
+            channels: 2,
+            height: 2,
+            width: 2,
+        };
+        assert!(pool.check("pool").is_err());
+        assert!(XentShape {
+            batch: 4,
+            classes: 0
+        }
+        .check("xent")
+        .is_err());
+        assert!(XentShape {
+            batch: 4,
+            classes: 10
+        }
+        .check("xent")
+        .is_ok());
+    }
+
+    /// The op returns the error rather than reaching the kernel or the CPU loops.
+    #[test]
+    fn ops_return_shape_errors() {
+        let device = Device::Cpu;
+        let s = Conv2dShape { stride: 0, ..CONV };
+        let x = device.zeros(s.input_len()).unwrap();
+        let w = device.zeros(s.weight_len()).unwrap();
+        let b = device.zeros(s.out_channels).unwrap();
+        let mut y = device.zeros(1).unwrap();
+        let err = device.conv2d_forward(&s, &x, &w, &b, &mut y).unwrap_err();
+        assert!(err.to_string().starts_with("conv2d_forward: "), "{err}");
+
+        let xent = XentShape {
+            batch: 2,
+            classes: 3,
+        };
+        let logits = device.zeros(6).unwrap();
+        let labels = device.upload(&[0u32, 3]).unwrap();
+        let mut totals = device.zeros(2).unwrap();
+        let err = device
+            .softmax_xent_forward(&xent, &logits, &labels, &mut totals)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("label 3, expected 0 to 2"),
+            "{err}"
+        );
+    }
+}

@@ -116,7 +116,10 @@ impl RunDir {
     pub fn write_derived(&self, history: &[EpochMetrics], net: &ConvNet) -> Result<()> {
         let series =
             |field: fn(&EpochMetrics) -> f64| history.iter().map(field).collect::<Vec<_>>();
-        write_atomically(&self.path.join(CHECKPOINT_FILE), |path| Ok(net.save(path)?))?;
+        let checkpoint = net.to_safetensors()?;
+        write_atomically(&self.path.join(CHECKPOINT_FILE), |path| {
+            Ok(fs::write(path, &checkpoint)?)
+        })?;
         write_atomically(&self.path.join(METRICS_FILE), |path| {
             Ok(fs::write(path, to_csv(history))?)
         })?;

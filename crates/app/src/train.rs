@@ -65,13 +65,17 @@ pub struct Interrupted {
 
 impl fmt::Display for Interrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kept = match self.kept_epochs {
+            0 => "no completed epoch yet".to_string(),
+            1 => "epoch 1".to_string(),
+            n => format!("epochs 1 to {n}"),
+        };
         write!(
             f,
-            "interrupted in epoch {}; {} keeps the {} completed epochs; resume with \
+            "interrupted in epoch {}; {} keeps {kept}; resume with \
              `handwritten train --resume {}`",
             self.epoch,
             self.dir.display(),
-            self.kept_epochs,
             self.dir.display()
         )
     }

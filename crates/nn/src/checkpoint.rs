@@ -18,6 +18,15 @@ impl ConvNet {
     /// renamed over it when complete: an interrupted save leaves the old checkpoint, never half
     /// of a new one.
     pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = self
+            .to_safetensors()
+            .map_err(|e| checkpoint_error(path, format!("cannot serialise: {e}")))?;
+        write_atomically(path, &bytes)
+            .map_err(|e| checkpoint_error(path, format!("cannot write: {e}")))
+    }
+
+    /// The bytes [`ConvNet::save`] writes.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let mut tensors = Vec::new();
         for param in self.params() {
             let values = param.value.to_vec(self.device())?;
@@ -30,12 +39,13 @@ impl ConvNet {
         });
         // safetensors.torch.save_file writes this too; some readers look for it.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let bytes = views
+        views
             .collect::<Result<Vec<_>, _>>()
             .and_then(|views| safetensors::serialize(views, Some(metadata)))
-            .map_err(|e| checkpoint_error(path, format!("cannot serialise: {e}")))?;
-        write_atomically(path, &bytes)
-            .map_err(|e| checkpoint_error(path, format!("cannot write: {e}")))
+            .map_err(|e| Error::Shape {
+                name: "checkpoint".to_string(),
+                what: e.to_string(),
+            })
     }
 
     /// Reads a checkpoint, taking the network's widths from its tensors' shapes. Every tensor of

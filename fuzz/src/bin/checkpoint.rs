@@ -8,7 +8,9 @@ use nn::ConvNet;
 
 fn main() {
     let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input).expect("reading stdin");
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .expect("reading stdin");
     let device = Device::from_name("cpu").expect("the cpu device");
     if let Ok(net) = ConvNet::load_bytes(&device, &input, Path::new("fuzz.safetensors")) {
         // A network that loads has only finite weights, no more of them than the file held.

@@ -10,7 +10,9 @@ use app::mnist::{IdxFile, Split};
 
 fn main() {
     let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input).expect("reading stdin");
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .expect("reading stdin");
     let Some((&flags, rest)) = input.split_first() else {
         return;
     };
@@ -24,6 +26,9 @@ fn main() {
     if let Ok(split) = Split::read(images, labels, None) {
         // A successful read is a consistent one.
         assert_eq!(split.images.len(), split.len() * app::mnist::IMAGE_LEN);
-        assert!(split.labels.iter().all(|&l| (l as usize) < app::mnist::CLASSES));
+        assert!(split
+            .labels
+            .iter()
+            .all(|&l| (l as usize) < app::mnist::CLASSES));
     }
 }

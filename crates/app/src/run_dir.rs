@@ -23,6 +23,8 @@ pub const ACCURACY_PLOT_FILE: &str = "Acc.png";
 pub const CHECKPOINT_FILE: &str = "model.safetensors";
 /// Every temporary file begins so; a resume removes those a killed run left behind.
 const TEMP_PREFIX: &str = ".tmp.";
+/// Default run names tried for one second before giving up.
+const MAX_RUNS_PER_SECOND: usize = 10_000;
 
 /// A run directory that this process writes.
 pub struct RunDir {
@@ -51,14 +53,13 @@ impl RunDir {
 
     /// Creates `runs/<UTC date-time>`, or `runs/<UTC date-time>-2` and so on when that exists:
     /// creating a directory is atomic, so two runs started in the same second get two.
-    pub fn create_default() -> Result<RunDir> {
+    pub fn create_default(runs: &Path) -> Result<RunDir> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
-        let runs = Path::new("runs");
         fs::create_dir_all(runs).with_context(|| format!("creating {}", runs.display()))?;
         let stamp = utc_timestamp(now);
-        for n in 1.. {
+        for n in 1..=MAX_RUNS_PER_SECOND {
             let name = if n == 1 {
                 stamp.clone()
             } else {
@@ -73,7 +74,10 @@ impl RunDir {
                 }
             }
         }
-        unreachable!("the names run out only after usize::MAX tries")
+        bail!(
+            "{MAX_RUNS_PER_SECOND} runs in {} already start at {stamp}: choose --out",
+            runs.display()
+        )
     }
 
     /// An existing run to resume: its stale temporary files are removed.
@@ -204,6 +208,20 @@ mod tests {
         assert_eq!(utc_timestamp(1_764_344_700), "20251128-154500");
         assert_eq!(utc_timestamp(951_782_400), "20000229-000000");
         assert_eq!(utc_timestamp(4_107_542_399), "21000228-235959");
+    }
+
+    #[test]
+    fn default_run_names_never_collide() {
+        let runs = std::env::temp_dir().join(format!("handwritten-runs-{}", std::process::id()));
+        let dirs: Vec<PathBuf> = (0..3)
+            .map(|_| RunDir::create_default(&runs).unwrap().path)
+            .collect();
+        assert!(
+            dirs[0] != dirs[1] && dirs[1] != dirs[2] && dirs[0] != dirs[2],
+            "{dirs:?}"
+        );
+        assert!(dirs.iter().all(|d| d.is_dir()));
+        fs::remove_dir_all(&runs).unwrap();
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! up on the device and are read once per pass (and, to catch a diverging run, at intervals).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -122,11 +122,10 @@ pub fn train(start: &TrainStart) -> Result<()> {
     let train_set =
         DeviceSplit::upload(&device, &Split::train(&options.data, options.train_limit)?)?;
     let test_set = DeviceSplit::upload(&device, &Split::test(&options.data, options.test_limit)?)?;
-    let run = match (start, &resume_dir) {
-        (_, Some(dir)) => RunDir::reopen(dir)?,
-        (TrainStart::New { out: Some(out), .. }, None) => RunDir::create(out)?,
-        (TrainStart::New { out: None, .. }, None) => RunDir::create_default()?,
-        (TrainStart::Resume { .. }, None) => unreachable!("a resume has its directory"),
+    let run = match start {
+        TrainStart::Resume { dir, .. } => RunDir::reopen(dir)?,
+        TrainStart::New { out: Some(out), .. } => RunDir::create(out)?,
+        TrainStart::New { out: None, .. } => RunDir::create_default(Path::new("runs"))?,
     };
     println!(
         "training on {} images, testing on {}, device {}, batch {}, lr {}; {} {}",
@@ -293,7 +292,7 @@ pub fn eval(options: &EvalOptions) -> Result<()> {
 }
 
 /// A checkpoint whose network reads 28x28 images into [`CLASSES`] classes, as the data has.
-pub fn load_checkpoint(device: &Device, path: &std::path::Path) -> Result<ConvNet> {
+pub fn load_checkpoint(device: &Device, path: &Path) -> Result<ConvNet> {
     let net = ConvNet::load(device, path)?;
     let config = net.config();
     if config.classes != CLASSES || config.image_size != IMAGE_SIDE {
@@ -536,7 +535,7 @@ impl From<kernels::Error> for Stop {
 }
 
 impl Stop {
-    fn into_error(self, epoch: usize, dir: &std::path::Path) -> anyhow::Error {
+    fn into_error(self, epoch: usize, dir: &Path) -> anyhow::Error {
         match self {
             Stop::Signal => Interrupted {
                 epoch,

@@ -86,6 +86,8 @@ impl std::error::Error for Interrupted {}
 /// Trains the reference network, printing each epoch's figures and committing the run directory
 /// after each.
 pub fn train(start: &TrainStart) -> Result<()> {
+    // From the start: a Ctrl-C while the data loads stops the run after its first step.
+    signals::install();
     let (state, resume_dir) = match start {
         TrainStart::New { options, .. } => (initial_state(options.clone()), None),
         TrainStart::Resume {
@@ -177,7 +179,6 @@ pub fn train(start: &TrainStart) -> Result<()> {
 
     let mut model = Model::new(device, net)?;
     let mut history = state.history.clone();
-    signals::install();
     for epoch in state.epoch + 1..=options.epochs {
         order.shuffle(&mut rng);
         let progress = epoch_progress_bar(epoch, order.len())?;

@@ -3,6 +3,7 @@
 //! says how to resume.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
@@ -174,9 +175,12 @@ fn ctrl_c_keeps_the_completed_epochs_and_says_how_to_resume() {
     );
     assert_eq!(figures(&dir).len(), printed + 2);
 
-    // A second Ctrl-C does not wait for the step.
+    // A second Ctrl-C does not wait for the step. The handler is in place once the run prints.
     let mut child = resume_command(&dir, "40").spawn().unwrap();
-    sleep(Duration::from_millis(700));
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first_line = String::new();
+    stdout.read_line(&mut first_line).unwrap();
+    assert!(first_line.starts_with("training on"), "{first_line}");
     for _ in 0..2 {
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     }

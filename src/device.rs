@@ -340,6 +340,7 @@ impl Device {
         y: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "conv2d_forward";
+        s.check(op)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "bias", b, s.out_channels)?;
@@ -370,6 +371,7 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "conv2d_backward_input";
+        s.check(op)?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dx", dx, s.input_len())?;
@@ -399,6 +401,7 @@ impl Device {
         db: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "conv2d_backward_weight";
+        s.check(op)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dweight", dw, s.weight_len())?;
@@ -432,6 +435,7 @@ impl Device {
         argmax: &mut Buffer<u32>,
     ) -> Result<()> {
         let op = "maxpool2d_forward";
+        s.check(op)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "y", y, s.output_len())?;
         self.expect(op, "argmax", argmax, s.output_len())?;
@@ -455,6 +459,7 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "maxpool2d_backward";
+        s.check(op)?;
         self.expect(op, "argmax", argmax, s.output_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dx", dx, s.input_len())?;
@@ -516,6 +521,7 @@ impl Device {
         y: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "linear_forward";
+        s.check(op)?;
         self.expect(op, "x", x, s.batch * s.in_features)?;
         self.expect(op, "weight", w, s.out_features * s.in_features)?;
         self.expect(op, "bias", b, s.out_features)?;
@@ -549,6 +555,7 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "linear_backward_input";
+        s.check(op)?;
         self.expect(op, "weight", w, s.out_features * s.in_features)?;
         self.expect(op, "dy", dy, s.batch * s.out_features)?;
         self.expect(op, "dx", dx, s.batch * s.in_features)?;
@@ -575,6 +582,7 @@ impl Device {
         db: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "linear_backward_weight";
+        s.check(op)?;
         self.expect(op, "x", x, s.batch * s.in_features)?;
         self.expect(op, "dy", dy, s.batch * s.out_features)?;
         self.expect(op, "dweight", dw, s.out_features * s.in_features)?;
@@ -609,11 +617,13 @@ impl Device {
         totals: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "softmax_xent_forward";
+        s.check(op)?;
         self.expect(op, "logits", logits, s.batch * s.classes)?;
         self.expect(op, "labels", labels, s.batch)?;
         self.expect(op, "totals", totals, 2)?;
         match self {
             Device::Cpu => {
+                check_labels(op, labels.host()?.iter(), s.classes)?;
                 cpu::softmax_xent_forward(s, logits.host()?, labels.host()?, totals.host_mut()?)
             }
             Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_forward(
@@ -634,11 +644,13 @@ impl Device {
         dlogits: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "softmax_xent_backward";
+        s.check(op)?;
         self.expect(op, "logits", logits, s.batch * s.classes)?;
         self.expect(op, "labels", labels, s.batch)?;
         self.expect(op, "dlogits", dlogits, s.batch * s.classes)?;
         match self {
             Device::Cpu => {
+                check_labels(op, labels.host()?.iter(), s.classes)?;
                 cpu::softmax_xent_backward(s, logits.host()?, labels.host()?, dlogits.host_mut()?)
             }
             Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_backward(
@@ -775,6 +787,22 @@ fn check_indices(op: &'static str, indices: &[u32], count: usize) -> Result<()> 
         Some(bad) => Err(Error::Shape {
             op,
             what: format!("index {bad} is past the {count} items"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// On the host a label past the classes would index out of bounds; the kernels give a NaN loss,
+/// which the trainer stops on.
+fn check_labels<'a>(
+    op: &'static str,
+    mut labels: impl Iterator<Item = &'a u32>,
+    classes: usize,
+) -> Result<()> {
+    match labels.find(|&&l| l as usize >= classes) {
+        Some(bad) => Err(Error::Shape {
+            op,
+            what: format!("label {bad}, expected 0 to {}", classes - 1),
         }),
         None => Ok(()),
     }
@@ -1015,6 +1043,7 @@ impl Device {
         argmax: &mut Buffer<u32>,
     ) -> Result<()> {
         let op = "maxpool2d_relu_forward";
+        s.check(op)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "y", y, s.output_len())?;
         self.expect(op, "argmax", argmax, s.output_len())?;
@@ -1043,6 +1072,7 @@ impl Device {
         dx: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "maxpool2d_relu_backward";
+        s.check(op)?;
         self.expect(op, "argmax", argmax, s.output_len())?;
         self.expect(op, "y", y, s.output_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
@@ -1079,18 +1109,23 @@ impl Device {
         dlogits: &mut Buffer<f32>,
     ) -> Result<()> {
         let op = "softmax_xent_fused";
+        s.check(op)?;
         self.expect(op, "logits", logits, s.batch * s.classes)?;
         self.expect(op, "labels", labels, s.batch)?;
         self.expect(op, "totals", totals, 2)?;
         self.expect(op, "dlogits", dlogits, s.batch * s.classes)?;
         match self {
-            Device::Cpu => cpu::softmax_xent_fused(
-                s,
-                logits.host()?,
-                labels.host()?,
-                totals.host_mut()?,
-                dlogits.host_mut()?,
-            ),
+            Device::Cpu => {
+                let real = labels.host()?.iter().filter(|&&l| l != crate::IGNORE_LABEL);
+                check_labels(op, real, s.classes)?;
+                cpu::softmax_xent_fused(
+                    s,
+                    logits.host()?,
+                    labels.host()?,
+                    totals.host_mut()?,
+                    dlogits.host_mut()?,
+                )
+            }
             Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_fused(
                 s,
                 logits.arg(),

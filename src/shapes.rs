@@ -1,4 +1,26 @@
-//! The shapes every op takes: plain numbers, shared by every device.
+//! The shapes every op takes: plain numbers, shared by every device. Each op checks its shape
+//! first: an impossible one is an error naming the op, never a panic or an out-of-bounds launch.
+
+use crate::error::{Error, Result};
+
+/// The kernels index with 32-bit ints and the launches size grids from them: no operand may have
+/// more elements than this.
+pub const MAX_ELEMENTS: usize = 1 << 31;
+
+/// The product of `dims`, or an error naming `op` when it overflows or passes [`MAX_ELEMENTS`].
+fn elements(op: &'static str, operand: &str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| Error::Shape {
+            op,
+            what: format!("{operand} of shape {dims:?} has more than {MAX_ELEMENTS} elements"),
+        })
+}
+
+fn refuse(op: &'static str, what: String) -> Result<()> {
+    Err(Error::Shape { op, what })
+}
 
 /// A 2-D convolution over NCHW input, square kernel, same stride and padding on both axes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +36,33 @@ pub struct Conv2dShape {
 }
 
 impl Conv2dShape {
+    /// Stride and kernel at least 1, the kernel within the padded input, every operand within
+    /// [`MAX_ELEMENTS`].
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        if self.stride == 0 || self.kernel == 0 {
+            return refuse(
+                op,
+                format!("{self:?}: stride and kernel must be at least 1"),
+            );
+        }
+        let padded = |side: usize| side.checked_add(self.padding.checked_mul(2)?);
+        match (padded(self.height), padded(self.width)) {
+            (Some(h), Some(w)) if self.kernel <= h && self.kernel <= w => {}
+            _ => return refuse(op, format!("{self:?}: kernel larger than the padded input")),
+        }
+        let (k, c) = (self.kernel, self.in_channels);
+        elements(op, "x", &[self.batch, c, self.height, self.width])?;
+        elements(op, "weight", &[self.out_channels, c, k, k])?;
+        let out = [
+            self.batch,
+            self.out_channels,
+            self.out_height(),
+            self.out_width(),
+        ];
+        elements(op, "y", &out)?;
+        // The GEMM's depth runs over in_channels x kernel x kernel.
+        elements(op, "im2col", &[self.batch, c * k * k, out[2], out[3]]).map(drop)
+    }
     pub fn out_height(&self) -> usize {
         (self.height + 2 * self.padding - self.kernel) / self.stride + 1
     }
@@ -48,6 +97,15 @@ pub struct Pool2dShape {
 }
 
 impl Pool2dShape {
+    /// Every operand within [`MAX_ELEMENTS`].
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        elements(
+            op,
+            "x",
+            &[self.batch, self.channels, self.height, self.width],
+        )
+        .map(drop)
+    }
     pub fn out_height(&self) -> usize {
         self.height / 2
     }
@@ -71,6 +129,12 @@ pub struct LinearShape {
 }
 
 impl LinearShape {
+    /// Every operand within [`MAX_ELEMENTS`].
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        elements(op, "x", &[self.batch, self.in_features])?;
+        elements(op, "weight", &[self.out_features, self.in_features])?;
+        elements(op, "y", &[self.batch, self.out_features]).map(drop)
+    }
     pub fn forward_flops(&self) -> u64 {
         2 * (self.batch * self.in_features * self.out_features) as u64
     }
@@ -89,6 +153,16 @@ pub struct XentShape {
 pub const PAD_INDEX: u32 = u32::MAX;
 /// The label of a padding row: the fused loss gives it no loss, no count and no gradient.
 pub const IGNORE_LABEL: u32 = u32::MAX;
+
+impl XentShape {
+    /// At least one class, the logits within [`MAX_ELEMENTS`].
+    pub fn check(&self, op: &'static str) -> Result<()> {
+        if self.classes == 0 {
+            return refuse(op, "logits have no classes".to_string());
+        }
+        elements(op, "logits", &[self.batch, self.classes]).map(drop)
+    }
+}
 
 /// One Adam step with torch.optim.Adam's semantics (no weight decay, no amsgrad).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -181,4 +255,105 @@ pub enum Activation {
     None,
     /// max(y, 0), as `relu_forward` computes it (so −0 and NaN give 0).
     Relu,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Device;
+
+    const CONV: Conv2dShape = Conv2dShape {
+        batch: 2,
+        in_channels: 3,
+        out_channels: 4,
+        height: 5,
+        width: 5,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+
+    fn refusal(result: Result<()>) -> String {
+        result.expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn impossible_convolutions_are_refused() {
+        assert!(CONV.check("conv").is_ok());
+        let stride0 = Conv2dShape { stride: 0, ..CONV };
+        assert!(refusal(stride0.check("conv")).contains("stride"));
+        let big_kernel = Conv2dShape { kernel: 8, ..CONV };
+        assert!(refusal(big_kernel.check("conv")).contains("kernel larger"));
+        // 7 = 5 + 2 x 1 still fits.
+        assert!(Conv2dShape { kernel: 7, ..CONV }.check("conv").is_ok());
+        let huge = Conv2dShape {
+            batch: 1 << 40,
+            ..CONV
+        };
+        assert!(refusal(huge.check("conv")).contains("more than"));
+        let overflow = Conv2dShape {
+            padding: usize::MAX,
+            ..CONV
+        };
+        assert!(overflow.check("conv").is_err());
+    }
+
+    #[test]
+    fn oversized_linear_pool_and_softmax_shapes_are_refused() {
+        let linear = LinearShape {
+            batch: 1 << 20,
+            in_features: 1 << 12,
+            out_features: 1,
+        };
+        assert!(refusal(linear.check("linear")).contains("x of shape"));
+        let pool = Pool2dShape {
+            batch: usize::MAX,
+            channels: 2,
+            height: 2,
+            width: 2,
+        };
+        assert!(pool.check("pool").is_err());
+        assert!(XentShape {
+            batch: 4,
+            classes: 0
+        }
+        .check("xent")
+        .is_err());
+        assert!(XentShape {
+            batch: 4,
+            classes: 10
+        }
+        .check("xent")
+        .is_ok());
+    }
+
+    /// The op returns the error rather than reaching the kernel or the CPU loops.
+    #[test]
+    fn ops_return_shape_errors() {
+        let device = Device::Cpu;
+        let s = Conv2dShape { stride: 0, ..CONV };
+        let x = device.zeros(s.input_len()).unwrap();
+        let w = device.zeros(s.weight_len()).unwrap();
+        let b = device.zeros(s.out_channels).unwrap();
+        let mut y = device.zeros(1).unwrap();
+        let err = device
+            .conv2d_forward(&s, Precision::Fp32, &x, &w, &b, &mut y)
+            .unwrap_err();
+        assert!(err.to_string().starts_with("conv2d_forward: "), "{err}");
+
+        let xent = XentShape {
+            batch: 2,
+            classes: 3,
+        };
+        let logits = device.zeros(6).unwrap();
+        let labels = device.upload(&[0u32, 3]).unwrap();
+        let mut totals = device.zeros(2).unwrap();
+        let err = device
+            .softmax_xent_forward(&xent, &logits, &labels, &mut totals)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("label 3, expected 0 to 2"),
+            "{err}"
+        );
+    }
 }

@@ -15,7 +15,7 @@ trap 'rm -rf "$out"' EXIT
 seconds_of() { awk '/^seconds /{gsub(",", "", $2); print $2}'; }
 declare -A runs
 for round in $(seq "$rounds"); do
-    a=$(./target/release/handwritten train --epochs 1 --device cpu --out "$out/run" | seconds_of)
+    a=$(./target/release/handwritten train --epochs 1 --device cpu --out "$out/run$round" | seconds_of)
     b=$("$python" tools/pytorch_baseline.py --epochs 1 | seconds_of)
     c=$("$python" tools/pytorch_baseline.py --epochs 1 --fused-adam --flush-denormals | seconds_of)
     runs[handwritten]+="$a " runs[pytorch]+="$b " runs[pytorch_best]+="$c "

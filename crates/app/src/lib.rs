@@ -1,8 +1,13 @@
-//! handwritten's trainer: MNIST files, the training loop, metrics, plots and the run directory.
-//! The binary (`src/main.rs`) is only the command line over these.
+//! handwritten's trainer: MNIST files, the training loop, metrics, plots, the run directory and
+//! its training state, Ctrl-C, and predictions on one's own images. The binary (`src/main.rs`) is
+//! only the command line over these.
 
+pub mod eval_report;
 pub mod metrics;
 pub mod mnist;
-pub mod outputs;
 pub mod plot;
+pub mod predict;
+pub mod run_dir;
+pub mod signals;
+pub mod state;
 pub mod train;

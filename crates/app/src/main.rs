@@ -1,15 +1,23 @@
-//! `handwritten`: train the reference MNIST ConvNet on hand-written kernels, or evaluate a
-//! checkpoint.
+//! `handwritten`: train the reference MNIST ConvNet on hand-written kernels, evaluate a
+//! checkpoint, or ask it about one's own images.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use app::outputs::default_run_dir;
-use app::train::{eval, train, EvalOptions, TrainOptions};
+use anyhow::Result;
+use app::predict::{json_line, load_image, text_line};
+use app::signals::INTERRUPTED_EXIT_CODE;
+use app::state::RunOptions;
+use app::train::{
+    classify, eval, load_checkpoint, open_device, resolve_precision, train, EvalOptions,
+    Interrupted, TrainStart,
+};
 use clap::{Args, Parser, Subcommand};
 use kernels::Precision;
 
 const DEVICES: [&str; 4] = ["cpu", "cuda", "emulated", "auto"];
+/// More epochs than anyone trains, and few enough that no count derived from them overflows.
+const MAX_EPOCHS: usize = 1_000_000;
 
 #[derive(Parser)]
 #[command(name = "handwritten", version, about)]
@@ -22,18 +30,25 @@ struct Cli {
 enum Command {
     /// Train the reference network; print and save each epoch's figures, plots and checkpoint.
     Train(TrainArgs),
-    /// Print the test loss and accuracy of a checkpoint.
+    /// Print a checkpoint's test loss and accuracy, its accuracy per class and its confusion
+    /// matrix.
     Eval(EvalArgs),
+    /// Print the class a checkpoint sees in each image (PNG, JPEG, BMP or PGM).
+    Predict(PredictArgs),
 }
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Directory of the four MNIST or Fashion-MNIST IDX files, gzip-compressed or raw.
-    #[arg(long, value_name = "DIR", default_value = "data/mnist")]
-    data: PathBuf,
-    /// Passes over the training images.
-    #[arg(long, value_name = "N", default_value_t = 20, value_parser = at_least_one)]
-    epochs: usize,
+    /// Continue the run in DIR from its last completed epoch, with its own options.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["batch_size", "lr", "seed", "out", "train_limit", "test_limit"])]
+    resume: Option<PathBuf>,
+    /// Directory of the four MNIST or Fashion-MNIST IDX files, gzip-compressed or raw
+    /// [default: data/mnist].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Passes over the training images; with --resume, the new total [default: 20].
+    #[arg(long, value_name = "N", value_parser = epochs)]
+    epochs: Option<usize>,
     /// Images per Adam step; an epoch's last batch takes what is left.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least_one)]
     batch_size: usize,
@@ -43,19 +58,20 @@ struct TrainArgs {
     /// Seeds the initial weights and the shuffles.
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
-    /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
-    #[arg(long, default_value = "auto", value_parser = DEVICES)]
-    device: String,
+    /// Where the ops run; auto picks cuda when a GPU is found, else cpu [default: auto].
+    #[arg(long, value_parser = DEVICES)]
+    device: Option<String>,
     /// How convolutions and linear layers multiply: tf32 (tensor cores) or fp32
-    /// [default: tf32 on cuda and emulated, fp32 on cpu, which has only fp32].
+    /// [default: tf32 on cuda and emulated, fp32 on cpu, which has only fp32; with --resume, the
+    /// run's own].
     #[arg(long, value_name = "P")]
     precision: Option<Precision>,
     /// Launch every op of a step one by one instead of replaying the step's captured graph
-    /// (for debugging; the cpu device always runs this way).
+    /// (for debugging; the cpu device always runs this way). Results are the same bits.
     #[arg(long)]
     no_graph: bool,
-    /// Run directory for metrics.csv, Loss.png, Acc.png and model.safetensors
-    /// [default: runs/<UTC date-time>].
+    /// Run directory for the training state, checkpoint, metrics and plots; must be empty or
+    /// new [default: runs/<UTC date-time>].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Train on the first N training images only.
@@ -77,8 +93,8 @@ struct EvalArgs {
     /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
     #[arg(long, default_value = "auto", value_parser = DEVICES)]
     device: String,
-    /// How convolutions and linear layers multiply: tf32 or fp32
-    /// [default: tf32 on cuda and emulated, fp32 on cpu].
+    /// How convolutions and linear layers multiply: tf32 or fp32 [default: tf32 on cuda and
+    /// emulated, fp32 on cpu].
     #[arg(long, value_name = "P")]
     precision: Option<Precision>,
     /// Images per forward pass.
@@ -87,6 +103,29 @@ struct EvalArgs {
     /// Test on the first N test images only.
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     test_limit: Option<usize>,
+    /// Also draw the confusion matrix to DIR/confusion.png.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// A model.safetensors written by `handwritten train` (or by PyTorch, same names).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
+    #[arg(long, default_value = "auto", value_parser = DEVICES)]
+    device: String,
+    /// How convolutions and linear layers multiply: tf32 or fp32 [default: tf32 on cuda and
+    /// emulated, fp32 on cpu].
+    #[arg(long, value_name = "P")]
+    precision: Option<Precision>,
+    /// One JSON object per image instead of a line of text.
+    #[arg(long)]
+    json: bool,
+    /// Images of one digit each: PNG, JPEG, BMP or PGM, any size, dark on light or light on dark.
+    #[arg(value_name = "IMAGE", required = true)]
+    images: Vec<PathBuf>,
 }
 
 fn at_least_one(value: &str) -> Result<usize, String> {
@@ -97,6 +136,13 @@ fn at_least_one(value: &str) -> Result<usize, String> {
     }
 }
 
+fn epochs(value: &str) -> Result<usize, String> {
+    match at_least_one(value)? {
+        n if n > MAX_EPOCHS => Err(format!("at most {MAX_EPOCHS}")),
+        n => Ok(n),
+    }
+}
+
 fn positive(value: &str) -> Result<f32, String> {
     match value.parse::<f32>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
@@ -104,21 +150,58 @@ fn positive(value: &str) -> Result<f32, String> {
     }
 }
 
-fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Train(args) => train(&TrainOptions {
-            data: args.data,
+fn train_start(args: TrainArgs) -> TrainStart {
+    match args.resume {
+        Some(dir) => TrainStart::Resume {
+            dir,
             epochs: args.epochs,
-            batch_size: args.batch_size,
-            lr: args.lr,
-            seed: args.seed,
             device: args.device,
             precision: args.precision,
-            no_graph: args.no_graph,
-            out: args.out.unwrap_or_else(default_run_dir),
-            train_limit: args.train_limit,
-            test_limit: args.test_limit,
-        }),
+            data: args.data,
+        },
+        None => TrainStart::New {
+            options: RunOptions {
+                data: args.data.unwrap_or_else(|| PathBuf::from("data/mnist")),
+                epochs: args.epochs.unwrap_or(20),
+                batch_size: args.batch_size,
+                lr: args.lr,
+                seed: args.seed,
+                device: args.device.unwrap_or_else(|| "auto".to_string()),
+                precision: args.precision,
+                train_limit: args.train_limit,
+                test_limit: args.test_limit,
+            },
+            out: args.out,
+        },
+    }
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    let device = open_device(&args.device)?;
+    let precision = resolve_precision(&device, args.precision)?;
+    let mut net = load_checkpoint(&device, &args.checkpoint)?;
+    net.set_precision(precision);
+    let mut pixels = Vec::new();
+    for path in &args.images {
+        pixels.extend_from_slice(&load_image(path)?);
+    }
+    for (path, probabilities) in args.images.iter().zip(classify(net, &pixels)?) {
+        let line = if args.json {
+            json_line(path, &probabilities)
+        } else {
+            text_line(path, &probabilities)
+        };
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Train(args) => {
+            let no_graph = args.no_graph;
+            train(&train_start(args), no_graph)
+        }
         Command::Eval(args) => eval(&EvalOptions {
             checkpoint: args.checkpoint,
             data: args.data,
@@ -126,10 +209,16 @@ fn main() -> ExitCode {
             precision: args.precision,
             batch_size: args.batch_size,
             test_limit: args.test_limit,
+            out: args.out,
         }),
+        Command::Predict(args) => predict(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<Interrupted>() => {
+            eprintln!("{err}");
+            ExitCode::from(INTERRUPTED_EXIT_CODE)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

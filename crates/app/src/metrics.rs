@@ -37,6 +37,35 @@ pub fn to_csv(history: &[EpochMetrics]) -> String {
     csv
 }
 
+/// The epochs of a CSV text written by [`to_csv`].
+pub fn from_csv(csv: &str) -> anyhow::Result<Vec<EpochMetrics>> {
+    let mut lines = csv.lines();
+    if lines.next() != Some(CSV_HEADER) {
+        anyhow::bail!("metrics do not begin with the header {CSV_HEADER:?}");
+    }
+    lines
+        .enumerate()
+        .map(|(row, line)| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let bad = || anyhow::anyhow!("metrics row {}: {line:?} is not 7 numbers", row + 1);
+            let [epoch, train_loss, train_acc, test_loss, test_acc, seconds, ips] = fields[..]
+            else {
+                return Err(bad());
+            };
+            let number = |text: &str| text.parse::<f64>().map_err(|_| bad());
+            Ok(EpochMetrics {
+                epoch: epoch.parse().map_err(|_| bad())?,
+                train_loss: number(train_loss)?,
+                train_acc: number(train_acc)?,
+                test_loss: number(test_loss)?,
+                test_acc: number(test_acc)?,
+                seconds: number(seconds)?,
+                images_per_second: number(ips)?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +89,16 @@ mod tests {
             lines[2],
             "2,0.250000,0.900000,0.250000,0.950000,2.000,1000.0"
         );
+        let back = from_csv(&csv).unwrap();
+        assert_eq!(back, [epoch(1), epoch(2)]);
+        assert_eq!(to_csv(&back), csv);
+    }
+
+    #[test]
+    fn malformed_csv_is_refused() {
+        assert!(from_csv("epoch\n").is_err());
+        let bad_row = format!("{CSV_HEADER}\n1,0.5,x,0.2,0.9,1.0,10.0\n");
+        let err = from_csv(&bad_row).unwrap_err().to_string();
+        assert!(err.contains("row 1"), "{err}");
     }
 }

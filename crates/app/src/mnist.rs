@@ -2,14 +2,17 @@
 //!
 //! An IDX file is a big-endian header (magic number, then one u32 per dimension) followed by the
 //! u8 records: 2051 / `[count, 28, 28]` for images, 2049 / `[count]` for labels.
+//!
+//! No allocation is sized by a header before it is checked: a raw file's record count must match
+//! its size, a gzip file's must stay under [`MAX_RECORDS`] and match what it decompresses to, and
+//! a gzip file is read to its end so that its CRC and length trailer are verified.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{self, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use byteorder::{BigEndian, ReadBytesExt};
-use flate2::read::GzDecoder;
+use flate2::bufread::GzDecoder;
 
 /// Images are `IMAGE_SIDE` x `IMAGE_SIDE` pixels.
 pub const IMAGE_SIDE: usize = 28;
@@ -17,6 +20,9 @@ pub const IMAGE_SIDE: usize = 28;
 pub const IMAGE_LEN: usize = IMAGE_SIDE * IMAGE_SIDE;
 /// Labels are digits (or Fashion-MNIST classes) `0..CLASSES`.
 pub const CLASSES: usize = 10;
+/// The most records a file may claim: well above MNIST's 60,000 and EMNIST's 700,000, and a
+/// bound (784 MB of images) on what a compressed file's header can make us read.
+pub const MAX_RECORDS: usize = 1_000_000;
 
 const IMAGES_MAGIC: u32 = 2051;
 const LABELS_MAGIC: u32 = 2049;
@@ -58,29 +64,48 @@ impl Split {
         labels_name: &str,
         limit: Option<usize>,
     ) -> Result<Split> {
-        let (images_path, mut images_file) = open(dir, images_name)?;
-        let (labels_path, mut labels_file) = open(dir, labels_name)?;
-        let image_count = read_images_header(&mut images_file, &images_path)?;
-        let label_count = read_labels_header(&mut labels_file, &labels_path)?;
+        Split::read(
+            IdxFile::open(dir, images_name)?,
+            IdxFile::open(dir, labels_name)?,
+            limit,
+        )
+    }
+
+    /// Reads an images file and its labels file, keeping the first `limit` records.
+    pub fn read(mut images: IdxFile, mut labels: IdxFile, limit: Option<usize>) -> Result<Split> {
+        let [image_count, rows, cols] = images.read_header(IMAGES_MAGIC, "images")?;
+        if (rows, cols) != (IMAGE_SIDE, IMAGE_SIDE) {
+            bail!(
+                "{}: images are {rows}x{cols}, expected {IMAGE_SIDE}x{IMAGE_SIDE}",
+                images.path.display()
+            );
+        }
+        let [label_count] = labels.read_header(LABELS_MAGIC, "labels")?;
         if image_count != label_count {
             bail!(
                 "{} holds {image_count} images but {} holds {label_count} labels",
-                images_path.display(),
-                labels_path.display()
+                images.path.display(),
+                labels.path.display()
             );
         }
-        let count = limit.map_or(image_count, |limit| limit.min(image_count));
-        let images = read_records(&mut images_file, &images_path, count, IMAGE_LEN, "images")?;
-        let labels = read_records(&mut labels_file, &labels_path, count, 1, "labels")?;
-        if let Some(index) = labels.iter().position(|&label| label as usize >= CLASSES) {
+        if image_count == 0 {
+            bail!("{} holds no images", images.path.display());
+        }
+        let keep = limit.map_or(image_count, |limit| limit.min(image_count));
+        let image_data = images.read_records(image_count, keep, IMAGE_LEN, "images")?;
+        let label_data = labels.read_records(label_count, keep, 1, "labels")?;
+        if let Some(index) = label_data.iter().position(|&l| l as usize >= CLASSES) {
             bail!(
                 "{}: label {} at record {index}, expected 0 to {}",
-                labels_path.display(),
-                labels[index],
+                labels.path.display(),
+                label_data[index],
                 CLASSES - 1
             );
         }
-        Ok(Split { images, labels })
+        Ok(Split {
+            images: image_data,
+            labels: label_data,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -92,91 +117,142 @@ impl Split {
     }
 }
 
-/// Opens `dir/name.gz` (decompressing as it reads) or else `dir/name`.
-fn open(dir: &Path, name: &str) -> Result<(PathBuf, Box<dyn Read>)> {
-    let gz_path = dir.join(format!("{name}.gz"));
-    if gz_path.exists() {
-        let file =
-            File::open(&gz_path).with_context(|| format!("opening {}", gz_path.display()))?;
-        return Ok((gz_path, Box::new(GzDecoder::new(BufReader::new(file)))));
-    }
-    let raw_path = dir.join(name);
-    if raw_path.exists() {
-        let file =
-            File::open(&raw_path).with_context(|| format!("opening {}", raw_path.display()))?;
-        return Ok((raw_path, Box::new(BufReader::new(file))));
-    }
-    bail!(
-        "MNIST file not found: neither {} nor {} exists",
-        gz_path.display(),
-        raw_path.display()
-    )
+/// An open IDX file: where it came from, and its bytes, decompressed when it is gzip.
+pub struct IdxFile {
+    path: PathBuf,
+    reader: Box<dyn Read>,
+    /// A raw file's length, which bounds what its header may claim; None for gzip.
+    raw_len: Option<u64>,
 }
 
-/// Checks the images header and returns the number of images.
-fn read_images_header(reader: &mut dyn Read, path: &Path) -> Result<usize> {
-    let [count, rows, cols] = read_header(reader, path, IMAGES_MAGIC, "images")?;
-    if (rows, cols) != (IMAGE_SIDE, IMAGE_SIDE) {
+impl IdxFile {
+    /// Opens `dir/name.gz` (decompressing as it reads) or else `dir/name`.
+    pub fn open(dir: &Path, name: &str) -> Result<IdxFile> {
+        let gz_path = dir.join(format!("{name}.gz"));
+        let raw_path = dir.join(name);
+        for (path, gz) in [(gz_path.clone(), true), (raw_path.clone(), false)] {
+            let file = match File::open(&path) {
+                Ok(file) => file,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                // Permission denied and the like: say so, not "not found".
+                Err(err) => return Err(err).with_context(|| format!("opening {}", path.display())),
+            };
+            let len = file
+                .metadata()
+                .with_context(|| format!("reading the size of {}", path.display()))?
+                .len();
+            let reader = BufReader::new(file);
+            return Ok(if gz {
+                IdxFile::gzip(path, reader)
+            } else {
+                IdxFile::raw(path, reader, len)
+            });
+        }
         bail!(
-            "{}: images are {rows}x{cols}, expected {IMAGE_SIDE}x{IMAGE_SIDE}",
-            path.display()
-        );
+            "MNIST file not found: neither {} nor {} exists",
+            gz_path.display(),
+            raw_path.display()
+        )
     }
-    Ok(count)
-}
 
-/// Checks the labels header and returns the number of labels.
-fn read_labels_header(reader: &mut dyn Read, path: &Path) -> Result<usize> {
-    let [count] = read_header(reader, path, LABELS_MAGIC, "labels")?;
-    Ok(count)
-}
+    /// An IDX file in memory (named `path` in errors), gzip-compressed when `gz`.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>, gz: bool) -> IdxFile {
+        let len = bytes.len() as u64;
+        if gz {
+            IdxFile::gzip(path.to_path_buf(), Cursor::new(bytes))
+        } else {
+            IdxFile::raw(path.to_path_buf(), Cursor::new(bytes), len)
+        }
+    }
 
-/// Reads the magic number and the `DIMS` dimensions of an IDX header.
-fn read_header<const DIMS: usize>(
-    reader: &mut dyn Read,
-    path: &Path,
-    magic: u32,
-    what: &str,
-) -> Result<[usize; DIMS]> {
-    let mut read_u32 = || {
-        reader
-            .read_u32::<BigEndian>()
-            .with_context(|| format!("{}: reading the IDX header", path.display()))
-    };
-    let found = read_u32()?;
-    if found != magic {
-        bail!(
-            "{}: magic number {found}, expected {magic} (IDX {what})",
-            path.display()
-        );
+    fn gzip(path: PathBuf, reader: impl io::BufRead + 'static) -> IdxFile {
+        IdxFile {
+            path,
+            reader: Box::new(GzDecoder::new(reader)),
+            raw_len: None,
+        }
     }
-    let mut dims = [0; DIMS];
-    for dim in &mut dims {
-        *dim = read_u32()? as usize;
-    }
-    Ok(dims)
-}
 
-/// Reads `count` records of `record_len` bytes that follow the header.
-fn read_records(
-    reader: &mut dyn Read,
-    path: &Path,
-    count: usize,
-    record_len: usize,
-    what: &str,
-) -> Result<Vec<u8>> {
-    let len = count * record_len;
-    let mut data = Vec::with_capacity(len);
-    reader
-        .take(len as u64)
-        .read_to_end(&mut data)
-        .with_context(|| format!("{}: reading {what}", path.display()))?;
-    if data.len() < len {
-        bail!(
-            "{}: truncated: expected {count} {what}, the file ends after {}",
-            path.display(),
-            data.len() / record_len
-        );
+    fn raw(path: PathBuf, reader: impl Read + 'static, len: u64) -> IdxFile {
+        IdxFile {
+            path,
+            reader: Box::new(reader),
+            raw_len: Some(len),
+        }
     }
-    Ok(data)
+
+    /// Reads the magic number and the `DIMS` dimensions of an IDX header.
+    fn read_header<const DIMS: usize>(&mut self, magic: u32, what: &str) -> Result<[usize; DIMS]> {
+        let path = &self.path;
+        let mut read_u32 = || -> Result<u32> {
+            let mut word = [0; 4];
+            self.reader
+                .read_exact(&mut word)
+                .with_context(|| format!("{}: reading the IDX header", path.display()))?;
+            Ok(u32::from_be_bytes(word))
+        };
+        let found = read_u32()?;
+        if found != magic {
+            bail!(
+                "{}: magic number {found}, expected {magic} (IDX {what})",
+                path.display()
+            );
+        }
+        let mut dims = [0; DIMS];
+        for dim in &mut dims {
+            *dim = read_u32()? as usize;
+        }
+        if let Some(len) = &mut self.raw_len {
+            *len = len.saturating_sub(4 * (DIMS as u64 + 1));
+        }
+        Ok(dims)
+    }
+
+    /// Reads the `count` records of `record_len` bytes that follow the header and keeps the first
+    /// `keep`. The rest is read too, so that a gzip file's trailer is checked.
+    fn read_records(
+        &mut self,
+        count: usize,
+        keep: usize,
+        record_len: usize,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let path = self.path.display();
+        if count > MAX_RECORDS {
+            bail!("{path}: header claims {count} {what}, more than the {MAX_RECORDS} allowed");
+        }
+        // Both at most MAX_RECORDS x IMAGE_LEN: no overflow.
+        let (len, keep_len) = (count * record_len, keep * record_len);
+        if let Some(available) = self.raw_len {
+            if available < len as u64 {
+                bail!(
+                    "{path}: truncated: expected {count} {what}, the file ends after {}",
+                    available / record_len as u64
+                );
+            }
+        }
+        let mut data = Vec::new();
+        (&mut self.reader)
+            .take(keep_len as u64)
+            .read_to_end(&mut data)
+            .with_context(|| format!("{path}: reading {what}"))?;
+        // Reading one byte past the records finds trailing data and, in a gzip file, makes the
+        // decoder check the CRC and length in its trailer.
+        let rest = io::copy(
+            &mut (&mut self.reader).take((len - keep_len) as u64 + 1),
+            &mut io::sink(),
+        )
+        .with_context(|| format!("{path}: reading {what}"))?;
+        let read = data.len() as u64 + rest;
+        if read < len as u64 {
+            bail!(
+                "{path}: truncated: expected {count} {what}, the file ends after {}",
+                read / record_len as u64
+            );
+        }
+        if read > len as u64 {
+            bail!("{path}: data after the {count} {what} the header announces");
+        }
+        Ok(data)
+    }
 }

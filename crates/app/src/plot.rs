@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 /// plotters draws text with ab_glyph, which finds no system fonts: the charts bring their own.
-const FONT: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
+pub const FONT: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
 
 const SIZE: (u32, u32) = (800, 500);
 

@@ -1,45 +1,47 @@
 //! Training and evaluation. The dataset is uploaded to the device once and every batch is
 //! gathered there, so a step sends only its batch's indices from the host; loss and accuracy add
-//! up on the device and are read once per pass.
+//! up on the device and are read once per pass (and, to catch a diverging run, at intervals).
 
 use std::fmt;
-use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use kernels::{Device, Precision};
 use nn::{Adam, ConvNet, ConvNetConfig, Dataset, Trainer};
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand_chacha::ChaCha12Rng;
 
+use crate::eval_report::ClassReport;
 use crate::metrics::EpochMetrics;
-use crate::mnist::{Split, IMAGE_LEN};
-use crate::outputs::{write_run, RunInfo};
+use crate::mnist::{Split, CLASSES, IMAGE_LEN, IMAGE_SIDE};
+use crate::run_dir::RunDir;
+use crate::signals;
+use crate::state::{RunOptions, TrainingState, STATE_FILE};
 
 /// Reading the running loss for the progress bar waits for the device: only this often.
 const PROGRESS_EVERY_STEPS: usize = 50;
 /// The test pass needs no gradients, so it takes large batches.
 const TEST_BATCH_SIZE: usize = 1000;
 
-/// What `handwritten train` was asked to do.
+/// How `handwritten train` starts: a new run, or one resumed from its directory.
 #[derive(Debug, Clone)]
-pub struct TrainOptions {
-    pub data: PathBuf,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f32,
-    pub seed: u64,
-    pub device: String,
-    /// tf32 or fp32; None picks the device's default.
-    pub precision: Option<Precision>,
-    /// Run every step's launches one by one instead of replaying a captured graph.
-    pub no_graph: bool,
-    pub out: PathBuf,
-    pub train_limit: Option<usize>,
-    pub test_limit: Option<usize>,
+pub enum TrainStart {
+    /// `out` None: a fresh `runs/<UTC date-time>`.
+    New {
+        options: RunOptions,
+        out: Option<PathBuf>,
+    },
+    /// The run in `dir`, with its own options but for these, when given.
+    Resume {
+        dir: PathBuf,
+        epochs: Option<usize>,
+        device: Option<String>,
+        precision: Option<Precision>,
+        data: Option<PathBuf>,
+    },
 }
 
 /// What `handwritten eval` was asked to do.
@@ -48,68 +50,168 @@ pub struct EvalOptions {
     pub checkpoint: PathBuf,
     pub data: PathBuf,
     pub device: String,
+    /// tf32 or fp32; None picks the device's default.
     pub precision: Option<Precision>,
     pub batch_size: usize,
     pub test_limit: Option<usize>,
+    /// Where to draw confusion.png, when given.
+    pub out: Option<PathBuf>,
 }
 
-/// Trains the reference network, printing each epoch's figures and rewriting the run directory
-/// after each.
-pub fn train(options: &TrainOptions) -> Result<()> {
-    let device = open_device(&options.device)?;
-    let precision = resolve_precision(&device, options.precision)?;
+/// Training stopped by Ctrl-C (SIGINT or SIGTERM) after finishing a step.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub epoch: usize,
+    pub kept_epochs: usize,
+    pub dir: PathBuf,
+}
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kept = match self.kept_epochs {
+            0 => "no completed epoch yet".to_string(),
+            1 => "epoch 1".to_string(),
+            n => format!("epochs 1 to {n}"),
+        };
+        write!(
+            f,
+            "interrupted in epoch {}; {} keeps {kept}; resume with \
+             `handwritten train --resume {}`",
+            self.epoch,
+            self.dir.display(),
+            self.dir.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Trains the reference network, printing each epoch's figures and committing the run directory
+/// after each. `no_graph` launches every op of a step eagerly instead of replaying its graph.
+pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
+    // From the start: a Ctrl-C while the data loads stops the run after its first step.
+    signals::install();
+    let (state, resume_dir) = match start {
+        TrainStart::New { options, .. } => (initial_state(options.clone()), None),
+        TrainStart::Resume {
+            dir,
+            epochs,
+            device,
+            precision,
+            data,
+        } => {
+            let path = dir.join(STATE_FILE);
+            if !path.exists() {
+                bail!(
+                    "--resume {}: no {STATE_FILE}, so no run to resume there",
+                    dir.display()
+                );
+            }
+            let mut state = TrainingState::load(&path)?;
+            let o = &mut state.options;
+            o.epochs = epochs.unwrap_or(o.epochs);
+            o.device = device.clone().unwrap_or_else(|| o.device.clone());
+            o.precision = precision.or(o.precision);
+            o.data = data.clone().unwrap_or_else(|| o.data.clone());
+            if o.epochs < state.epoch {
+                bail!(
+                    "--epochs {}: {} has already completed {} epochs",
+                    o.epochs,
+                    dir.display(),
+                    state.epoch
+                );
+            }
+            (state, Some(dir.clone()))
+        }
+    };
+    let mut state = state;
+    let device = open_device(&state.options.device)?;
+    let precision = resolve_precision(&device, state.options.precision)?;
+    state.options.precision = Some(precision);
+    let options = state.options.clone();
     let train_set = upload(&device, &Split::train(&options.data, options.train_limit)?)?;
     let test_set = upload(&device, &Split::test(&options.data, options.test_limit)?)?;
-    fs::create_dir_all(&options.out)
-        .with_context(|| format!("creating {}", options.out.display()))?;
-
+    let run = match start {
+        TrainStart::Resume { dir, .. } => RunDir::reopen(dir)?,
+        TrainStart::New { out: Some(out), .. } => RunDir::create(out)?,
+        TrainStart::New { out: None, .. } => RunDir::create_default(Path::new("runs"))?,
+    };
     let mut net = ConvNet::new(&device, ConvNetConfig::reference(), options.seed)?;
     net.set_precision(precision);
+    let mut adam = Adam::new(options.lr);
+    if resume_dir.is_some() {
+        for (param, values) in net.params_mut().into_iter().zip(&state.weights) {
+            device.write(values, &mut param.value.data)?;
+        }
+        adam.load_state(&device, &state.adam, &net.params())?;
+    }
     // A batch larger than the training set would only compute padding.
     let batch_size = options.batch_size.min(train_set.len());
-    let mut trainer = Trainer::new(net, Adam::new(options.lr), batch_size, !options.no_graph)?;
-    let graph = if trainer.uses_graph() {
-        "one graph per step"
-    } else {
-        "eager"
-    };
+    let mut trainer = Trainer::new(net, adam, batch_size, !no_graph)?;
     println!(
-        "training on {} images, testing on {}, device {}, precision {precision}, {graph}, \
-         batch {}, lr {}; writing {}",
+        "training on {} images, testing on {}, device {}, precision {precision}, {}, batch {}, \
+         lr {}; {} {}",
         train_set.len(),
         test_set.len(),
         device.name(),
+        if trainer.uses_graph() {
+            "one graph per step"
+        } else {
+            "eager"
+        },
         options.batch_size,
         options.lr,
-        options.out.display()
+        if resume_dir.is_some() {
+            "resuming"
+        } else {
+            "writing"
+        },
+        run.path.display()
     );
-    let run = RunInfo {
-        device: device.name(),
-        precision,
-        graph: trainer.uses_graph(),
-    };
 
-    let mut rng = StdRng::seed_from_u64(options.seed);
+    // The shuffles are replayed from the seed; the saved position checks that the replay is the
+    // run's own (the same training set, the same epochs).
+    let mut rng = ChaCha12Rng::seed_from_u64(options.seed);
     let mut order: Vec<u32> = (0..train_set.len() as u32).collect();
-    let mut history = Vec::with_capacity(options.epochs);
-    for epoch in 1..=options.epochs {
+    for _ in 0..state.epoch {
+        order.shuffle(&mut rng);
+    }
+    if rng.get_word_pos() != state.rng_word_pos {
+        bail!(
+            "{}: its shuffles do not replay on these {} training images: was --data or the data \
+             changed?",
+            run.state_path().display(),
+            order.len()
+        );
+    }
+    if resume_dir.is_none() {
+        // Epoch 0 committed: from here on the run can be resumed, whenever it stops.
+        run.commit(
+            &state_of(&state, 0, &rng, &trainer, &state.history)?,
+            trainer.net(),
+        )?;
+    } else {
+        run.write_derived(&state.history, trainer.net())?;
+    }
+
+    let mut history = state.history.clone();
+    for epoch in state.epoch + 1..=options.epochs {
         order.shuffle(&mut rng);
         let progress = epoch_progress_bar(epoch, order.len())?;
         let start = Instant::now();
-        let (train_loss, train_acc) =
-            trainer.train_epoch(&train_set, &order, |trainer, done| {
-                progress.set_position(done as u64);
-                let step = done.div_ceil(batch_size);
-                if step % PROGRESS_EVERY_STEPS == 0 && !progress.is_hidden() {
-                    let (loss, _) = trainer.means(done)?;
-                    progress.set_message(format!("loss {loss:.4}"));
-                }
-                Ok(())
-            })?;
-        let seconds = start.elapsed().as_secs_f64();
+        let pass = train_epoch(&mut trainer, &train_set, &order, &progress);
         progress.finish_and_clear();
+        let (train_loss, train_acc) = pass.map_err(|stop| stop.into_error(epoch, &run.path))?;
+        let seconds = start.elapsed().as_secs_f64();
         let (test_loss, test_acc) = trainer.evaluate(&test_set, TEST_BATCH_SIZE)?;
-
+        if !test_loss.is_finite() {
+            bail!(
+                "epoch {epoch}: the test loss is {test_loss}: the weights are no longer finite; \
+                 {} keeps epoch {}; try a smaller --lr",
+                run.path.display(),
+                epoch - 1
+            );
+        }
         let metrics = EpochMetrics {
             epoch,
             train_loss,
@@ -119,47 +221,141 @@ pub fn train(options: &TrainOptions) -> Result<()> {
             seconds,
             images_per_second: order.len() as f64 / seconds,
         };
-        println!("epoch {epoch}, train_loss {train_loss:.4}, train_acc {train_acc:.4}");
-        println!("test_loss {test_loss:.4} , test_acc {test_acc:.4}");
+        history.push(metrics);
+        run.commit(
+            &state_of(&state, epoch, &rng, &trainer, &history)?,
+            trainer.net(),
+        )?;
+        println!("epoch {epoch}, train_loss {train_loss:.6}, train_acc {train_acc:.6}");
+        println!("test_loss {test_loss:.6} , test_acc {test_acc:.6}");
         println!(
             "seconds {seconds:.1}, images_per_second {:.0}",
             metrics.images_per_second
         );
-        history.push(metrics);
-        write_run(&options.out, &history, trainer.net(), &run)?;
+        if signals::stop_requested() && epoch < options.epochs {
+            return Err(Interrupted {
+                epoch: epoch + 1,
+                kept_epochs: epoch,
+                dir: run.path.clone(),
+            }
+            .into());
+        }
     }
     Ok(())
 }
 
-/// Prints the mean loss and accuracy of a checkpoint over the test images.
+/// A new run before its first epoch.
+fn initial_state(options: RunOptions) -> TrainingState {
+    TrainingState {
+        epoch: 0,
+        options,
+        rng_word_pos: 0,
+        weights: Vec::new(),
+        adam: Default::default(),
+        history: Vec::new(),
+    }
+}
+
+/// The state after `epoch`: `start`'s options, and the rest as the run now has it.
+fn state_of(
+    start: &TrainingState,
+    epoch: usize,
+    rng: &ChaCha12Rng,
+    trainer: &Trainer,
+    history: &[EpochMetrics],
+) -> Result<TrainingState> {
+    let net = trainer.net();
+    let weights = net
+        .params()
+        .iter()
+        .map(|p| p.value.to_vec(net.device()))
+        .collect::<nn::Result<_>>()?;
+    Ok(TrainingState {
+        epoch,
+        options: start.options.clone(),
+        rng_word_pos: rng.get_word_pos(),
+        weights,
+        adam: trainer.adam().state(net.device())?,
+        history: history.to_vec(),
+    })
+}
+
+/// Prints the test loss and accuracy of a checkpoint, its accuracy per class and its confusion
+/// matrix; draws the matrix to `confusion.png` under `--out`.
 pub fn eval(options: &EvalOptions) -> Result<()> {
     let device = open_device(&options.device)?;
     let precision = resolve_precision(&device, options.precision)?;
-    let test_set = upload(&device, &Split::test(&options.data, options.test_limit)?)?;
-    let mut net = ConvNet::load(&device, &options.checkpoint)?;
+    let split = Split::test(&options.data, options.test_limit)?;
+    let mut net = load_checkpoint(&device, &options.checkpoint)?;
     net.set_precision(precision);
     println!("device {}, precision {precision}", device.name());
+    let test_set = upload(&device, &split)?;
     let mut trainer = Trainer::new(net, Adam::new(1e-3), 1, false)?;
     let (test_loss, test_acc) = trainer.evaluate(&test_set, options.batch_size)?;
-    println!("test_loss {test_loss:.4} test_acc {test_acc:.4}");
+    if !test_loss.is_finite() {
+        bail!(
+            "{}: the test loss is {test_loss}",
+            options.checkpoint.display()
+        );
+    }
+    println!("test_loss {test_loss:.6} test_acc {test_acc:.6}");
+    let predictions: Vec<u8> = trainer
+        .logits(&test_set, options.batch_size)?
+        .chunks(CLASSES)
+        .map(argmax)
+        .collect();
+    let report = ClassReport::new(&split.labels, &predictions);
+    print!("{report}");
+    if let Some(out) = &options.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let path = out.join(crate::eval_report::CONFUSION_PLOT_FILE);
+        crate::run_dir::write_atomically(&path, |temp| report.draw(temp))?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }
 
-fn open_device(name: &str) -> Result<Device> {
+/// A checkpoint whose network reads 28x28 images into [`CLASSES`] classes, as the data has.
+pub fn load_checkpoint(device: &Device, path: &Path) -> Result<ConvNet> {
+    let net = ConvNet::load(device, path)?;
+    let config = net.config();
+    if config.classes != CLASSES || config.image_size != IMAGE_SIDE {
+        bail!(
+            "checkpoint {}: its network reads {1}x{1} images into {2} classes, the data has \
+             {IMAGE_SIDE}x{IMAGE_SIDE} images in {CLASSES} classes",
+            path.display(),
+            config.image_size,
+            config.classes
+        );
+    }
+    Ok(net)
+}
+
+pub fn open_device(name: &str) -> Result<Device> {
     Device::from_name(name).with_context(|| format!("--device {name}"))
 }
 
 /// `--precision`, or the device's default: tf32 on the kernels (as PyTorch's for convolutions),
 /// fp32 on the cpu device, which has no other.
-fn resolve_precision(device: &Device, asked: Option<Precision>) -> Result<Precision> {
+pub fn resolve_precision(device: &Device, asked: Option<Precision>) -> Result<Precision> {
     match (device, asked) {
-        (Device::Cpu, Some(Precision::Tf32)) => {
-            bail!("--precision tf32: the cpu device computes in fp32 only; use --precision fp32 or another device")
-        }
+        (Device::Cpu, Some(Precision::Tf32)) => bail!(
+            "--precision tf32: the cpu device computes in fp32 only; use --precision fp32 or \
+             another device"
+        ),
         (Device::Cpu, _) => Ok(Precision::Fp32),
         (_, Some(precision)) => Ok(precision),
         (_, None) => Ok(Precision::Tf32),
     }
+}
+
+fn upload(device: &Device, split: &Split) -> Result<Dataset> {
+    Ok(Dataset::upload(
+        device,
+        &split.images,
+        &split.labels,
+        IMAGE_LEN,
+    )?)
 }
 
 fn epoch_progress_bar(epoch: usize, images: usize) -> Result<ProgressBar> {
@@ -174,11 +370,142 @@ fn epoch_progress_bar(epoch: usize, images: usize) -> Result<ProgressBar> {
     Ok(bar)
 }
 
-fn upload(device: &Device, split: &Split) -> Result<Dataset> {
-    Ok(Dataset::upload(
-        device,
-        &split.images,
-        &split.labels,
-        IMAGE_LEN,
-    )?)
+/// One pass of Adam steps over `data` in the order `order`; returns the mean loss and the
+/// accuracy over the pass, or why it stopped early.
+fn train_epoch(
+    trainer: &mut Trainer,
+    data: &Dataset,
+    order: &[u32],
+    progress: &ProgressBar,
+) -> Result<(f64, f64), Stop> {
+    trainer.start_pass()?;
+    // The loss sum is checked for NaN or infinity after every step where reading it is free
+    // (the cpu device); elsewhere a read waits for the device, so only every
+    // PROGRESS_EVERY_STEPS steps, and the error names the range of steps.
+    let check_every = match trainer.net().device() {
+        Device::Cpu => 1,
+        _ => PROGRESS_EVERY_STEPS,
+    };
+    let mut checked_steps = 0;
+    let mut done = 0;
+    for (step, indices) in (1..).zip(order.chunks(trainer.batch_size())) {
+        trainer.step(data, indices)?;
+        done += indices.len();
+        progress.set_position(done as u64);
+        let last = done == order.len();
+        if step % check_every == 0 || last {
+            let (loss, _) = trainer.means(done)?;
+            if !loss.is_finite() {
+                return Err(Stop::NonFinite {
+                    loss,
+                    steps: checked_steps + 1..=step,
+                });
+            }
+            checked_steps = step;
+            if step % PROGRESS_EVERY_STEPS == 0 {
+                progress.set_message(format!("loss {loss:.4}"));
+            }
+        }
+        if signals::stop_requested() && !last {
+            return Err(Stop::Signal);
+        }
+    }
+    Ok(trainer.means(order.len())?)
+}
+
+/// The index of the largest value, the first of equals: the class a row of logits predicts.
+pub fn argmax(values: &[f32]) -> u8 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u8
+}
+
+/// Why an epoch stopped before its end.
+enum Stop {
+    Signal,
+    NonFinite {
+        loss: f64,
+        steps: std::ops::RangeInclusive<usize>,
+    },
+    Error(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Stop {
+    fn from(err: anyhow::Error) -> Self {
+        Stop::Error(err)
+    }
+}
+
+impl From<nn::Error> for Stop {
+    fn from(err: nn::Error) -> Self {
+        Stop::Error(err.into())
+    }
+}
+
+impl Stop {
+    fn into_error(self, epoch: usize, dir: &Path) -> anyhow::Error {
+        match self {
+            Stop::Signal => Interrupted {
+                epoch,
+                kept_epochs: epoch - 1,
+                dir: dir.to_path_buf(),
+            }
+            .into(),
+            Stop::NonFinite { loss, steps } => {
+                let at = if steps.start() == steps.end() {
+                    format!("step {}", steps.end())
+                } else {
+                    format!("steps {} to {}", steps.start(), steps.end())
+                };
+                anyhow::anyhow!(
+                    "the training loss became {loss} in epoch {epoch}, {at}; {} keeps epoch {}; \
+                     try a smaller --lr",
+                    dir.display(),
+                    epoch - 1
+                )
+            }
+            Stop::Error(err) => err,
+        }
+    }
+}
+
+/// Each image's class probabilities: `images` holds 28x28 u8 pixels per image, as the dataset.
+pub fn classify(net: ConvNet, images: &[u8]) -> Result<Vec<[f32; CLASSES]>> {
+    let labels = vec![0; images.len() / IMAGE_LEN];
+    let data = Dataset::upload(net.device(), images, &labels, IMAGE_LEN)?;
+    let mut trainer = Trainer::new(net, Adam::new(1e-3), 1, false)?;
+    let logits = trainer.logits(&data, TEST_BATCH_SIZE)?;
+    Ok(logits
+        .chunks(CLASSES)
+        .map(crate::predict::softmax)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+
+    /// The shuffles use ChaCha12 by name (its stream position can be saved); StdRng, which runs
+    /// before this trainer could resume used, is the same generator, so seeds keep their runs.
+    #[test]
+    fn shuffles_match_std_rng() {
+        let (mut a, mut b): (Vec<u32>, Vec<u32>) = ((0..1000).collect(), (0..1000).collect());
+        let mut chacha = ChaCha12Rng::seed_from_u64(7);
+        let mut std = StdRng::seed_from_u64(7);
+        for _ in 0..3 {
+            a.shuffle(&mut chacha);
+            b.shuffle(&mut std);
+        }
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn argmax_takes_the_first_of_equals() {
+        assert_eq!(argmax(&[0.0, 2.0, 2.0, 1.0]), 1);
+    }
 }

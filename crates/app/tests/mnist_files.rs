@@ -192,6 +192,60 @@ fn labels_above_nine_are_refused() {
 }
 
 #[test]
+fn an_empty_dataset_is_refused() {
+    let dir = TempDir::new("empty");
+    fs::write(dir.0.join(IMAGES), images_file(2051, 0, 28, 28, &[])).unwrap();
+    fs::write(dir.0.join(LABELS), labels_file(2049, 0, &[])).unwrap();
+    let err = load_error(&dir.0);
+    assert!(
+        err.contains(IMAGES) && err.contains("holds no images"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_gz_file_with_a_bad_crc_or_trailing_data_is_refused() {
+    let dir = TempDir::new("crc");
+    let (images, labels) = (
+        images_file(2051, 3, 28, 28, &pixels(3)),
+        labels_file(2049, 3, &[3, 1, 4]),
+    );
+    fs::write(dir.0.join(LABELS), &labels).unwrap();
+    let mut gz = gzip(&images);
+    let crc_at = gz.len() - 8;
+    gz[crc_at] ^= 0x10;
+    fs::write(dir.0.join(format!("{IMAGES}.gz")), &gz).unwrap();
+    let err = load_error(&dir.0);
+    assert!(err.contains(&format!("{IMAGES}.gz")), "{err}");
+    assert!(
+        err.contains("checksum") || err.contains("corrupt") || err.contains("invalid"),
+        "{err}"
+    );
+
+    let mut longer = images.clone();
+    longer.extend_from_slice(&[0; 10]);
+    fs::write(dir.0.join(format!("{IMAGES}.gz")), gzip(&longer)).unwrap();
+    let err = load_error(&dir.0);
+    assert!(err.contains("data after the 3 images"), "{err}");
+}
+
+/// An error opening a file other than its absence (here: it is a directory) is reported as
+/// itself: "permission denied" stays "permission denied", not "not found".
+#[test]
+fn an_unreadable_file_is_not_reported_as_missing() {
+    let dir = TempDir::new("unreadable");
+    write_valid(&dir.0);
+    fs::remove_file(dir.0.join(IMAGES)).unwrap();
+    fs::create_dir(dir.0.join(IMAGES)).unwrap();
+    let err = load_error(&dir.0);
+    assert!(!err.contains("not found"), "{err}");
+    assert!(
+        err.contains(IMAGES) && err.to_lowercase().contains("directory"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_gz_file_that_is_not_gzip_is_named() {
     let dir = TempDir::new("badgz");
     write_valid(&dir.0);

@@ -71,8 +71,7 @@ fn short_run_learns_and_its_checkpoint_evaluates_the_same() {
         .collect();
     assert_eq!(rows.len(), EPOCHS);
 
-    // Per epoch, the reference's two lines and a speed line, with the figures of metrics.csv
-    // (which has 6 decimals where they have 4).
+    // Per epoch, the reference's two lines, six decimals as metrics.csv, and a speed line.
     let lines: Vec<&str> = stdout.lines().collect();
     for (epoch, row) in (1..=EPOCHS).zip(&rows) {
         let at = lines
@@ -83,7 +82,15 @@ fn short_run_learns_and_its_checkpoint_evaluates_the_same() {
         assert!(train_line.contains(", train_acc "), "{stdout}");
         assert!(test_line.starts_with("test_loss ") && test_line.contains(" , test_acc "));
         assert!(lines[at + 2].starts_with("seconds "), "{stdout}");
-        let close = |printed: f64, stored: f64| (printed - stored).abs() < 1e-4;
+        for word in train_line
+            .split([' ', ','])
+            .chain(test_line.split([' ', ',']))
+        {
+            if word.contains('.') {
+                assert_eq!(word.split('.').nth(1).unwrap().len(), 6, "{stdout}");
+            }
+        }
+        let close = |printed: f64, stored: f64| (printed - stored).abs() < 1e-9;
         assert!(
             close(field(train_line, "train_loss"), row[1]),
             "{stdout}\n{csv}"
@@ -118,6 +125,7 @@ fn short_run_learns_and_its_checkpoint_evaluates_the_same() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 
     let checkpoint = out.join("model.safetensors");
+    let eval_out = out.join("eval");
     let eval_line = handwritten(&[
         "eval",
         "--device",
@@ -128,6 +136,8 @@ fn short_run_learns_and_its_checkpoint_evaluates_the_same() {
         checkpoint.to_str().unwrap(),
         "--test-limit",
         TEST_IMAGES,
+        "--out",
+        eval_out.to_str().unwrap(),
     ]);
     // The same model on the same images: the last epoch's test figures.
     assert!(
@@ -138,6 +148,22 @@ fn short_run_learns_and_its_checkpoint_evaluates_the_same() {
         (field(&eval_line, "test_acc") - last[4]).abs() < 1e-4,
         "{eval_line} vs\n{csv}"
     );
+    // Accuracy per class over the same images, and the confusion matrix drawn.
+    let class_rows: Vec<Vec<f64>> = eval_line
+        .lines()
+        .skip_while(|l| !l.starts_with("class "))
+        .skip(1)
+        .take(10)
+        .map(|l| l.split_whitespace().map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(class_rows.len(), 10, "{eval_line}");
+    let images: f64 = class_rows.iter().map(|r| r[1]).sum();
+    let correct: f64 = class_rows.iter().map(|r| r[2]).sum();
+    assert_eq!(images, TEST_IMAGES.parse::<f64>().unwrap(), "{eval_line}");
+    assert!((correct / images - last[4]).abs() < 1e-9, "{eval_line}");
+    assert!(eval_line.contains("confusion matrix"), "{eval_line}");
+    let png = fs::read(eval_out.join("confusion.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     fs::remove_dir_all(&out).unwrap();
 }
 
@@ -197,8 +223,10 @@ fn two_runs_with_the_same_seed_write_identical_checkpoints_and_metrics() {
         metrics_without_timing(&dirs[0]),
         metrics_without_timing(&dirs[1])
     );
-    let run_info = fs::read_to_string(dirs[0].join("run.txt")).unwrap();
-    assert_eq!(run_info, "device emulated\nprecision tf32\ngraph true\n");
+    // The run's metadata records the precision it computed in.
+    let state = app::state::TrainingState::load(&dirs[0].join(app::state::STATE_FILE)).unwrap();
+    assert_eq!(state.options.device, "emulated");
+    assert_eq!(state.options.precision, Some(kernels::Precision::Tf32));
     for dir in dirs {
         fs::remove_dir_all(dir).unwrap();
     }

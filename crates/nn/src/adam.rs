@@ -23,8 +23,18 @@ pub struct Adam {
     steps: u32,
     /// Allocated at the first step, as torch allocates its moments.
     state: Option<FlatState>,
-    /// Moments loaded by [`Adam::load_moments`] before the first step, uploaded by it.
+    /// Moments loaded by [`Adam::load_state`] before the first step, uploaded by it.
     pending: Option<Vec<(Vec<f32>, Vec<f32>)>>,
+}
+
+/// Adam's state on the host: what a resumed run needs to continue exactly where it stopped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AdamState {
+    /// Steps taken so far.
+    pub steps: u32,
+    /// Each parameter's first and second moments `(m, v)`, in state_dict order; empty before the
+    /// first step.
+    pub moments: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Everything the one launch reads, on the device.
@@ -159,43 +169,82 @@ impl Adam {
         Ok(())
     }
 
-    /// Each parameter's first and second moments, in the order the parameters are passed (the
-    /// state_dict order for a [`crate::ConvNet`]); empty before the first step.
-    pub fn moments(&self, device: &Device) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
-        let Some(state) = &self.state else {
-            return Ok(self.pending.clone().unwrap_or_default());
+    /// The step count and each parameter's moments, in the order the parameters are passed (the
+    /// state_dict order for a [`crate::ConvNet`]), copied to the host.
+    pub fn state(&self, device: &Device) -> Result<AdamState> {
+        let moments = match &self.state {
+            None => self.pending.clone().unwrap_or_default(),
+            Some(state) => {
+                let (m, v) = (device.download(&state.m)?, device.download(&state.v)?);
+                let mut start = 0;
+                state
+                    .table
+                    .lens()
+                    .map(|len| {
+                        let range = start..start + len;
+                        start = range.end;
+                        (m[range.clone()].to_vec(), v[range].to_vec())
+                    })
+                    .collect()
+            }
         };
-        let (m, v) = (device.download(&state.m)?, device.download(&state.v)?);
-        let mut start = 0;
-        Ok(state
-            .table
-            .lens()
-            .map(|len| {
-                let range = start..start + len;
-                start = range.end;
-                (m[range.clone()].to_vec(), v[range].to_vec())
-            })
-            .collect())
+        Ok(AdamState {
+            steps: self.steps,
+            moments,
+        })
     }
 
-    /// Restores the step count and each parameter's moments (as [`Adam::moments`] gives them),
-    /// so that the next step continues a run.
-    pub fn load_moments(
+    /// Continues from `state`, which must hold a moment pair for each of `params` (state_dict
+    /// order) of its length, or none at all (no step taken yet).
+    pub fn load_state(
         &mut self,
         device: &Device,
-        steps: u32,
-        moments: Vec<(Vec<f32>, Vec<f32>)>,
+        state: &AdamState,
+        params: &[&Param],
     ) -> Result<()> {
-        match &mut self.state {
-            None => self.pending = Some(moments),
-            Some(state) => {
-                let lens: Vec<usize> = state.table.lens().collect();
-                let (m, v) = flatten_moments(&lens, moments)?;
-                device.write(&m, &mut state.m)?;
-                device.write(&v, &mut state.v)?;
+        let mismatch = |what: String| Error::Shape {
+            name: "adam state".to_string(),
+            what,
+        };
+        if !state.moments.is_empty() && state.moments.len() != params.len() {
+            return Err(mismatch(format!(
+                "moments for {} parameters, expected {}",
+                state.moments.len(),
+                params.len()
+            )));
+        }
+        if state.moments.is_empty() != (state.steps == 0) {
+            return Err(mismatch(format!(
+                "{} steps taken but moments for {} parameters",
+                state.steps,
+                state.moments.len()
+            )));
+        }
+        for ((m, v), param) in state.moments.iter().zip(params) {
+            let len = param.value.data.len();
+            if m.len() != len || v.len() != len {
+                return Err(mismatch(format!(
+                    "moments of {} have {} and {} values, expected {len}",
+                    param.name,
+                    m.len(),
+                    v.len()
+                )));
             }
         }
-        self.steps = steps;
+        match &mut self.state {
+            None => self.pending = (state.steps > 0).then(|| state.moments.clone()),
+            Some(flat) if state.steps == 0 => {
+                device.fill_zero(&mut flat.m)?;
+                device.fill_zero(&mut flat.v)?;
+            }
+            Some(flat) => {
+                let lens: Vec<usize> = flat.table.lens().collect();
+                let (m, v) = flatten_moments(&lens, state.moments.clone())?;
+                device.write(&m, &mut flat.m)?;
+                device.write(&v, &mut flat.v)?;
+            }
+        }
+        self.steps = state.steps;
         Ok(())
     }
 }

@@ -19,7 +19,8 @@ mod param;
 mod tensor;
 mod trainer;
 
-pub use adam::Adam;
+pub use adam::{Adam, AdamState};
+pub use checkpoint::{state_dict_shapes, MAX_CHECKPOINT_BYTES};
 pub use error::{Error, Result};
 pub use loss::SoftmaxCrossEntropy;
 pub use model::{ConvNet, ConvNetConfig};

@@ -262,17 +262,9 @@ impl Trainer {
     /// Mean loss and accuracy over `data`, in batches of `batch_size`, without gradients (the
     /// fused loss writes one, which nothing reads). Always eager.
     pub fn evaluate(&mut self, data: &Dataset, batch_size: usize) -> Result<(f64, f64)> {
-        // The network's buffers take evaluation's batch size: the step's graph would address
-        // freed memory, and the next step must allocate again before it captures.
-        self.graph = None;
-        self.allocated = false;
         self.start_pass()?;
         let size = batch_size.min(data.len()).max(1);
-        let side = self.net.config().image_size;
-        let batch = match &mut self.eval_batch {
-            Some(batch) if batch.size() == size => batch,
-            slot => slot.insert(Batch::new(&self.device, size, side)?),
-        };
+        let mut batch = self.take_eval_batch(size)?;
         let order: Vec<u32> = (0..data.len() as u32).collect();
         for indices in order.chunks(size) {
             batch.write_indices(&self.device, indices)?;
@@ -281,6 +273,38 @@ impl Trainer {
             self.loss
                 .forward_backward(logits, &batch.labels, &mut self.totals)?;
         }
+        self.eval_batch = Some(batch);
         self.means(data.len())
+    }
+
+    /// The logits of every image of `data`, `[data.len(), classes]`, computed in batches of
+    /// `batch_size`. Always eager.
+    pub fn logits(&mut self, data: &Dataset, batch_size: usize) -> Result<Vec<f32>> {
+        let classes = self.net.config().classes;
+        let size = batch_size.min(data.len()).max(1);
+        let mut batch = self.take_eval_batch(size)?;
+        let mut logits = Vec::with_capacity(data.len() * classes);
+        let order: Vec<u32> = (0..data.len() as u32).collect();
+        for indices in order.chunks(size) {
+            batch.write_indices(&self.device, indices)?;
+            batch.gather(&self.device, data)?;
+            let rows = self.net.forward(&batch.images)?.to_vec(&self.device)?;
+            // A short last batch is padded: only its first rows are images.
+            logits.extend_from_slice(&rows[..indices.len() * classes]);
+        }
+        self.eval_batch = Some(batch);
+        Ok(logits)
+    }
+
+    /// Evaluation's batch of `size` images, kept for the next pass when this one ends. The
+    /// network's buffers take that batch size, so the step's graph would address freed memory:
+    /// it is dropped, and the next step allocates again before it captures.
+    fn take_eval_batch(&mut self, size: usize) -> Result<Batch> {
+        self.graph = None;
+        self.allocated = false;
+        match self.eval_batch.take() {
+            Some(batch) if batch.size() == size => Ok(batch),
+            _ => Batch::new(&self.device, size, self.net.config().image_size),
+        }
     }
 }

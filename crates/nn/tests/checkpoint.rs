@@ -283,3 +283,102 @@ fn a_checkpoint_reads_as_safetensors_with_state_dict_names() {
         assert_eq!(stored.shape(), param.value.shape);
     }
 }
+
+#[test]
+fn shapes_that_imply_a_larger_network_than_the_file_are_refused_before_building_it() {
+    let dir = scratch_dir("huge");
+    // fc2 says 1,500,000 outputs over a single input: 6 MB in the file, but a network of
+    // 1,500,000 x hidden1 weights. The shape check refuses it before anything is allocated.
+    check_bad(
+        &dir,
+        "wide_fc2",
+        |t| {
+            let fc2 = find(t, "fc2.weight");
+            fc2.shape = vec![1_500_000, 1];
+            fc2.bytes = vec![0; 1_500_000 * 4];
+        },
+        &["fc2.weight", "[1500000, 1]", "expected [1500000, 8]"],
+    );
+}
+
+#[test]
+fn non_finite_weights_are_named() {
+    let dir = scratch_dir("nan");
+    for (case, value, says) in [("nan", f32::NAN, "NaN"), ("inf", f32::INFINITY, "inf")] {
+        check_bad(
+            &dir,
+            case,
+            |t| find(t, "fc1.bias").bytes[4..8].copy_from_slice(&value.to_le_bytes()),
+            &["fc1.bias", says, "index 1", "finite"],
+        );
+    }
+}
+
+#[test]
+fn a_file_over_the_size_bound_is_refused_unread() {
+    let dir = scratch_dir("oversize");
+    let path = dir.join("big.safetensors");
+    // Sparse: no disk space is used, and the loader must not read it.
+    fs::File::create(&path)
+        .unwrap()
+        .set_len(nn::MAX_CHECKPOINT_BYTES + 1)
+        .unwrap();
+    assert_load_fails(&path, &["more than the"]);
+}
+
+#[test]
+fn state_dict_shapes_are_what_the_network_builds() {
+    let net = ConvNet::new(&DEVICE, TINY, 0).unwrap();
+    let built: Vec<(String, Vec<usize>)> = net
+        .params()
+        .iter()
+        .map(|p| (p.name.clone(), p.value.shape.clone()))
+        .collect();
+    let listed: Vec<(String, Vec<usize>)> = nn::state_dict_shapes(&TINY)
+        .into_iter()
+        .map(|(name, shape)| (name.to_string(), shape))
+        .collect();
+    assert_eq!(built, listed);
+}
+
+/// Adam's state read out and loaded into a fresh optimizer continues exactly as the original.
+#[test]
+fn adam_state_round_trips_and_continues_the_same() {
+    use nn::Adam;
+    let mut rng = StdRng::seed_from_u64(3);
+    let grads: Vec<Vec<f32>> = ConvNet::new(&DEVICE, TINY, 0)
+        .unwrap()
+        .params()
+        .iter()
+        .map(|p| random(&mut rng, p.value.data.len()))
+        .collect();
+    let step = |net: &mut ConvNet, adam: &mut Adam| {
+        for (param, g) in net.params_mut().into_iter().zip(&grads) {
+            param.grad = tensor(&param.value.shape.clone(), g);
+        }
+        adam.step(&DEVICE, net.params_mut()).unwrap();
+    };
+    let (mut a, mut adam_a) = (ConvNet::new(&DEVICE, TINY, 0).unwrap(), Adam::new(0.01));
+    step(&mut a, &mut adam_a);
+    step(&mut a, &mut adam_a);
+    let state = adam_a.state(&DEVICE).unwrap();
+    assert_eq!(state.steps, 2);
+    assert_eq!(state.moments.len(), 10);
+
+    let (mut b, mut adam_b) = (ConvNet::new(&DEVICE, TINY, 0).unwrap(), Adam::new(0.01));
+    for (pb, pa) in b.params_mut().into_iter().zip(a.params()) {
+        pb.value = tensor(&pa.value.shape, &host(&pa.value.data));
+    }
+    adam_b.load_state(&DEVICE, &state, &b.params()).unwrap();
+    step(&mut a, &mut adam_a);
+    step(&mut b, &mut adam_b);
+    for (pa, pb) in a.params().iter().zip(b.params()) {
+        assert_eq!(host(&pa.value.data), host(&pb.value.data), "{}", pa.name);
+    }
+
+    // A state for other parameters is refused by name.
+    let mut wrong = state.clone();
+    wrong.moments[3].0.pop();
+    let err = adam_b.load_state(&DEVICE, &wrong, &b.params()).unwrap_err();
+    assert!(err.to_string().contains("conv2d.3.bias"), "{err}");
+}

@@ -1,0 +1,245 @@
+//! The training-state file: everything `handwritten train --resume` needs to continue a run as if
+//! it had never stopped.
+//!
+//! A safetensors file, `training_state.safetensors`, whose metadata holds the format version, the
+//! completed epoch, the shuffle RNG's position, the run's options and its metrics so far, and
+//! whose tensors are the weights (`model.NAME`) and Adam's moments (`adam.m.NAME`,
+//! `adam.v.NAME`), NAME being the state_dict name. It is the run directory's commit point: an
+//! epoch exists once this file holds it, and every other file is derived from it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{anyhow, bail, Context, Result};
+use kernels::Precision;
+use nn::{state_dict_shapes, AdamState, ConvNetConfig, MAX_CHECKPOINT_BYTES};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::metrics::{from_csv, to_csv, EpochMetrics};
+
+pub const STATE_FILE: &str = "training_state.safetensors";
+const FORMAT: &str = "handwritten training state";
+const VERSION: u32 = 1;
+/// Weights and two moments: three networks' worth, and the metadata.
+const MAX_STATE_BYTES: u64 = 3 * MAX_CHECKPOINT_BYTES + (1 << 20);
+
+/// The options a run was started with: a resumed run keeps them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunOptions {
+    pub data: PathBuf,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub seed: u64,
+    pub device: String,
+    /// None until the run starts, then the precision it computes in.
+    pub precision: Option<Precision>,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+}
+
+/// A run as of the end of its epoch `epoch` (0: not yet trained).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainingState {
+    pub epoch: usize,
+    pub options: RunOptions,
+    /// The shuffle RNG's position, in 32-bit words of its ChaCha stream.
+    pub rng_word_pos: u128,
+    /// Each parameter's values, in state_dict order.
+    pub weights: Vec<Vec<f32>>,
+    pub adam: AdamState,
+    pub history: Vec<EpochMetrics>,
+}
+
+impl TrainingState {
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let o = &self.options;
+        let limit = |l: Option<usize>| l.map_or(String::new(), |l| l.to_string());
+        let data = o
+            .data
+            .to_str()
+            .ok_or_else(|| anyhow!("--data {}: not UTF-8", o.data.display()))?;
+        let metadata: HashMap<String, String> = [
+            ("format", FORMAT.to_string()),
+            ("version", VERSION.to_string()),
+            ("epoch", self.epoch.to_string()),
+            ("rng_word_pos", self.rng_word_pos.to_string()),
+            ("adam_steps", self.adam.steps.to_string()),
+            ("data", data.to_string()),
+            ("epochs", o.epochs.to_string()),
+            ("batch_size", o.batch_size.to_string()),
+            // Display prints the shortest text that parses back to the same f32.
+            ("lr", o.lr.to_string()),
+            ("seed", o.seed.to_string()),
+            ("device", o.device.clone()),
+            (
+                "precision",
+                o.precision.map_or(String::new(), |p| p.to_string()),
+            ),
+            ("train_limit", limit(o.train_limit)),
+            ("test_limit", limit(o.test_limit)),
+            ("metrics", to_csv(&self.history)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+
+        let shapes = state_dict_shapes(&ConvNetConfig::reference());
+        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        let bytes = |values: &[f32]| values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for ((name, shape), values) in shapes.iter().zip(&self.weights) {
+            tensors.push((format!("model.{name}"), shape.clone(), bytes(values)));
+        }
+        for ((name, shape), (m, v)) in shapes.iter().zip(&self.adam.moments) {
+            tensors.push((format!("adam.m.{name}"), shape.clone(), bytes(m)));
+            tensors.push((format!("adam.v.{name}"), shape.clone(), bytes(v)));
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                    .map(|view| (name.as_str(), view))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(safetensors::serialize(views, Some(metadata))?)
+    }
+
+    /// Reads `path`, checking every field and every tensor's shape against the reference
+    /// network's before anything is sized by them.
+    pub fn load(path: &Path) -> Result<TrainingState> {
+        let bytes = read_bounded(path)?;
+        TrainingState::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<TrainingState> {
+        let (_, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| anyhow!("not a complete safetensors file: {e}"))?;
+        let file = SafeTensors::deserialize(bytes)
+            .map_err(|e| anyhow!("not a complete safetensors file: {e}"))?;
+        let empty = HashMap::new();
+        let meta = header.metadata().as_ref().unwrap_or(&empty);
+        let text = |key: &str| {
+            meta.get(key)
+                .map(String::as_str)
+                .ok_or_else(|| anyhow!("metadata {key} is missing"))
+        };
+        fn parse<T: FromStr>(key: &str, value: &str) -> Result<T> {
+            value
+                .parse()
+                .map_err(|_| anyhow!("metadata {key} is {value:?}, not a valid value"))
+        }
+        let number = |key: &str| -> Result<usize> { parse(key, text(key)?) };
+        let limit = |key: &str| -> Result<Option<usize>> {
+            match text(key)? {
+                "" => Ok(None),
+                value => parse(key, value).map(Some),
+            }
+        };
+        if text("format")? != FORMAT {
+            bail!(
+                "not a handwritten training state (format {:?})",
+                text("format")?
+            );
+        }
+        let version: u32 = parse("version", text("version")?)?;
+        if version != VERSION {
+            bail!("format version {version}, this handwritten reads version {VERSION}");
+        }
+        let options = RunOptions {
+            data: PathBuf::from(text("data")?),
+            epochs: number("epochs")?,
+            batch_size: number("batch_size")?,
+            lr: parse("lr", text("lr")?)?,
+            seed: parse("seed", text("seed")?)?,
+            device: text("device")?.to_string(),
+            precision: match text("precision")? {
+                "" => None,
+                value => Some(parse("precision", value)?),
+            },
+            train_limit: limit("train_limit")?,
+            test_limit: limit("test_limit")?,
+        };
+        let epoch = number("epoch")?;
+        let history = from_csv(text("metrics")?)?;
+        if history.len() != epoch || history.iter().zip(1..).any(|(m, e)| m.epoch != e) {
+            bail!(
+                "metrics list {} epochs, expected 1 to {epoch}",
+                history.len()
+            );
+        }
+        let steps: u32 = parse("adam_steps", text("adam_steps")?)?;
+
+        let shapes = state_dict_shapes(&ConvNetConfig::reference());
+        let weights = shapes
+            .iter()
+            .map(|(name, shape)| read_f32(&file, &format!("model.{name}"), shape))
+            .collect::<Result<Vec<_>>>()?;
+        let moments = if steps == 0 {
+            Vec::new()
+        } else {
+            shapes
+                .iter()
+                .map(|(name, shape)| {
+                    Ok((
+                        read_f32(&file, &format!("adam.m.{name}"), shape)?,
+                        read_f32(&file, &format!("adam.v.{name}"), shape)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        let expected = weights.len() + 2 * moments.len();
+        if file.len() != expected {
+            bail!("{} tensors, expected {expected}", file.len());
+        }
+        Ok(TrainingState {
+            epoch,
+            options,
+            rng_word_pos: parse("rng_word_pos", text("rng_word_pos")?)?,
+            weights,
+            adam: AdamState { steps, moments },
+            history,
+        })
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_STATE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > MAX_STATE_BYTES {
+        bail!(
+            "{}: more than the {MAX_STATE_BYTES} bytes a training state may have",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+/// The values of tensor `name`, which must be F32 of `shape` and finite.
+fn read_f32(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let tensor = file
+        .tensor(name)
+        .map_err(|_| anyhow!("tensor {name} is missing"))?;
+    if tensor.dtype() != Dtype::F32 || tensor.shape() != shape {
+        bail!(
+            "tensor {name} is {:?} {:?}, expected F32 {shape:?}",
+            tensor.dtype(),
+            tensor.shape()
+        );
+    }
+    let values: Vec<f32> = tensor
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if values.iter().any(|v| !v.is_finite()) {
+        bail!("tensor {name} holds a NaN or infinite value");
+    }
+    Ok(values)
+}

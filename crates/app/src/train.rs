@@ -288,7 +288,7 @@ pub fn eval(options: &EvalOptions) -> Result<()> {
     let split = Split::test(&options.data, options.test_limit)?;
     let mut net = load_checkpoint(&device, &options.checkpoint)?;
     net.set_precision(precision);
-    println!("device {}, precision {precision}", device.name());
+    eprintln!("device {}, precision {precision}", device.name());
     let test_set = upload(&device, &split)?;
     let mut trainer = Trainer::new(net, Adam::new(1e-3), 1, false)?;
     let (test_loss, test_acc) = trainer.evaluate(&test_set, options.batch_size)?;

@@ -175,7 +175,7 @@ def kernel_shares(raw, steps, benches, step_seconds):
     }
     profiler = steps.get("profile", ("not run", ""))[0]
     if not ops or not step:
-        return f"no profiler ({profiler}) and no op bench figures at batch 64", []
+        return f"no profiler ({profiler}); op bench: {why_missing(steps, 'bench ops')}", []
     how = (
         f"op bench, no profiler ({profiler}): each op alone at batch 64 (fp32) over the fp32 "
         "graph step; the step fuses some of these ops, so the shares need not add up to 100%"
@@ -189,14 +189,17 @@ def kernel_shares(raw, steps, benches, step_seconds):
     return how, rows
 
 
-def sanitizer_result(steps, tool):
-    """pass, or the failed and skipped test binaries, or why it did not run."""
-    runs = {name: result for name, (result, _) in steps.items() if name.startswith(tool + " ")}
+def tests_result(steps, prefix, absent):
+    """pass, or the failed and skipped test binaries, or why none ran (the result of the step
+    named absent)."""
+    runs = {name: result for name, (result, _) in steps.items() if name.startswith(prefix + " ")}
     if not runs:
-        return why_missing(steps, "compute-sanitizer")
-    bad = [f"{name[len(tool) + 1 :]}: {result}" for name, result in runs.items() if result != "ok"]
+        return why_missing(steps, absent)
+    bad = [
+        f"{name[len(prefix) + 1 :]}: {result}" for name, result in runs.items() if result != "ok"
+    ]
     if not bad:
-        return f"pass ({len(runs)} test binaries)"
+        return f"pass ({len(runs)} test binar{'y' if len(runs) == 1 else 'ies'})"
     failed = any(not result.startswith("skipped") for result in runs.values() if result != "ok")
     return ("FAIL: " if failed else "incomplete: ") + "; ".join(bad)
 
@@ -245,7 +248,8 @@ def summarize(raw):
         "epoch_reaching_test_acc_0.99": reach_epoch if reach_seconds is not None else None,
         "kernel_shares_source": how,
         "kernel_shares": {name: share for name, share, _ in shares},
-        "sanitizers": {tool: sanitizer_result(steps, tool) for tool in SANITIZERS},
+        "tests": tests_result(steps, "test", "tests"),
+        "sanitizers": {tool: tests_result(steps, tool, "compute-sanitizer") for tool in SANITIZERS},
         "pytorch": pytorch,
         "steps": {name: {"result": r, "seconds": s} for name, (r, s) in steps.items()},
     }
@@ -254,6 +258,7 @@ def summarize(raw):
     if gpu:
         out += [f"GPU: {gpu[-1]}", ""]
     out += ["| measure | figure |", "| --- | --- |"]
+    out.append(f"| tests on the GPU | {figures['tests']} |")
     for precision, mode in STEP_VARIANTS:
         seconds = step_seconds.get((precision, mode))
         figure = f"{seconds * 1e3:.3f} ms" if seconds else why_missing(steps, "bench step")
@@ -282,11 +287,12 @@ def summarize(raw):
     else:
         out.append("(none)")
 
-    torch_version = next((p["torch"] for p in pytorch.values() if p and "torch" in p), "")
+    torch_version = next((p["torch"] for p in pytorch.values() if p and "torch" in p), None)
+    torch_name = f"PyTorch {torch_version}" if torch_version else "PyTorch"
     ours = first["seconds"] if first else None
     out += [
         "",
-        f"One training epoch against PyTorch {torch_version} on the same GPU (batch 64, data on "
+        f"One training epoch against {torch_name} on the same GPU (batch 64, data on "
         "the GPU; warm-up = compiling or capturing, not in the epoch):",
         "",
         "| setting | epoch | warm-up | test_acc | epoch ÷ handwritten's |",
@@ -315,8 +321,13 @@ def summarize(raw):
         for name, (result, _) in steps.items()
         if result.startswith("skipped ")
     ]
+    failed = [
+        f"{name} ({result})" for name, (result, _) in steps.items() if result.startswith("failed")
+    ]
     if skipped:
         out += ["", "Skipped: " + "; ".join(skipped)]
+    if failed:
+        out += ["", "Failed: " + "; ".join(failed)]
     return figures, "\n".join(out) + "\n"
 
 

@@ -91,6 +91,8 @@ class Summary(unittest.TestCase):
             self.raw,
             "steps.tsv",
             steps(
+                ("test device_ops", "ok", "5"),
+                ("test nn_devices", "failed (status 101)", "5"),
                 ("train", "ok", "5"),
                 ("bench step", "ok", "20"),
                 ("pytorch eager", "ok", "9"),
@@ -113,6 +115,7 @@ class Summary(unittest.TestCase):
         self.assertIn("| test_acc after epoch 1 | 0.9850 |", table)
         # 0.991 in epoch 2: the first two epochs' training time.
         self.assertIn("| time until test_acc ≥ 0.99 | 3.000 s of training (epoch 2) |", table)
+        self.assertIn("| tests on the GPU | FAIL: nn_devices: failed (status 101) |", table)
         self.assertIn("| compute-sanitizer memcheck | pass (2 test binaries) |", table)
         self.assertIn("racecheck | FAIL: device_ops: failed (status 1) |", table)
         self.assertIn("synccheck | incomplete: nn_devices: skipped", table)
@@ -131,6 +134,7 @@ class Summary(unittest.TestCase):
         self.assertIn(graph_row, table)
         self.assertIn('max-autotune"), fused Adam | skipped (needs 120 s, 5 s left) |', table)
         self.assertIn("Skipped: synccheck nn_devices", table)
+        self.assertIn("Failed: test nn_devices (failed (status 101)); pytorch fused-adam", table)
 
     def test_nothing_measured(self):
         write(
@@ -149,7 +153,9 @@ class Summary(unittest.TestCase):
         self.assertIn("| test_acc after epoch 1 | failed (timed out after 180 s) |", table)
         self.assertIn("| time until test_acc ≥ 0.99 | failed (timed out after 180 s) |", table)
         self.assertIn("| compute-sanitizer racecheck | not installed |", table)
-        self.assertIn("no profiler (not installed (nsys, ncu)) and no op bench figures", table)
+        self.assertIn("| tests on the GPU | not run |", table)
+        self.assertIn("no profiler (not installed (nsys, ncu)); op bench: not run", table)
+        self.assertIn("against PyTorch on the same GPU", table)
         self.assertIn("| PyTorch eager | not installed (python3 with PyTorch and CUDA) |", table)
         self.assertIsNone(figures["epoch1_seconds"])
 

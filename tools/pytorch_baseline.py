@@ -301,6 +301,7 @@ def main():
         print(f"warmup_seconds {time.perf_counter() - start:.3f}")
 
     for epoch in range(1, args.epochs + 1):
+        model.train()
         synchronize(device)
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(step, train_labels, args.batch_size)

@@ -1,6 +1,7 @@
 //! Builds every `kernels/*.cu` twice:
 //! - with g++ against `src/emulator/cuda_emulator.h`, into the CPU emulator, together with a
-//!   table that lets Rust launch each `extern "C" __global__` kernel by name;
+//!   table that lets Rust launch each `extern "C" __global__` kernel by name; every `__shared__`
+//!   declaration (in `kernels/*.cuh` too) is rewritten for the CPU first (`rewrite_shared`);
 //! - with NVRTC (when libnvrtc is found) into PTX for `compute_90` and a CUBIN for `sm_90`,
 //!   embedded in the binary for the cuda device. Without NVRTC the build still succeeds (with a
 //!   warning) unless `HANDWRITTEN_REQUIRE_NVRTC=1`.

@@ -1,6 +1,7 @@
 //! Builds every `kernels/*.cu` twice:
 //! - with g++ against `src/emulator/cuda_emulator.h`, into the CPU emulator, together with a
-//!   table that lets Rust launch each `extern "C" __global__` kernel by name;
+//!   table that lets Rust launch each `extern "C" __global__` kernel by name; every `__shared__`
+//!   declaration (in `kernels/*.cuh` too) is rewritten for the CPU first (`rewrite_shared`);
 //! - with NVRTC (when libnvrtc is found) into PTX for `compute_90` and a CUBIN for `sm_90`,
 //!   embedded in the binary for the cuda device. Without NVRTC the build still succeeds (with a
 //!   warning) unless `HANDWRITTEN_REQUIRE_NVRTC=1`.
@@ -197,62 +198,190 @@ fn skip_launch_bounds(code: &str) -> Result<&str, String> {
     }
 }
 
-/// Turns each `extern __shared__ T name[];` into a pointer to the emulator's dynamic shared
-/// memory: g++ has no such arrays, and a `static __thread` array of unknown size is not C++.
-fn rewrite_extern_shared(code: &str) -> Result<String, String> {
+/// Rewrites every `__shared__` declaration for g++, which has neither CUDA's storage class nor its
+/// per-block lifetime:
+/// - `extern __shared__ T name[];` becomes a pointer to the emulator's dynamic shared memory
+///   (`static __thread` of unknown size is not C++), which run_block fills with NaN per block;
+/// - `__shared__ T name[N]...;` becomes a `static __thread` array (blocks run one at a time on
+///   each OS thread) plus a tag saying which block last poisoned it: the first thread of each
+///   block to reach the declaration fills it with 0xff bytes (NaN as floats, -1 as integers), so
+///   a kernel that reads shared memory before writing it sees NaN here as it sees garbage on a
+///   GPU. A tag beside each site costs one compare per thread, where a per-block arena would need
+///   an address table per site; it works unchanged inside templates (one array and tag per
+///   instantiation) and keeps what a block wrote for a second call of the same function, as a GPU
+///   does.
+///
+/// Anything else (file scope, initialisers, several names in one declaration) is refused with
+/// its line, so no shared array escapes the poisoning.
+fn rewrite_shared(code: &str) -> Result<String, String> {
     let mut out = String::with_capacity(code.len());
     let mut copied = 0;
-    for at in word_offsets(code, "extern") {
-        let rest = &code[at + "extern".len()..];
-        let Some(decl) = rest.trim_start().strip_prefix("__shared__") else {
-            continue;
+    for at in word_offsets(code, "__shared__") {
+        let line = line_of(code, at);
+        let before = code[..at].trim_end();
+        let is_extern = before.ends_with("extern")
+            && !before[..before.len() - "extern".len()]
+                .bytes()
+                .next_back()
+                .is_some_and(is_ident);
+        let start = if is_extern {
+            before.len() - "extern".len()
+        } else {
+            at
         };
+        if start < copied {
+            return Err(format!("line {line}: two __shared__ in one declaration"));
+        }
         let end = at
             + code[at..]
                 .find(';')
-                .ok_or("unterminated extern __shared__")?
+                .ok_or(format!("line {line}: unterminated __shared__ declaration"))?
             + 1;
-        let line = line_of(code, at);
-        let mut decl = decl[..decl.find(';').unwrap()].trim();
-        for attribute in ["__align__", "alignas"] {
-            if let Some(after) = decl.strip_prefix(attribute) {
-                let close = after
-                    .find(')')
-                    .ok_or(format!("line {line}: unclosed {attribute}"))?;
-                decl = after[close + 1..].trim();
+        let declaration = &code[at + "__shared__".len()..end - 1];
+        let replacement = if is_extern {
+            extern_shared(declaration, line)?
+        } else {
+            if brace_depth(&code[..at]) == 0 {
+                return Err(format!(
+                    "line {line}: declare __shared__ arrays inside a function (the emulator \
+                     poisons them per block where they are declared)"
+                ));
             }
-        }
-        let declarator = decl
-            .strip_suffix(']')
-            .map(|d| d.trim_end())
-            .and_then(|d| d.strip_suffix('['))
-            .map(str::trim_end)
-            .ok_or(format!(
-                "line {line}: expected `extern __shared__ T name[];`"
-            ))?;
-        let name_start = declarator
-            .rfind(|c: char| !is_ident(c as u8))
-            .map_or(0, |i| i + 1);
-        let (ty, name) = (declarator[..name_start].trim(), &declarator[name_start..]);
-        if ty.is_empty() || name.is_empty() {
-            return Err(format!(
-                "line {line}: expected `extern __shared__ T name[];`"
-            ));
-        }
-        out.push_str(&code[copied..at]);
-        write!(
-            out,
-            "{ty}* const {name} = static_cast<{ty}*>(hw::dynamic_shared());"
-        )
-        .unwrap();
+            static_shared(declaration, line)?
+        };
+        out.push_str(&code[copied..start]);
+        out.push_str(&replacement);
+        // Keep the line count, so that g++'s messages still point at the source lines.
         out.extend(std::iter::repeat_n(
             '\n',
-            code[at..end].matches('\n').count(),
+            code[start..end].matches('\n').count(),
         ));
         copied = end;
     }
     out.push_str(&code[copied..]);
     Ok(out)
+}
+
+/// `__align__(n)` or `alignas(n)` at the front of a declaration, and the rest.
+fn split_alignment(decl: &str, line: usize) -> Result<(&str, &str), String> {
+    for attribute in ["__align__", "alignas"] {
+        if let Some(after) = decl.strip_prefix(attribute) {
+            let close = after
+                .find(')')
+                .ok_or(format!("line {line}: unclosed {attribute}"))?;
+            let split = attribute.len() + close + 1;
+            return Ok((&decl[..split], decl[split..].trim()));
+        }
+    }
+    Ok(("", decl))
+}
+
+/// Splits `T name` into its type and name, or None.
+fn type_and_name(declarator: &str) -> Option<(&str, &str)> {
+    let declarator = declarator.trim_end();
+    let name_start = declarator
+        .rfind(|c: char| !is_ident(c as u8))
+        .map_or(0, |i| i + 1);
+    let (ty, name) = (declarator[..name_start].trim(), &declarator[name_start..]);
+    let valid = !ty.is_empty() && !name.is_empty() && !name.as_bytes()[0].is_ascii_digit();
+    valid.then_some((ty, name))
+}
+
+/// The body of `extern __shared__ T name[];` as a pointer to the dynamic shared memory.
+fn extern_shared(declaration: &str, line: usize) -> Result<String, String> {
+    let expected = || format!("line {line}: expected `extern __shared__ T name[];`");
+    let (_, decl) = split_alignment(declaration.trim(), line)?;
+    let declarator = decl
+        .strip_suffix(']')
+        .map(str::trim_end)
+        .and_then(|d| d.strip_suffix('['))
+        .ok_or_else(expected)?;
+    let (ty, name) = type_and_name(declarator).ok_or_else(expected)?;
+    Ok(format!(
+        "{ty}* const {name} = static_cast<{ty}*>(hw::dynamic_shared());"
+    ))
+}
+
+/// The body of `__shared__ T name[dims];` (dims optional) as a per-OS-thread array poisoned by
+/// the first thread of each block to reach it.
+fn static_shared(declaration: &str, line: usize) -> Result<String, String> {
+    let expected = || {
+        format!(
+            "line {line}: the emulator handles `__shared__ [__align__(n)] T name[dims];` only \
+             (one name, no initialiser)"
+        )
+    };
+    let (alignment, decl) = split_alignment(declaration.trim(), line)?;
+    if decl.contains(['=', ',', '(', '{', '}']) {
+        return Err(expected());
+    }
+    let (declarator, dims) = match decl.find('[') {
+        Some(open) if decl.ends_with(']') => (&decl[..open], &decl[open..]),
+        Some(_) => return Err(expected()),
+        None => (decl, ""),
+    };
+    let (ty, name) = type_and_name(declarator).ok_or_else(expected)?;
+    let alignment = match alignment {
+        "" => String::new(),
+        written => written.replace("alignas", "__align__") + " ",
+    };
+    Ok(format!(
+        "static __thread {alignment}{ty} {name}{dims}; \
+         static __thread unsigned long long {name}_poisoned_in_block; \
+         hw::poison_shared(&{name}, sizeof {name}, {name}_poisoned_in_block);"
+    ))
+}
+
+/// How many braces are open at the end of `code` (comments already blanked; braces inside string
+/// and character literals do not count).
+fn brace_depth(code: &str) -> usize {
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut escaped = false;
+    for byte in code.bytes() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if byte == b'\\' {
+                    escaped = true;
+                } else if byte == q {
+                    quote = None;
+                }
+            }
+            None => match byte {
+                b'"' | b'\'' => quote = Some(byte),
+                b'{' => depth += 1,
+                b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    depth
+}
+
+/// Writes each `kernels/*.cuh` into `out`, its `__shared__` declarations rewritten, with a
+/// `#line` marker so that g++'s messages name the original file.
+fn write_emulator_headers(kernels: &Path, out: &Path) -> Result<(), String> {
+    let entries =
+        fs::read_dir(kernels).map_err(|e| format!("cannot list {}: {e}", kernels.display()))?;
+    for path in entries.filter_map(|entry| entry.ok().map(|entry| entry.path())) {
+        if path.extension().is_none_or(|ext| ext != "cuh") {
+            continue;
+        }
+        let source = fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let code = rewrite_shared(&blank_comments(&source))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let original = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let target = out.join(path.file_name().unwrap());
+        fs::write(
+            &target,
+            format!("#line 1 \"{}\"\n{code}", original.display()),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    }
+    Ok(())
 }
 
 fn build_emulator(files: &[KernelFile], out_dir: &Path) -> Result<(), String> {
@@ -265,14 +394,16 @@ fn build_emulator(files: &[KernelFile], out_dir: &Path) -> Result<(), String> {
         // The emulator runs every thread of every kernel: unoptimised it is unbearably slow.
         .opt_level(2)
         .include("src/emulator")
-        // The kernels' own headers (gemm.cuh).
-        .include("kernels")
+        // The kernels' own headers (gemm.cuh), rewritten as the kernel files are, live beside
+        // the generated units; kernels/ itself is not on the path, so no header escapes that.
+        .include(&dir)
         .flag("-fno-strict-aliasing")
         // Fibers read threadIdx and friends constantly; keep thread-local access a single load.
         .flag("-ftls-model=initial-exec")
         .flag("-Wno-unknown-pragmas")
         .file("src/emulator/cuda_emulator.cpp");
 
+    write_emulator_headers(Path::new("kernels"), &dir)?;
     let mut tables = String::from(
         "// Generated by build.rs: the kernel tables of every kernels/*.cu file.\n\
          #include \"cuda_emulator.h\"\n\nnamespace hw {\n",
@@ -280,8 +411,8 @@ fn build_emulator(files: &[KernelFile], out_dir: &Path) -> Result<(), String> {
     let mut listed = Vec::new();
     for file in files.iter().filter(|f| !f.kernels.is_empty()) {
         let table = format!("kernels_{}", identifier(&file.stem));
-        let code = rewrite_extern_shared(&file.code)
-            .map_err(|e| format!("{}: {e}", file.path.display()))?;
+        let code =
+            rewrite_shared(&file.code).map_err(|e| format!("{}: {e}", file.path.display()))?;
         let path = fs::canonicalize(&file.path).unwrap_or_else(|_| file.path.clone());
         let mut unit = format!(
             "// Generated by build.rs from {}.\n#include \"cuda_emulator.h\"\n#line 1 \"{}\"\n{code}\n",

@@ -8,10 +8,14 @@
 //! must read and write, in GB/s. The GEMM-shaped ops run in each precision the device has (the
 //! cuda device: `_fp32` on the SIMT cores and `_tf32` on the tensor cores; the cpu device: fp32),
 //! and each also prints one line with its median time per call and the TFLOP/s that makes.
+//!
+//! On the cuda device, `gemm_lab` benches each step of the GEMM kernel's history
+//! (kernels/gemm_lab.cu, docs/gemm.md) on the same products: `cargo bench --bench ops -- gemm_lab`.
 
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion};
 use criterion::{Throughput, Throughput::BytesDecimal as Bytes, Throughput::Elements as Flops};
+use kernels::gemm_lab::GemmStep;
 use kernels::{cpu, reference, AdamStep, Buffer, Device, Element, Gpu, Result};
 use kernels::{Activation, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape};
 use std::sync::Once;
@@ -387,7 +391,42 @@ fn every_op_on_every_device(c: &mut Criterion) {
         softmax_xent_benches(c, &device);
         adam_benches(c, &device);
         gather_benches(c, &device);
+        gemm_lab_benches(c, &device);
     }
+}
+
+/// (m, n, k) of the lab's products: square ones, and fc1's forward pass at batch 1024.
+const LAB_SIZES: [(usize, usize, usize); 3] =
+    [(1024, 1024, 1024), (4096, 4096, 4096), (1024, 1024, 3136)];
+
+/// Each step of kernels/gemm_lab.cu on the same products, as `cuda/gemm_lab/<step>/<m>x<n>x<k>`.
+/// The cuda device only: the cpu device runs no kernels, and the emulator's times say nothing of
+/// a GPU's.
+fn gemm_lab_benches(c: &mut Criterion, device: &Device) {
+    if !matches!(device, Device::Cuda(_)) {
+        return;
+    }
+    let mut family = Family::new(c, device, "gemm_lab");
+    for (m, n, k) in LAB_SIZES {
+        let a = upload(device, &filled(m * k, 1.0));
+        let b = upload(device, &filled(n * k, 1.0));
+        let mut out = zeros::<f32>(device, m * n);
+        for step in GemmStep::ALL {
+            let launch = step
+                .launch(a.arg(), b.arg(), out.arg_mut(), m, n, k)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let size = format!("{m}x{n}x{k}");
+            let id = Id {
+                name: format!("{}/{size}", step.name()),
+                id: BenchmarkId::new(step.name(), size),
+            };
+            let flops = Flops(2 * (m * n * k) as u64);
+            // SAFETY: a, b and out hold m·k, n·k and m·n floats on this device, all the kernel
+            // reads and writes.
+            family.bench(id, &flops, || unsafe { device.launch(&launch) });
+        }
+    }
+    family.finish();
 }
 
 /// The fast conv against the reference loops on a small conv2-shaped batch. Criterion times each

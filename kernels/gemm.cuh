@@ -70,6 +70,14 @@ template <int Pending> __device__ __forceinline__ void cp_async_wait() {
 // `address(row, d)` (staged with cp.async) rather than computed by `operator()(row, d)` (staged
 // through registers, e.g. a convolution's patches with their zero padding).
 
+// The plainest view: an operand stored [rows, depth], row-major.
+struct Rows {
+    const float* p;
+    int depth;
+    static constexpr bool depth_contiguous = true, addressable = true;
+    __device__ const float* address(int row, int d) const { return &p[row * depth + d]; }
+};
+
 // Copies rows [row0, row0 + 64) x depth [d0, d0 + 16) of an operand into slice[d][r], zero
 // outside [rows, depth].
 template <int Pad, typename View>

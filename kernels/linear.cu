@@ -16,15 +16,8 @@
 
 #include "gemm.cuh"
 
-// An operand stored [rows, depth], row-major.
-struct Rows {
-    const float* p;
-    int depth;
-    static constexpr bool depth_contiguous = true, addressable = true;
-    __device__ const float* address(int row, int d) const { return &p[row * depth + d]; }
-};
-
-// An operand stored [depth, rows], row-major: the transpose of what the product reads.
+// An operand stored [depth, rows], row-major: the transpose of what the product reads (Rows, the
+// plain layout, is gemm.cuh's).
 struct Columns {
     const float* p;
     int rows;

@@ -115,6 +115,26 @@ extern "C" __global__ void selftest_divergent_barrier(float* __restrict__ out) {
     out[threadIdx.x] = v;
 }
 
+// Deliberately wrong, for the emulator only (garbage on a GPU): each block reads its static shared
+// memory before writing it, in the declaration forms the kernels use (an aligned array of two
+// dimensions inside a template, a scalar), then writes it for the next block to find:
+// out[33 b + i] = tile[i / 16][i % 16] for i < 32, and out[33 b + 32] = scale. The emulator
+// fills static shared memory with NaN at the start of every block, so every output is NaN there.
+template <int Rows> __device__ void read_before_write(float* out) {
+    __shared__ __align__(16) float tile[Rows][16];
+    __shared__ float scale;
+    unsigned i = threadIdx.x, first = blockIdx.x * (Rows * 16 + 1);
+    out[first + i] = tile[i / 16][i % 16];
+    if (i == 0) out[first + Rows * 16] = scale;
+    __syncthreads();
+    tile[i / 16][i % 16] = (float)i;
+    scale = 1.0f;
+}
+
+extern "C" __global__ void selftest_shared_read_before_write(float* __restrict__ out) {
+    read_before_write<2>(out);
+}
+
 // The tensor-core and cp.async wrappers of the GEMM kernels.
 #include "gemm.cuh"
 

@@ -66,7 +66,7 @@ fn engine(precision: Precision, fp32: &'static str, tf32: &'static str) -> &'sta
 }
 
 /// A 2-D grid of GEMM blocks covering an output matrix of `rows` x `cols`: x runs along columns.
-fn gemm(kernel: &'static str, rows: usize, cols: usize, args: Vec<KernelArg>) -> Launch {
+pub(crate) fn gemm(kernel: &'static str, rows: usize, cols: usize, args: Vec<KernelArg>) -> Launch {
     Launch {
         kernel,
         grid: [

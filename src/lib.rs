@@ -5,6 +5,8 @@
 //! - `kernels/*.cu`: CUDA C, compiled by build.rs twice: with NVRTC into PTX embedded here, run
 //!   through cudarc on the `cuda` device; and with g++ into the CPU emulator (`emulator`, fibers
 //!   for `__syncthreads`), the `emulated` device. Both run the same [`launch::Launch`]es.
+//! - [`gemm_lab`]: the GEMM kernel's history, from one thread per output to tensor cores, kept
+//!   runnable side by side (docs/gemm.md).
 //! - [`Device`] and [`Buffer`]: what the layers above call. Nothing above this crate knows which
 //!   device runs an op.
 //!
@@ -17,6 +19,7 @@ mod data_launches;
 mod device;
 mod emulator;
 mod error;
+pub mod gemm_lab;
 pub mod launch;
 mod launches;
 pub mod reference;

@@ -476,3 +476,28 @@ fn cp_async_is_not_visible_before_its_wait_on_the_emulator() {
     launch(&dev, one_warp("selftest_cp_async_unwaited", args));
     assert_eq!(download(&dev, &out), [-1.0; 32]);
 }
+
+/// Static `__shared__` memory starts as NaN in every block on the emulator, as dynamic shared
+/// memory does, so a kernel that reads it before writing it fails its tests there (on a GPU it
+/// reads garbage: emulator only). Each block of selftest_shared_read_before_write leaves values
+/// behind for the next block on the same OS thread, and the second launch runs after the first
+/// left them, so without the poisoning this sees numbers.
+#[test]
+fn static_shared_memory_reads_nan_before_it_is_written_on_the_emulator() {
+    let dev = Device::Emulated;
+    let blocks = 8;
+    for launch_number in 0..2 {
+        let mut out = dev.zeros::<f32>(33 * blocks).unwrap();
+        let launch_description = Launch {
+            kernel: "selftest_shared_read_before_write",
+            grid: [blocks as u32, 1, 1],
+            block: [32, 1, 1],
+            shared_bytes: 0,
+            args: vec![out.arg_mut()],
+        };
+        launch(&dev, launch_description);
+        let out = download(&dev, &out);
+        let read = out.iter().position(|v| !v.is_nan());
+        assert_eq!(read, None, "launch {launch_number}: {out:?}");
+    }
+}

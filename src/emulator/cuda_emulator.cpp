@@ -27,6 +27,9 @@ __thread dim3 blockDim;
 __thread dim3 gridDim;
 
 namespace hw {
+
+__thread unsigned long long block_serial;
+
 namespace {
 
 // Status codes of hw_emulator_run, mirrored in src/emulator/mod.rs.
@@ -273,8 +276,11 @@ Status run_block(Executor& ex, std::size_t shared_bytes) {
     for (Fiber& fiber : ex.fibers) fiber.reset();
     for (WarpExchange& warp : ex.warps) std::memset(&warp, 0, sizeof warp);
     // Shared memory starts undefined on a GPU; NaN-filled here, so code that forgets to
-    // initialise it fails here too instead of reading zeros.
+    // initialise it fails here too instead of reading zeros or a previous block's values. Static
+    // `__shared__` arrays are filled on first use in the block (poison_shared), once the serial
+    // tells them a new block began.
     std::memset(ex.dynamic_shared, 0xff, shared_bytes);
+    ++block_serial;
 
     unsigned threads = unsigned(ex.fibers.size());
     for (;;) {

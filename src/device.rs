@@ -12,8 +12,8 @@ use crate::cuda::{self, Gpu};
 use crate::launch::{KernelArg, Launch};
 use crate::launches::{gemm_parts_len, GemmContext};
 use crate::{
-    cpu, data_launches, emulator, launches, Activation, AdamHyper, AdamStep, Conv2dShape, Error,
-    LinearShape, Pool2dShape, Precision, Result, XentShape, PAD_INDEX,
+    cpu, data_launches, emulator, launches, Activation, AdamHyper, Conv2dShape, Error, LinearShape,
+    Pool2dShape, Precision, Result, XentShape, PAD_INDEX,
 };
 
 /// The element types a buffer can hold.
@@ -427,66 +427,8 @@ impl Device {
         Ok(())
     }
 
-    pub fn maxpool2d_forward(
-        &self,
-        s: &Pool2dShape,
-        x: &Buffer<f32>,
-        y: &mut Buffer<f32>,
-        argmax: &mut Buffer<u32>,
-    ) -> Result<()> {
-        let op = "maxpool2d_forward";
-        s.check(op)?;
-        self.expect(op, "x", x, s.input_len())?;
-        self.expect(op, "y", y, s.output_len())?;
-        self.expect(op, "argmax", argmax, s.output_len())?;
-        match self {
-            Device::Cpu => cpu::maxpool2d_forward(s, x.host()?, y.host_mut()?, argmax.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => self.run(launches::maxpool2d_forward(
-                s,
-                x.arg(),
-                y.arg_mut(),
-                argmax.arg_mut(),
-            ))?,
-        }
-        Ok(())
-    }
-
-    pub fn maxpool2d_backward(
-        &self,
-        s: &Pool2dShape,
-        argmax: &Buffer<u32>,
-        dy: &Buffer<f32>,
-        dx: &mut Buffer<f32>,
-    ) -> Result<()> {
-        let op = "maxpool2d_backward";
-        s.check(op)?;
-        self.expect(op, "argmax", argmax, s.output_len())?;
-        self.expect(op, "dy", dy, s.output_len())?;
-        self.expect(op, "dx", dx, s.input_len())?;
-        match self {
-            Device::Cpu => cpu::maxpool2d_backward(s, argmax.host()?, dy.host()?, dx.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => self.run(launches::maxpool2d_backward(
-                s,
-                argmax.arg(),
-                dy.arg(),
-                dx.arg_mut(),
-            ))?,
-        }
-        Ok(())
-    }
-
-    pub fn relu_forward(&self, x: &Buffer<f32>, y: &mut Buffer<f32>) -> Result<()> {
-        self.expect("relu_forward", "x", x, x.len())?;
-        self.expect("relu_forward", "y", y, x.len())?;
-        match self {
-            Device::Cpu => cpu::relu_forward(x.host()?, y.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => {
-                self.run(launches::relu_forward(x.len(), x.arg(), y.arg_mut()))?
-            }
-        }
-        Ok(())
-    }
-
+    /// dx = dy where the ReLU's output y > 0, else 0: the backward of a [`Device::linear_forward`]
+    /// with [`Activation::Relu`] (whose forward is fused into the product; this pass is not).
     pub fn relu_backward(
         &self,
         y: &Buffer<f32>,
@@ -604,94 +546,6 @@ impl Device {
                     launches::linear_backward_weight(s, precision, ctx, x, dy, dw, db)
                 })?
             }
-        }
-        Ok(())
-    }
-
-    /// Adds the batch's loss sum to totals[0] and its correct count to totals[1].
-    pub fn softmax_xent_forward(
-        &self,
-        s: &XentShape,
-        logits: &Buffer<f32>,
-        labels: &Buffer<u32>,
-        totals: &mut Buffer<f32>,
-    ) -> Result<()> {
-        let op = "softmax_xent_forward";
-        s.check(op)?;
-        self.expect(op, "logits", logits, s.batch * s.classes)?;
-        self.expect(op, "labels", labels, s.batch)?;
-        self.expect(op, "totals", totals, 2)?;
-        match self {
-            Device::Cpu => {
-                check_labels(op, labels.host()?.iter(), s.classes)?;
-                cpu::softmax_xent_forward(s, logits.host()?, labels.host()?, totals.host_mut()?)
-            }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_forward(
-                s,
-                logits.arg(),
-                labels.arg(),
-                totals.arg_mut(),
-            ))?,
-        }
-        Ok(())
-    }
-
-    pub fn softmax_xent_backward(
-        &self,
-        s: &XentShape,
-        logits: &Buffer<f32>,
-        labels: &Buffer<u32>,
-        dlogits: &mut Buffer<f32>,
-    ) -> Result<()> {
-        let op = "softmax_xent_backward";
-        s.check(op)?;
-        self.expect(op, "logits", logits, s.batch * s.classes)?;
-        self.expect(op, "labels", labels, s.batch)?;
-        self.expect(op, "dlogits", dlogits, s.batch * s.classes)?;
-        match self {
-            Device::Cpu => {
-                check_labels(op, labels.host()?.iter(), s.classes)?;
-                cpu::softmax_xent_backward(s, logits.host()?, labels.host()?, dlogits.host_mut()?)
-            }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_backward(
-                s,
-                logits.arg(),
-                labels.arg(),
-                dlogits.arg_mut(),
-            ))?,
-        }
-        Ok(())
-    }
-
-    pub fn adam_update(
-        &self,
-        step: &AdamStep,
-        params: &mut Buffer<f32>,
-        grads: &Buffer<f32>,
-        m: &mut Buffer<f32>,
-        v: &mut Buffer<f32>,
-    ) -> Result<()> {
-        let op = "adam_update";
-        self.expect(op, "params", params, params.len())?;
-        self.expect(op, "grads", grads, params.len())?;
-        self.expect(op, "m", m, params.len())?;
-        self.expect(op, "v", v, params.len())?;
-        match self {
-            Device::Cpu => cpu::adam_update(
-                step,
-                params.host_mut()?,
-                grads.host()?,
-                m.host_mut()?,
-                v.host_mut()?,
-            ),
-            Device::Emulated | Device::Cuda(_) => self.run(launches::adam_update(
-                step,
-                params.len(),
-                params.arg_mut(),
-                grads.arg(),
-                m.arg_mut(),
-                v.arg_mut(),
-            ))?,
         }
         Ok(())
     }

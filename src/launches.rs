@@ -6,9 +6,7 @@
 //! elements.
 
 use crate::launch::{KernelArg, Launch};
-use crate::{
-    Activation, AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape,
-};
+use crate::{Activation, AdamHyper, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape};
 
 /// Threads per block of the elementwise kernels.
 const BLOCK: u32 = 256;
@@ -191,59 +189,6 @@ pub(crate) fn conv2d_backward_weight(
     split_gemm(kernel, s.out_channels, cols, pixels, ctx, args, sum_parts)
 }
 
-pub(crate) fn maxpool2d_forward(
-    s: &Pool2dShape,
-    x: KernelArg,
-    y: KernelArg,
-    argmax: KernelArg,
-) -> Vec<Launch> {
-    let args = vec![
-        x,
-        y,
-        argmax,
-        int(s.batch * s.channels),
-        int(s.height),
-        int(s.width),
-    ];
-    vec![Launch::linear(
-        "maxpool2d_forward",
-        s.output_len(),
-        BLOCK,
-        args,
-    )]
-}
-
-pub(crate) fn maxpool2d_backward(
-    s: &Pool2dShape,
-    argmax: KernelArg,
-    dy: KernelArg,
-    dx: KernelArg,
-) -> Vec<Launch> {
-    let args = vec![
-        argmax,
-        dy,
-        dx,
-        int(s.batch * s.channels),
-        int(s.height),
-        int(s.width),
-    ];
-    vec![Launch::linear(
-        "maxpool2d_backward",
-        s.input_len(),
-        BLOCK,
-        args,
-    )]
-}
-
-pub(crate) fn relu_forward(len: usize, x: KernelArg, y: KernelArg) -> Vec<Launch> {
-    vec![Launch::linear(
-        "relu_forward",
-        len,
-        BLOCK,
-        vec![x, y, int(len)],
-    )]
-}
-
 pub(crate) fn relu_backward(len: usize, y: KernelArg, dy: KernelArg, dx: KernelArg) -> Vec<Launch> {
     let args = vec![y, dy, dx, int(len)];
     vec![Launch::linear("relu_backward", len, BLOCK, args)]
@@ -351,65 +296,6 @@ pub(crate) fn linear_backward_weight(
         bias_args,
     ));
     launches
-}
-
-/// Adds the batch's loss sum to totals[0] and its correct count to totals[1] (totals: 2 floats).
-/// One block, so that the totals are summed in a fixed order.
-pub(crate) fn softmax_xent_forward(
-    s: &XentShape,
-    logits: KernelArg,
-    labels: KernelArg,
-    totals: KernelArg,
-) -> Vec<Launch> {
-    let args = vec![logits, labels, totals, int(s.batch), int(s.classes)];
-    vec![Launch {
-        kernel: "softmax_xent_forward",
-        grid: [1, 1, 1],
-        block: [BLOCK, 1, 1],
-        shared_bytes: 0,
-        args,
-    }]
-}
-
-/// One warp per row.
-pub(crate) fn softmax_xent_backward(
-    s: &XentShape,
-    logits: KernelArg,
-    labels: KernelArg,
-    dlogits: KernelArg,
-) -> Vec<Launch> {
-    let args = vec![logits, labels, dlogits, int(s.batch), int(s.classes)];
-    let rows_per_block = (BLOCK / WARP) as usize;
-    vec![Launch {
-        kernel: "softmax_xent_backward",
-        grid: [s.batch.div_ceil(rows_per_block).max(1) as u32, 1, 1],
-        block: [BLOCK, 1, 1],
-        shared_bytes: 0,
-        args,
-    }]
-}
-
-pub(crate) fn adam_update(
-    step: &AdamStep,
-    len: usize,
-    params: KernelArg,
-    grads: KernelArg,
-    m: KernelArg,
-    v: KernelArg,
-) -> Vec<Launch> {
-    let args = vec![
-        params,
-        grads,
-        m,
-        v,
-        int(len),
-        KernelArg::F32(step.beta1),
-        KernelArg::F32(step.beta2),
-        KernelArg::F32(step.eps),
-        KernelArg::F32(step.step_size()),
-        KernelArg::F32(step.bias_correction2_sqrt()),
-    ];
-    vec![Launch::linear("adam_update", len, BLOCK, args)]
 }
 
 pub(crate) fn maxpool2d_relu_forward(

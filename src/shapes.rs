@@ -348,8 +348,9 @@ mod tests {
         let logits = device.zeros(6).unwrap();
         let labels = device.upload(&[0u32, 3]).unwrap();
         let mut totals = device.zeros(2).unwrap();
+        let mut dlogits = device.zeros(6).unwrap();
         let err = device
-            .softmax_xent_forward(&xent, &logits, &labels, &mut totals)
+            .softmax_xent_fused(&xent, &logits, &labels, &mut totals, &mut dlogits)
             .unwrap_err();
         assert!(
             err.to_string().contains("label 3, expected 0 to 2"),

@@ -1,7 +1,7 @@
 //! Layers, loss, optimizer and the reference ConvNet, on top of the ops of the `kernels` crate.
 //!
 //! - [`Tensor`], [`TensorView`], [`Param`]: shapes over device buffers.
-//! - [`layers`]: Conv2d, MaxPool2d, ReLU, Flatten, Linear, each a forward and a backward that
+//! - [`layers`]: Conv2d, MaxPool2dRelu, Flatten, Linear, each a forward and a backward that
 //!   call one op of [`kernels::Device`] apiece.
 //! - [`SoftmaxCrossEntropy`] and [`Adam`]: the loss and the optimizer, as PyTorch's.
 //! - [`ConvNet`]: the reference network, its initialisation and its safetensors checkpoints.

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use crate::cuda::{self, Gpu};
-use crate::launch::{KernelArg, Launch};
-use crate::launches::{gemm_parts_len, GemmContext};
+use crate::launch::gemm::{gemm_parts_len, GemmContext};
+use crate::launch::{self, KernelArg, Launch};
 use crate::{
-    cpu, data_launches, emulator, launches, Activation, AdamHyper, Conv2dShape, Error, LinearShape,
-    Pool2dShape, Precision, Result, XentShape, PAD_INDEX,
+    cpu, emulator, Activation, AdamHyper, Conv2dShape, Error, LinearShape, Pool2dShape, Precision,
+    Result, XentShape, PAD_INDEX,
 };
 
 /// The element types a buffer can hold.
@@ -199,7 +199,7 @@ impl Device {
             _ if bytes == 0 => Ok(()),
             Device::Emulated | Device::Cuda(_) if bytes.is_multiple_of(4) => {
                 let words = u32_len("fill_zero", "buffer", bytes / 4)?;
-                self.run(data_launches::fill_zero(words, buf.arg_mut()))
+                self.run(launch::data::fill_zero(words, buf.arg_mut()))
             }
             // The kernel clears whole words; other byte counts (only u8 buffers) are cleared by
             // the copy engine or on the host.
@@ -350,7 +350,7 @@ impl Device {
                 cpu_precision(op, precision)?;
                 cpu::conv2d_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?)
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_forward(
+            Device::Emulated | Device::Cuda(_) => self.run(launch::conv2d::forward(
                 s,
                 precision,
                 x.arg(),
@@ -380,7 +380,7 @@ impl Device {
                 cpu_precision(op, precision)?;
                 cpu::conv2d_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?)
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::conv2d_backward_input(
+            Device::Emulated | Device::Cuda(_) => self.run(launch::conv2d::backward_input(
                 s,
                 precision,
                 w.arg(),
@@ -420,7 +420,7 @@ impl Device {
             Device::Emulated | Device::Cuda(_) => {
                 let (x, dy, dw, db) = (x.arg(), dy.arg(), dw.arg_mut(), db.arg_mut());
                 self.run_gemm(|ctx| {
-                    launches::conv2d_backward_weight(s, precision, ctx, x, dy, dw, db)
+                    launch::conv2d::backward_weight(s, precision, ctx, x, dy, dw, db)
                 })?
             }
         }
@@ -440,7 +440,7 @@ impl Device {
         self.expect("relu_backward", "dx", dx, y.len())?;
         match self {
             Device::Cpu => cpu::relu_backward(y.host()?, dy.host()?, dx.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => self.run(launches::relu_backward(
+            Device::Emulated | Device::Cuda(_) => self.run(launch::relu::backward(
                 y.len(),
                 y.arg(),
                 dy.arg(),
@@ -481,7 +481,7 @@ impl Device {
             Device::Emulated | Device::Cuda(_) => {
                 let (x, w, b, y) = (x.arg(), w.arg(), b.arg(), y.arg_mut());
                 self.run_gemm(|ctx| {
-                    launches::linear_forward(s, precision, activation, ctx, x, w, b, y)
+                    launch::linear::forward(s, precision, activation, ctx, x, w, b, y)
                 })?
             }
         }
@@ -508,7 +508,7 @@ impl Device {
             }
             Device::Emulated | Device::Cuda(_) => {
                 let (w, dy, dx) = (w.arg(), dy.arg(), dx.arg_mut());
-                self.run_gemm(|ctx| launches::linear_backward_input(s, precision, ctx, w, dy, dx))?
+                self.run_gemm(|ctx| launch::linear::backward_input(s, precision, ctx, w, dy, dx))?
             }
         }
         Ok(())
@@ -543,7 +543,7 @@ impl Device {
             Device::Emulated | Device::Cuda(_) => {
                 let (x, dy, dw, db) = (x.arg(), dy.arg(), dw.arg_mut(), db.arg_mut());
                 self.run_gemm(|ctx| {
-                    launches::linear_backward_weight(s, precision, ctx, x, dy, dw, db)
+                    launch::linear::backward_weight(s, precision, ctx, x, dy, dw, db)
                 })?
             }
         }
@@ -578,7 +578,7 @@ impl Device {
                 check_indices(op, indices, image_count)?;
                 cpu::gather_images(images.host()?, image_len, indices, out.host_mut()?)
             }
-            Device::Emulated | Device::Cuda(_) => self.run(data_launches::gather_images(
+            Device::Emulated | Device::Cuda(_) => self.run(launch::data::gather_images(
                 u32_len(op, "image_len", image_len)?,
                 u32_len(op, "images", image_count)?,
                 u32_len(op, "out", out.len())? / image_len as u32,
@@ -607,7 +607,7 @@ impl Device {
                 check_indices(op, indices, labels.len())?;
                 cpu::gather_labels(labels.host()?, indices, out.host_mut()?)
             }
-            Device::Emulated | Device::Cuda(_) => self.run(data_launches::gather_labels(
+            Device::Emulated | Device::Cuda(_) => self.run(launch::data::gather_labels(
                 u32_len(op, "labels", labels.len())?,
                 u32_len(op, "out", out.len())?,
                 labels.arg(),
@@ -905,7 +905,7 @@ impl Device {
             Device::Cpu => {
                 cpu::maxpool2d_relu_forward(s, x.host()?, y.host_mut()?, argmax.host_mut()?)
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::maxpool2d_relu_forward(
+            Device::Emulated | Device::Cuda(_) => self.run(launch::maxpool::relu_forward(
                 s,
                 x.arg(),
                 y.arg_mut(),
@@ -939,7 +939,7 @@ impl Device {
                 dy.host()?,
                 dx.host_mut()?,
             ),
-            Device::Emulated | Device::Cuda(_) => self.run(launches::maxpool2d_relu_backward(
+            Device::Emulated | Device::Cuda(_) => self.run(launch::maxpool::relu_backward(
                 s,
                 argmax.arg(),
                 y.arg(),
@@ -980,7 +980,7 @@ impl Device {
                     dlogits.host_mut()?,
                 )
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::softmax_xent_fused(
+            Device::Emulated | Device::Cuda(_) => self.run(launch::softmax_xent::fused(
                 s,
                 logits.arg(),
                 labels.arg(),
@@ -1072,7 +1072,7 @@ impl Device {
                     );
                 }
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launches::adam_update_tensors(
+            Device::Emulated | Device::Cuda(_) => self.run(launch::adam::update_tensors(
                 hyper,
                 total,
                 table.tensors.len(),

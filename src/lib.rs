@@ -13,12 +13,10 @@
 
 pub mod cpu;
 mod cuda;
-mod data_launches;
 mod device;
 mod emulator;
 mod error;
 pub mod launch;
-mod launches;
 pub mod reference;
 mod shapes;
 

@@ -135,6 +135,18 @@ impl LinearShape {
         elements(op, "weight", &[self.out_features, self.in_features])?;
         elements(op, "y", &[self.batch, self.out_features]).map(drop)
     }
+    /// Elements of x: `[batch, in_features]`.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_features
+    }
+    /// Elements of the weight: `[out_features, in_features]`.
+    pub fn weight_len(&self) -> usize {
+        self.out_features * self.in_features
+    }
+    /// Elements of y: `[batch, out_features]`.
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_features
+    }
     pub fn forward_flops(&self) -> u64 {
         2 * (self.batch * self.in_features * self.out_features) as u64
     }
@@ -161,6 +173,10 @@ impl XentShape {
             return refuse(op, "logits have no classes".to_string());
         }
         elements(op, "logits", &[self.batch, self.classes]).map(drop)
+    }
+    /// Elements of the logits and of their gradient: `[batch, classes]`.
+    pub fn logits_len(&self) -> usize {
+        self.batch * self.classes
     }
 }
 

@@ -10,6 +10,18 @@ use crate::{
 };
 
 impl Device {
+    /// The cpu device multiplies in fp32 only: a request for TF32 is a mistake to report, not to
+    /// quietly compute more exactly.
+    fn check_precision(&self, op: &'static str, precision: Precision) -> Result<()> {
+        match (self, precision) {
+            (Device::Cpu, Precision::Tf32) => Err(Error::Device {
+                device: "cpu".to_string(),
+                what: format!("{op}: the cpu device computes in fp32 only (asked for {precision})"),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn conv2d_forward(
         &self,
         s: &Conv2dShape,
@@ -21,15 +33,13 @@ impl Device {
     ) -> Result<()> {
         let op = "conv2d_forward";
         s.check(op)?;
+        self.check_precision(op, precision)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "bias", b, s.out_channels)?;
         self.expect(op, "y", y, s.output_len())?;
         match self {
-            Device::Cpu => {
-                cpu_precision(op, precision)?;
-                cpu::conv2d_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?)
-            }
+            Device::Cpu => cpu::conv2d_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?),
             Device::Emulated | Device::Cuda(_) => self.run(launch::conv2d::forward(
                 s,
                 precision,
@@ -52,14 +62,12 @@ impl Device {
     ) -> Result<()> {
         let op = "conv2d_backward_input";
         s.check(op)?;
+        self.check_precision(op, precision)?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dx", dx, s.input_len())?;
         match self {
-            Device::Cpu => {
-                cpu_precision(op, precision)?;
-                cpu::conv2d_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?)
-            }
+            Device::Cpu => cpu::conv2d_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
             Device::Emulated | Device::Cuda(_) => self.run(launch::conv2d::backward_input(
                 s,
                 precision,
@@ -82,27 +90,30 @@ impl Device {
     ) -> Result<()> {
         let op = "conv2d_backward_weight";
         s.check(op)?;
+        self.check_precision(op, precision)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dweight", dw, s.weight_len())?;
         self.expect(op, "dbias", db, s.out_channels)?;
         match self {
-            Device::Cpu => {
-                cpu_precision(op, precision)?;
-                cpu::conv2d_backward_weight(
+            Device::Cpu => cpu::conv2d_backward_weight(
+                s,
+                x.host()?,
+                dy.host()?,
+                dw.host_mut()?,
+                db.host_mut()?,
+            ),
+            Device::Emulated | Device::Cuda(_) => self.run_gemm(|ctx| {
+                launch::conv2d::backward_weight(
                     s,
-                    x.host()?,
-                    dy.host()?,
-                    dw.host_mut()?,
-                    db.host_mut()?,
+                    precision,
+                    ctx,
+                    x.arg(),
+                    dy.arg(),
+                    dw.arg_mut(),
+                    db.arg_mut(),
                 )
-            }
-            Device::Emulated | Device::Cuda(_) => {
-                let (x, dy, dw, db) = (x.arg(), dy.arg(), dw.arg_mut(), db.arg_mut());
-                self.run_gemm(|ctx| {
-                    launch::conv2d::backward_weight(s, precision, ctx, x, dy, dw, db)
-                })?
-            }
+            })?,
         }
         Ok(())
     }
@@ -207,13 +218,13 @@ impl Device {
     ) -> Result<()> {
         let op = "linear_forward";
         s.check(op)?;
-        self.expect(op, "x", x, s.batch * s.in_features)?;
-        self.expect(op, "weight", w, s.out_features * s.in_features)?;
+        self.check_precision(op, precision)?;
+        self.expect(op, "x", x, s.input_len())?;
+        self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "bias", b, s.out_features)?;
-        self.expect(op, "y", y, s.batch * s.out_features)?;
+        self.expect(op, "y", y, s.output_len())?;
         match self {
             Device::Cpu => {
-                cpu_precision(op, precision)?;
                 let y = y.host_mut()?;
                 cpu::linear_forward(s, x.host()?, w.host()?, b.host()?, y);
                 if activation == Activation::Relu {
@@ -221,12 +232,18 @@ impl Device {
                         .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 });
                 }
             }
-            Device::Emulated | Device::Cuda(_) => {
-                let (x, w, b, y) = (x.arg(), w.arg(), b.arg(), y.arg_mut());
-                self.run_gemm(|ctx| {
-                    launch::linear::forward(s, precision, activation, ctx, x, w, b, y)
-                })?
-            }
+            Device::Emulated | Device::Cuda(_) => self.run_gemm(|ctx| {
+                launch::linear::forward(
+                    s,
+                    precision,
+                    activation,
+                    ctx,
+                    x.arg(),
+                    w.arg(),
+                    b.arg(),
+                    y.arg_mut(),
+                )
+            })?,
         }
         Ok(())
     }
@@ -241,18 +258,15 @@ impl Device {
     ) -> Result<()> {
         let op = "linear_backward_input";
         s.check(op)?;
-        self.expect(op, "weight", w, s.out_features * s.in_features)?;
-        self.expect(op, "dy", dy, s.batch * s.out_features)?;
-        self.expect(op, "dx", dx, s.batch * s.in_features)?;
+        self.check_precision(op, precision)?;
+        self.expect(op, "weight", w, s.weight_len())?;
+        self.expect(op, "dy", dy, s.output_len())?;
+        self.expect(op, "dx", dx, s.input_len())?;
         match self {
-            Device::Cpu => {
-                cpu_precision(op, precision)?;
-                cpu::linear_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?)
-            }
-            Device::Emulated | Device::Cuda(_) => {
-                let (w, dy, dx) = (w.arg(), dy.arg(), dx.arg_mut());
-                self.run_gemm(|ctx| launch::linear::backward_input(s, precision, ctx, w, dy, dx))?
-            }
+            Device::Cpu => cpu::linear_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
+            Device::Emulated | Device::Cuda(_) => self.run_gemm(|ctx| {
+                launch::linear::backward_input(s, precision, ctx, w.arg(), dy.arg(), dx.arg_mut())
+            })?,
         }
         Ok(())
     }
@@ -268,27 +282,30 @@ impl Device {
     ) -> Result<()> {
         let op = "linear_backward_weight";
         s.check(op)?;
-        self.expect(op, "x", x, s.batch * s.in_features)?;
-        self.expect(op, "dy", dy, s.batch * s.out_features)?;
-        self.expect(op, "dweight", dw, s.out_features * s.in_features)?;
+        self.check_precision(op, precision)?;
+        self.expect(op, "x", x, s.input_len())?;
+        self.expect(op, "dy", dy, s.output_len())?;
+        self.expect(op, "dweight", dw, s.weight_len())?;
         self.expect(op, "dbias", db, s.out_features)?;
         match self {
-            Device::Cpu => {
-                cpu_precision(op, precision)?;
-                cpu::linear_backward_weight(
+            Device::Cpu => cpu::linear_backward_weight(
+                s,
+                x.host()?,
+                dy.host()?,
+                dw.host_mut()?,
+                db.host_mut()?,
+            ),
+            Device::Emulated | Device::Cuda(_) => self.run_gemm(|ctx| {
+                launch::linear::backward_weight(
                     s,
-                    x.host()?,
-                    dy.host()?,
-                    dw.host_mut()?,
-                    db.host_mut()?,
+                    precision,
+                    ctx,
+                    x.arg(),
+                    dy.arg(),
+                    dw.arg_mut(),
+                    db.arg_mut(),
                 )
-            }
-            Device::Emulated | Device::Cuda(_) => {
-                let (x, dy, dw, db) = (x.arg(), dy.arg(), dw.arg_mut(), db.arg_mut());
-                self.run_gemm(|ctx| {
-                    launch::linear::backward_weight(s, precision, ctx, x, dy, dw, db)
-                })?
-            }
+            })?,
         }
         Ok(())
     }
@@ -307,10 +324,10 @@ impl Device {
     ) -> Result<()> {
         let op = "softmax_xent_fused";
         s.check(op)?;
-        self.expect(op, "logits", logits, s.batch * s.classes)?;
+        self.expect(op, "logits", logits, s.logits_len())?;
         self.expect(op, "labels", labels, s.batch)?;
         self.expect(op, "totals", totals, 2)?;
-        self.expect(op, "dlogits", dlogits, s.batch * s.classes)?;
+        self.expect(op, "dlogits", dlogits, s.logits_len())?;
         match self {
             Device::Cpu => {
                 let real = labels.host()?.iter().filter(|&&l| l != crate::IGNORE_LABEL);
@@ -522,18 +539,6 @@ impl TensorTable {
     /// Each tensor's length, in order.
     pub fn lens(&self) -> impl Iterator<Item = usize> + '_ {
         self.tensors.iter().map(|&(_, _, len)| len)
-    }
-}
-
-/// The cpu device multiplies in fp32 only: a request for TF32 is a mistake to report, not to
-/// quietly compute more exactly.
-fn cpu_precision(op: &'static str, precision: Precision) -> Result<()> {
-    match precision {
-        Precision::Fp32 => Ok(()),
-        Precision::Tf32 => Err(Error::Device {
-            device: "cpu".to_string(),
-            what: format!("{op}: the cpu device computes in fp32 only (asked for {precision})"),
-        }),
     }
 }
 

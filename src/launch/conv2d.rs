@@ -32,7 +32,7 @@ pub(crate) fn forward(
     let pixels = s.batch * s.out_height() * s.out_width();
     let mut args = vec![x, w, b, y];
     args.extend(conv_sizes(s));
-    let kernel = engine(precision, "conv2d_forward", "conv2d_forward_tf32");
+    let kernel = engine!(precision, "conv2d_forward");
     vec![gemm(kernel, s.out_channels, pixels, args)]
 }
 
@@ -46,11 +46,7 @@ pub(crate) fn backward_input(
     let pixels = s.batch * s.height * s.width;
     let mut args = vec![w, dy, dx];
     args.extend(conv_sizes(s));
-    let kernel = engine(
-        precision,
-        "conv2d_backward_input",
-        "conv2d_backward_input_tf32",
-    );
+    let kernel = engine!(precision, "conv2d_backward_input");
     vec![gemm(kernel, s.in_channels, pixels, args)]
 }
 
@@ -66,11 +62,7 @@ pub(crate) fn backward_weight(
     // One column per weight of an output channel, and one more for its bias.
     let cols = s.in_channels * s.kernel * s.kernel + 1;
     let pixels = s.batch * s.out_height() * s.out_width();
-    let kernel = engine(
-        precision,
-        "conv2d_backward_weight",
-        "conv2d_backward_weight_tf32",
-    );
+    let kernel = engine!(precision, "conv2d_backward_weight");
     let args = |parts| [vec![x, dy, dw, db, parts], conv_sizes(s).to_vec()].concat();
     let sum_parts = |splits| {
         let args = [vec![ctx.parts, int(splits), dw, db], conv_sizes(s).to_vec()].concat();

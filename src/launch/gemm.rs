@@ -3,7 +3,6 @@
 //! has too few tiles to fill the GPU.
 
 use super::{KernelArg, Launch};
-use crate::Precision;
 
 /// Rows and columns of the output tile of one block of the GEMM kernels (`GEMM_TILE` in
 /// kernels/gemm.cuh), which run `GEMM_THREADS` threads each.
@@ -41,14 +40,17 @@ pub(crate) fn gemm_parts_len(sm_count: usize) -> usize {
 /// A null pointer, for the parts of a sum that is not split.
 pub(super) const NO_PARTS: KernelArg = KernelArg::Ptr(0);
 
-/// The kernel that runs a pass with `precision`: `fp32` on the SIMT engine, `tf32` on the tensor
-/// cores.
-pub(super) fn engine(precision: Precision, fp32: &'static str, tf32: &'static str) -> &'static str {
-    match precision {
-        Precision::Fp32 => fp32,
-        Precision::Tf32 => tf32,
-    }
+/// The kernel that runs pass `$fp32` with `$precision`: `$fp32` itself on the SIMT engine, its
+/// `_tf32` twin on the tensor cores.
+macro_rules! engine {
+    ($precision:expr, $fp32:literal) => {
+        match $precision {
+            crate::Precision::Fp32 => $fp32,
+            crate::Precision::Tf32 => concat!($fp32, "_tf32"),
+        }
+    };
 }
+pub(super) use engine;
 
 /// A 2-D grid of GEMM blocks covering an output matrix of `rows` x `cols`: x runs along columns.
 pub(super) fn gemm(kernel: &'static str, rows: usize, cols: usize, args: Vec<KernelArg>) -> Launch {
@@ -105,7 +107,7 @@ pub(super) fn split_gemm(
 mod tests {
     use super::*;
     use crate::launch::{conv2d, linear};
-    use crate::{Activation, Conv2dShape, LinearShape};
+    use crate::{Activation, Conv2dShape, LinearShape, Precision};
 
     // Distinct pointers, so that a test can tell which buffer a launch writes.
     const X: KernelArg = KernelArg::Ptr(0x1000);

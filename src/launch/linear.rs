@@ -41,7 +41,7 @@ pub(crate) fn forward(
     let relu = activation == Activation::Relu;
     let sizes = [int(s.batch), int(s.in_features), int(s.out_features)];
     let args = |parts| [&[x, w, b, y, parts][..], &sizes, &[int(relu as usize)]].concat();
-    let kernel = engine(precision, "linear_forward", "linear_forward_tf32");
+    let kernel = engine!(precision, "linear_forward");
     let sum_parts = |splits| linear_sum_parts(ctx, splits, b, y, s.batch, s.out_features, relu);
     let (rows, cols, depth) = (s.batch, s.out_features, s.in_features);
     split_gemm(kernel, rows, cols, depth, ctx, args, sum_parts)
@@ -57,11 +57,7 @@ pub(crate) fn backward_input(
 ) -> Vec<Launch> {
     let sizes = [int(s.batch), int(s.in_features), int(s.out_features)];
     let args = |parts| [&[w, dy, dx, parts][..], &sizes].concat();
-    let kernel = engine(
-        precision,
-        "linear_backward_input",
-        "linear_backward_input_tf32",
-    );
+    let kernel = engine!(precision, "linear_backward_input");
     let sum_parts =
         |splits| linear_sum_parts(ctx, splits, NO_PARTS, dx, s.batch, s.in_features, false);
     let (rows, cols, depth) = (s.batch, s.in_features, s.out_features);
@@ -80,11 +76,7 @@ pub(crate) fn backward_weight(
 ) -> Vec<Launch> {
     let sizes = [int(s.batch), int(s.in_features), int(s.out_features)];
     let args = |parts| [&[x, dy, dw, parts][..], &sizes].concat();
-    let kernel = engine(
-        precision,
-        "linear_backward_weight",
-        "linear_backward_weight_tf32",
-    );
+    let kernel = engine!(precision, "linear_backward_weight");
     let sum_parts = |splits| {
         linear_sum_parts(
             ctx,

@@ -1,8 +1,14 @@
-//! How the kernels of `kernels/maxpool.cu` are launched: one thread per output (forward) or per
-//! input (backward) element.
+//! How the kernels of `kernels/maxpool.cu` are launched: one thread per output element (forward)
+//! or per input element (backward).
 
 use super::{int, KernelArg, Launch, BLOCK};
 use crate::Pool2dShape;
+
+/// `threads` threads of `kernel`, which takes `pointers` and then the planes, height and width.
+fn pool(kernel: &'static str, threads: usize, pointers: &[KernelArg], s: &Pool2dShape) -> Launch {
+    let sizes = [int(s.batch * s.channels), int(s.height), int(s.width)];
+    Launch::linear(kernel, threads, BLOCK, [pointers, &sizes].concat())
+}
 
 pub(crate) fn relu_forward(
     s: &Pool2dShape,
@@ -10,20 +16,8 @@ pub(crate) fn relu_forward(
     y: KernelArg,
     argmax: KernelArg,
 ) -> Vec<Launch> {
-    let args = vec![
-        x,
-        y,
-        argmax,
-        int(s.batch * s.channels),
-        int(s.height),
-        int(s.width),
-    ];
-    vec![Launch::linear(
-        "maxpool2d_relu_forward",
-        s.output_len(),
-        BLOCK,
-        args,
-    )]
+    let pointers = [x, y, argmax];
+    vec![pool("maxpool2d_relu_forward", s.output_len(), &pointers, s)]
 }
 
 pub(crate) fn relu_backward(
@@ -33,19 +27,6 @@ pub(crate) fn relu_backward(
     dy: KernelArg,
     dx: KernelArg,
 ) -> Vec<Launch> {
-    let args = vec![
-        argmax,
-        y,
-        dy,
-        dx,
-        int(s.batch * s.channels),
-        int(s.height),
-        int(s.width),
-    ];
-    vec![Launch::linear(
-        "maxpool2d_relu_backward",
-        s.input_len(),
-        BLOCK,
-        args,
-    )]
+    let pointers = [argmax, y, dy, dx];
+    vec![pool("maxpool2d_relu_backward", s.input_len(), &pointers, s)]
 }

@@ -12,7 +12,7 @@
 //!
 //! The widths come from [`ConvNetConfig`]; saving and loading are in `checkpoint.rs`.
 
-use kernels::{Device, Precision};
+use kernels::{Activation, Device, Precision};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -107,9 +107,16 @@ impl ConvNet {
             )?,
             pool2: MaxPool2dRelu::new(device, "conv2d.4-5")?,
             flatten: Flatten::new(),
-            fc1: Linear::with_relu(device, "fc1", c.flat_features(), c.hidden1, rng)?,
-            fc2: Linear::with_relu(device, "fc2", c.hidden1, c.hidden2, rng)?,
-            fc3: Linear::new(device, "fc3", c.hidden2, c.classes, rng)?,
+            fc1: Linear::new(
+                device,
+                "fc1",
+                c.flat_features(),
+                c.hidden1,
+                Activation::Relu,
+                rng,
+            )?,
+            fc2: Linear::new(device, "fc2", c.hidden1, c.hidden2, Activation::Relu, rng)?,
+            fc3: Linear::new(device, "fc3", c.hidden2, c.classes, Activation::None, rng)?,
         })
     }
 

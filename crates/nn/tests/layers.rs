@@ -7,7 +7,7 @@ use common::{
     assert_close, check_gradient, host, host_view, random, tensor, to_f64, weighted_sum, DEVICE,
 };
 use kernels::reference as r;
-use kernels::{Conv2dShape, LinearShape, Pool2dShape};
+use kernels::{Activation, Conv2dShape, LinearShape, Pool2dShape};
 use nn::layers::{Conv2d, Flatten, Linear, MaxPool2dRelu};
 use nn::Error;
 use rand::rngs::StdRng;
@@ -124,7 +124,7 @@ fn maxpool2d_relu_routes_gradients_to_the_positive_maxima() {
 fn linear_forward_matches_reference_and_gradients_match_finite_differences() {
     let rng = &mut StdRng::seed_from_u64(5);
     let x = random(rng, 3 * 7);
-    let mut fc = Linear::new(&DEVICE, "fc", 7, 5, rng).unwrap();
+    let mut fc = Linear::new(&DEVICE, "fc", 7, 5, Activation::None, rng).unwrap();
     let w = host(&fc.params()[0].value.data);
     let b = host(&fc.params()[1].value.data);
 
@@ -186,7 +186,7 @@ fn flatten_reshapes_without_copying() {
 #[test]
 fn a_layer_follows_changes_of_batch_size() {
     let rng = &mut StdRng::seed_from_u64(6);
-    let mut fc = Linear::new(&DEVICE, "fc", 4, 3, rng).unwrap();
+    let mut fc = Linear::new(&DEVICE, "fc", 4, 3, Activation::None, rng).unwrap();
     let w = to_f64(&host(&fc.params()[0].value.data));
     let b = to_f64(&host(&fc.params()[1].value.data));
     for batch in [2, 5, 2, 1] {
@@ -247,7 +247,7 @@ fn misshapen_inputs_and_gradients_are_errors_naming_the_layer() {
         "x has shape",
     );
 
-    let mut fc = Linear::new(&DEVICE, "fc2", 6, 2, rng).unwrap();
+    let mut fc = Linear::new(&DEVICE, "fc2", 6, 2, Activation::None, rng).unwrap();
     let five = tensor(&[1, 5], &[0.0; 5]);
     assert_shape_error(fc.forward(five.view()).map(|_| ()), "fc2", "[N, 6]");
 

@@ -9,6 +9,7 @@
 //!   eagerly or replayed as one captured graph per step, and evaluation.
 
 mod adam;
+mod atomic_write;
 mod checkpoint;
 mod error;
 mod init;
@@ -20,6 +21,7 @@ mod tensor;
 mod trainer;
 
 pub use adam::{Adam, AdamState};
+pub use atomic_write::{temp_path, write_atomically, TEMP_PREFIX};
 pub use checkpoint::{state_dict_shapes, MAX_CHECKPOINT_BYTES};
 pub use error::{Error, Result};
 pub use loss::SoftmaxCrossEntropy;

@@ -487,7 +487,7 @@ impl Device {
         Ok(())
     }
 
-    /// out[i] = labels[indices[i]].
+    /// `out[i] = labels[indices[i]]`.
     pub fn gather_labels(
         &self,
         labels: &Buffer<u8>,

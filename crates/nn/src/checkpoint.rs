@@ -72,7 +72,7 @@ impl ConvNet {
         }
         let values = expected
             .iter()
-            .map(|(name, shape)| read_f32(&file, name, shape))
+            .map(|(name, shape)| read_f32_tensor(&file, name, shape))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|what| checkpoint_error(path, what))?;
         // Build the network the file describes, then overwrite each parameter with its values.
@@ -178,8 +178,13 @@ fn infer_config(file: &SafeTensors) -> Result<ConvNetConfig, String> {
     })
 }
 
-/// The values of tensor `name`, which must be F32 and of `shape`.
-fn read_f32(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
+/// The values of tensor `name` of a safetensors file (a checkpoint, or the app's training state),
+/// which must be F32, of `shape` and finite.
+pub fn read_f32_tensor(
+    file: &SafeTensors,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, String> {
     let tensor = file
         .tensor(name)
         .map_err(|_| format!("tensor {name} is missing"))?;
@@ -202,7 +207,7 @@ fn read_f32(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>,
         .collect();
     if let Some(index) = values.iter().position(|v| !v.is_finite()) {
         return Err(format!(
-            "tensor {name} holds {} at index {index}: weights must be finite",
+            "tensor {name} holds {} at index {index}: values must be finite",
             values[index]
         ));
     }

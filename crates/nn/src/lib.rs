@@ -22,7 +22,7 @@ mod trainer;
 
 pub use adam::{Adam, AdamState};
 pub use atomic_write::{temp_path, write_atomically, TEMP_PREFIX};
-pub use checkpoint::{state_dict_shapes, MAX_CHECKPOINT_BYTES};
+pub use checkpoint::{read_f32_tensor, state_dict_shapes, MAX_CHECKPOINT_BYTES};
 pub use error::{Error, Result};
 pub use loss::SoftmaxCrossEntropy;
 pub use model::{ConvNet, ConvNetConfig};

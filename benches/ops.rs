@@ -232,8 +232,9 @@ fn conv_benches(c: &mut Criterion, device: &Device) {
     family.finish();
 }
 
-fn maxpool_benches(c: &mut Criterion, device: &Device) {
-    let mut family = Family::new(c, device, "maxpool2d");
+/// Max-pool with the ReLU after it, fused, as the network runs them.
+fn maxpool_relu_benches(c: &mut Criterion, device: &Device) {
+    let mut family = Family::new(c, device, "maxpool2d_relu");
     for batch in BATCHES {
         for (name, s) in [("pool1", pool1(batch)), ("pool2", pool2(batch))] {
             let x = upload(device, &filled(s.input_len(), 1.0));
@@ -241,32 +242,31 @@ fn maxpool_benches(c: &mut Criterion, device: &Device) {
             let (mut y, mut argmax) =
                 (zeros(device, s.output_len()), zeros(device, s.output_len()));
             let mut dx = zeros(device, s.input_len());
-            // Forward reads x and writes y and argmax; backward reads argmax and dy and writes dx.
-            let bytes = Bytes(4 * (s.input_len() + 2 * s.output_len()) as u64);
-            family.bench(id(format!("{name}_forward"), batch), &bytes, || {
-                device.maxpool2d_forward(&s, &x, &mut y, &mut argmax)
+            // Forward reads x and writes y and argmax; backward reads argmax, y and dy and writes
+            // dx.
+            let forward = Bytes(4 * (s.input_len() + 2 * s.output_len()) as u64);
+            let backward = Bytes(4 * (s.input_len() + 3 * s.output_len()) as u64);
+            family.bench(id(format!("{name}_forward"), batch), &forward, || {
+                device.maxpool2d_relu_forward(&s, &x, &mut y, &mut argmax)
             });
-            family.bench(id(format!("{name}_backward"), batch), &bytes, || {
-                device.maxpool2d_backward(&s, &argmax, &dy, &mut dx)
+            family.bench(id(format!("{name}_backward"), batch), &backward, || {
+                device.maxpool2d_relu_backward(&s, &argmax, &y, &dy, &mut dx)
             });
         }
     }
     family.finish();
 }
 
-/// The network's largest ReLU: the one after the first pool.
+/// The network's largest unfused ReLU pass: the backward of fc1's.
 fn relu_benches(c: &mut Criterion, device: &Device) {
     let mut family = Family::new(c, device, "relu");
     for batch in BATCHES {
-        let len = pool1(batch).output_len();
-        let x = upload(device, &filled(len, 1.0));
+        let len = batch * fc1(batch).out_features;
+        let y = upload(device, &filled(len, 1.0));
         let dy = upload(device, &filled(len, 1.0));
-        let (mut y, mut dx) = (zeros(device, len), zeros(device, len));
-        family.bench(id("relu1_forward", batch), &Bytes(8 * len as u64), || {
-            device.relu_forward(&x, &mut y)
-        });
-        family.bench(id("relu1_backward", batch), &Bytes(12 * len as u64), || {
-            device.relu_backward(&x, &dy, &mut dx)
+        let mut dx = zeros(device, len);
+        family.bench(id("fc1_backward", batch), &Bytes(12 * len as u64), || {
+            device.relu_backward(&y, &dy, &mut dx)
         });
     }
     family.finish();
@@ -318,27 +318,35 @@ fn softmax_xent_benches(c: &mut Criterion, device: &Device) {
         let labels = upload(device, &labels);
         let mut totals = zeros(device, 2);
         let mut dlogits = zeros(device, logits.len());
-        // Forward reads logits and labels; backward also writes a gradient the size of logits.
-        let forward = Bytes(4 * (logits.len() + batch) as u64);
-        let backward = Bytes(4 * (2 * logits.len() + batch) as u64);
-        family.bench(id("forward", batch), &forward, || {
-            device.softmax_xent_forward(&s, &logits, &labels, &mut totals)
-        });
-        family.bench(id("backward", batch), &backward, || {
-            device.softmax_xent_backward(&s, &logits, &labels, &mut dlogits)
+        // Reads logits and labels, writes a gradient the size of logits.
+        let bytes = Bytes(4 * (2 * logits.len() + batch) as u64);
+        family.bench(id("fused", batch), &bytes, || {
+            device.softmax_xent_fused(&s, &logits, &labels, &mut totals, &mut dlogits)
         });
     }
     family.finish();
 }
 
-/// fc1's weight, the largest tensor. The update's cost does not depend on the batch.
+/// fc1's weight, the largest tensor, as a one-tensor table. The update's cost does not depend on
+/// the batch, nor on the step's values.
 fn adam_benches(c: &mut Criterion, device: &Device) {
     let mut family = Family::new(c, device, "adam");
     let len = 1024 * 3136;
     let grads = upload(device, &filled(len, 0.01));
     let mut params = upload(device, &filled(len, 0.02));
+    let table = device
+        .tensor_table(&[&params], &[&grads])
+        .expect("a table of fc1's weight");
     let (mut m, mut v) = (zeros(device, len), zeros(device, len));
-    let mut step = 0;
+    let step = AdamStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        step: 1,
+    };
+    let scalars = upload(device, &step.scalars());
+    let hyper = step.hyper();
     // Reads params, grads, m and v; writes params, m and v.
     let bytes = Bytes(28 * len as u64);
     let fc1_weight = Id {
@@ -346,15 +354,8 @@ fn adam_benches(c: &mut Criterion, device: &Device) {
         name: "fc1_weight".to_string(),
     };
     family.bench(fc1_weight, &bytes, || {
-        step += 1;
-        let adam = AdamStep {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            step,
-        };
-        device.adam_update(&adam, &mut params, &grads, &mut m, &mut v)
+        let params = &mut [&mut params];
+        device.adam_update_tensors(&hyper, &scalars, &table, params, &[&grads], &mut m, &mut v)
     });
     family.finish();
 }
@@ -385,7 +386,7 @@ fn gather_benches(c: &mut Criterion, device: &Device) {
 fn every_op_on_every_device(c: &mut Criterion) {
     for device in devices() {
         conv_benches(c, &device);
-        maxpool_benches(c, &device);
+        maxpool_relu_benches(c, &device);
         relu_benches(c, &device);
         linear_benches(c, &device);
         softmax_xent_benches(c, &device);

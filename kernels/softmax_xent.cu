@@ -46,66 +46,13 @@ __device__ __forceinline__ RowStats row_stats(const float* row, int classes, int
     return stats;
 }
 
-// totals[0] += Σ_n −log softmax(logits[n])[labels[n]]; totals[1] += the number of rows whose first
-// maximum is at the label. A label outside [0, classes) gives a NaN loss rather than a stray read.
-// One block: each warp takes rows warp, warp + warps, ... and keeps its sums in lane 0; the
-// warps' sums are then added in a fixed order, so the totals are deterministic (no atomics).
-extern "C" __global__ void softmax_xent_forward(const float* logits, const unsigned int* labels,
-                                                float* totals, int batch, int classes) {
-    __shared__ float warp_loss[WARP];
-    __shared__ float warp_correct[WARP];
-    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, warps = blockDim.x / WARP;
-
-    float loss = 0.0f, correct = 0.0f;
-    for (int n = warp; n < batch; n += warps) {
-        const float* row = logits + n * classes;
-        RowStats stats = row_stats(row, classes, lane);
-        unsigned int label = labels[n];
-        float label_logit = label < (unsigned int)classes ? row[label] : __int_as_float(0x7fc00000);
-        // −log(exp(z_label − max) / Σ exp(z − max)) = log Σ exp(z − max) − (z_label − max)
-        loss += logf(stats.sum_exp) - (label_logit - stats.max);
-        correct += stats.argmax == (int)label ? 1.0f : 0.0f;
-    }
-    if (lane == 0) {
-        warp_loss[warp] = loss;
-        warp_correct[warp] = correct;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float block_loss = 0.0f, block_correct = 0.0f;
-        for (int w = 0; w < warps; ++w) {
-            block_loss += warp_loss[w];
-            block_correct += warp_correct[w];
-        }
-        totals[0] += block_loss;
-        totals[1] += block_correct;
-    }
-}
-
-// dlogits = (softmax(logits) − onehot(labels)) / batch: the gradient of the batch's mean loss.
-// One warp per row (blockDim.x / 32 rows per block); lanes write consecutive classes.
-extern "C" __global__ void softmax_xent_backward(const float* logits, const unsigned int* labels,
-                                                 float* dlogits, int batch, int classes) {
-    int lane = threadIdx.x % WARP;
-    int n = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-    if (n >= batch) return;  // whole warps leave together, so the shuffles stay full
-
-    const float* row = logits + n * classes;
-    RowStats stats = row_stats(row, classes, lane);
-    unsigned int label = labels[n];
-    for (int c = lane; c < classes; c += WARP) {
-        float p = expf(row[c] - stats.max) / stats.sum_exp;
-        float onehot = (unsigned int)c == label ? 1.0f : 0.0f;
-        dlogits[n * classes + c] = (p - onehot) / (float)batch;
-    }
-}
-
 // The label of a padding row (an epoch's last, short batch is padded to the full batch): it adds
 // no loss, no count and no gradient, like PyTorch's ignore_index.
 #define IGNORE_LABEL 0xffffffffu
 
-// Forward and backward of the loss in one launch: totals[0] += Σ loss and totals[1] += Σ correct
-// over the rows whose label is not IGNORE_LABEL, and dlogits = (softmax − onehot) / rows for
+// Forward and backward of the loss in one launch: totals[0] += Σ_n −log softmax(logits[n])[labels[n]]
+// and totals[1] += the rows whose first maximum is at the label, over the rows whose label is not
+// IGNORE_LABEL, and dlogits = (softmax − onehot) / rows for
 // those rows (0 for padding rows), where rows is how many are not padding: the gradient of the
 // mean over the real rows, so a padded batch trains exactly as the short batch would.
 // One block, so that both the row count and the totals are summed in a fixed order: each warp
@@ -145,9 +92,12 @@ extern "C" __global__ void softmax_xent_fused(const float* logits, const unsigne
             continue;
         }
         RowStats stats = row_stats(row, classes, lane);
+        // A label outside [0, classes) gives a NaN loss rather than a stray read.
         float label_logit = label < (unsigned int)classes ? row[label] : __int_as_float(0x7fc00000);
+        // −log(exp(z_label − max) / Σ exp(z − max)) = log Σ exp(z − max) − (z_label − max)
         loss += logf(stats.sum_exp) - (label_logit - stats.max);
         correct += stats.argmax == (int)label ? 1.0f : 0.0f;
+        // d loss / d z_c = softmax(z)_c − onehot_c, scaled by 1 / rows for the mean.
         for (int c = lane; c < classes; c += WARP) {
             float p = expf(row[c] - stats.max) / stats.sum_exp;
             float onehot = (unsigned int)c == label ? 1.0f : 0.0f;

@@ -4,7 +4,7 @@
 //! `cargo bench --bench ops -- gemm_lab` times them; docs/gemm.md says what each step buys.
 
 use crate::launch::{KernelArg, Launch};
-use crate::launches::gemm;
+use crate::launch::gemm::gemm;
 use crate::{Error, Precision, Result};
 
 /// The naive and tiled steps' blocks: 16x16 threads, one output element each (`LAB_TILE`).

@@ -15,13 +15,11 @@
 
 pub mod cpu;
 mod cuda;
-mod data_launches;
 mod device;
 mod emulator;
 mod error;
 pub mod gemm_lab;
 pub mod launch;
-mod launches;
 pub mod reference;
 mod shapes;
 

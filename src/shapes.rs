@@ -135,6 +135,18 @@ impl LinearShape {
         elements(op, "weight", &[self.out_features, self.in_features])?;
         elements(op, "y", &[self.batch, self.out_features]).map(drop)
     }
+    /// Elements of x: `[batch, in_features]`.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_features
+    }
+    /// Elements of the weight: `[out_features, in_features]`.
+    pub fn weight_len(&self) -> usize {
+        self.out_features * self.in_features
+    }
+    /// Elements of y: `[batch, out_features]`.
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_features
+    }
     pub fn forward_flops(&self) -> u64 {
         2 * (self.batch * self.in_features * self.out_features) as u64
     }
@@ -161,6 +173,10 @@ impl XentShape {
             return refuse(op, "logits have no classes".to_string());
         }
         elements(op, "logits", &[self.batch, self.classes]).map(drop)
+    }
+    /// Elements of the logits and of their gradient: `[batch, classes]`.
+    pub fn logits_len(&self) -> usize {
+        self.batch * self.classes
     }
 }
 
@@ -348,8 +364,9 @@ mod tests {
         let logits = device.zeros(6).unwrap();
         let labels = device.upload(&[0u32, 3]).unwrap();
         let mut totals = device.zeros(2).unwrap();
+        let mut dlogits = device.zeros(6).unwrap();
         let err = device
-            .softmax_xent_forward(&xent, &logits, &labels, &mut totals)
+            .softmax_xent_fused(&xent, &logits, &labels, &mut totals, &mut dlogits)
             .unwrap_err();
         assert!(
             err.to_string().contains("label 3, expected 0 to 2"),

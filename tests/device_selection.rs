@@ -37,12 +37,13 @@ fn buffers_from_one_device_kind_are_refused_by_another() {
     };
     let host = Device::Cpu.upload(&[1.0f32; 4]).unwrap();
     let mut on_gpu = gpu.zeros::<f32>(4).unwrap();
+    let dy = gpu.zeros::<f32>(4).unwrap();
     let error = gpu
-        .relu_forward(&host, &mut on_gpu)
+        .relu_backward(&host, &dy, &mut on_gpu)
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("relu_forward") && error.contains("another device"),
+        error.contains("relu_backward") && error.contains("another device"),
         "{error}"
     );
     let error = Device::Cpu.download(&on_gpu).unwrap_err().to_string();

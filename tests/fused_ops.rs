@@ -67,6 +67,13 @@ fn maxpool_relu_equals_maxpool_then_relu() {
             height: 28,
             width: 28,
         },
+        // One row: no window, every dx is 0.
+        Pool2dShape {
+            batch: 2,
+            channels: 4,
+            height: 1,
+            width: 5,
+        },
     ] {
         let x = coarse(rng, s.input_len());
         let dy = coarse(rng, s.output_len());
@@ -107,6 +114,7 @@ fn fused_loss_equals_the_reference_over_the_rows_that_are_not_padding() {
     let rng = &mut StdRng::seed_from_u64(2);
     // Batches beyond 32 rows make warps take several rows; the last shape has over 1024 rows.
     for (batch, classes, padding) in [
+        (1, 1, 0),
         (1, 10, 0),
         (7, 10, 3),
         (64, 10, 32),
@@ -114,7 +122,12 @@ fn fused_loss_equals_the_reference_over_the_rows_that_are_not_padding() {
         (1100, 10, 60),
     ] {
         let s = XentShape { batch, classes };
-        let logits = random(rng, batch * classes);
+        // Every other row coarse, so that the argmax has ties to break.
+        let logits: Vec<f32> = random(rng, batch * classes)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i / classes % 2 == 0 { v.round() } else { *v })
+            .collect();
         let mut labels: Vec<u32> = (0..batch)
             .map(|_| rng.random_range(0..classes as u32))
             .collect();

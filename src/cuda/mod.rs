@@ -17,8 +17,8 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use crate::launch::gemm::gemm_parts_len;
 use crate::launch::Launch;
-use crate::launches::gemm_parts_len;
 use crate::{Element, Error, Result};
 
 /// The PTX (and CUBIN) of one `kernels/*.cu` file, embedded by build.rs.

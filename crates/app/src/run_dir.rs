@@ -7,11 +7,10 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use nn::ConvNet;
+use nn::{temp_path, write_atomically, ConvNet, TEMP_PREFIX};
 
 use crate::metrics::{to_csv, EpochMetrics};
 use crate::plot::plot_curves;
@@ -21,8 +20,6 @@ pub const METRICS_FILE: &str = "metrics.csv";
 pub const LOSS_PLOT_FILE: &str = "Loss.png";
 pub const ACCURACY_PLOT_FILE: &str = "Acc.png";
 pub const CHECKPOINT_FILE: &str = "model.safetensors";
-/// Every temporary file begins so; a resume removes those a killed run left behind.
-const TEMP_PREFIX: &str = ".tmp.";
 /// Default run names tried for one second before giving up.
 const MAX_RUNS_PER_SECOND: usize = 10_000;
 
@@ -95,7 +92,7 @@ impl RunDir {
 
     /// Checks now, not after an epoch, that files can be written in `path`.
     fn writable(path: &Path) -> Result<RunDir> {
-        let probe = unique_temp(&path.join("probe"));
+        let probe = temp_path(&path.join("probe"));
         fs::write(&probe, b"")
             .and_then(|()| fs::remove_file(&probe))
             .with_context(|| format!("{} is not writable", path.display()))?;
@@ -112,7 +109,7 @@ impl RunDir {
     /// the metrics and the plots from it.
     pub fn commit(&self, state: &TrainingState, net: &ConvNet) -> Result<()> {
         let bytes = state.to_bytes()?;
-        write_atomically(&self.state_path(), |path| Ok(fs::write(path, &bytes)?))?;
+        write_atomically(&self.state_path(), |path| fs::write(path, &bytes))?;
         self.write_derived(&state.history, net)
     }
 
@@ -122,10 +119,10 @@ impl RunDir {
             |field: fn(&EpochMetrics) -> f64| history.iter().map(field).collect::<Vec<_>>();
         let checkpoint = net.to_safetensors()?;
         write_atomically(&self.path.join(CHECKPOINT_FILE), |path| {
-            Ok(fs::write(path, &checkpoint)?)
+            fs::write(path, &checkpoint)
         })?;
         write_atomically(&self.path.join(METRICS_FILE), |path| {
-            Ok(fs::write(path, to_csv(history))?)
+            fs::write(path, to_csv(history))
         })?;
         write_atomically(&self.path.join(LOSS_PLOT_FILE), |path| {
             plot_curves(
@@ -142,32 +139,9 @@ impl RunDir {
                 &series(|m| m.train_acc),
                 &series(|m| m.test_acc),
             )
-        })
+        })?;
+        Ok(())
     }
-}
-
-/// Writes `path` by having `write` fill a unique temporary file next to it, then renaming it
-/// over `path`: a reader, or a run killed half-way, sees the old file or the new one, never a
-/// mix. The temporary file is removed when anything fails; errors name `path`.
-pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let temp = unique_temp(path);
-    let result = write(&temp).and_then(|()| Ok(fs::rename(&temp, path)?));
-    if result.is_err() {
-        // Best effort: the error worth reporting is the one that stopped the write.
-        let _ = fs::remove_file(&temp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
-}
-
-/// `dir/.tmp.PID.N.NAME`: unique to this process and call, in the same directory (so the rename
-/// is atomic) and with the same extension (plotters picks the image format by it).
-fn unique_temp(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map_or_else(Default::default, |name| name.to_string_lossy());
-    path.with_file_name(format!("{TEMP_PREFIX}{}.{n}.{name}", std::process::id()))
 }
 
 /// `YYYYMMDD-HHMMSS` of a Unix time, in UTC.
@@ -222,23 +196,5 @@ mod tests {
         );
         assert!(dirs.iter().all(|d| d.is_dir()));
         fs::remove_dir_all(&runs).unwrap();
-    }
-
-    #[test]
-    fn temp_files_are_unique_and_keep_the_directory_and_extension() {
-        let (a, b) = (
-            unique_temp(Path::new("runs/a/Loss.png")),
-            unique_temp(Path::new("runs/a/Loss.png")),
-        );
-        assert_ne!(a, b);
-        for temp in [a, b] {
-            assert_eq!(temp.parent(), Some(Path::new("runs/a")));
-            assert_eq!(temp.extension().unwrap(), "png");
-            assert!(temp
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(TEMP_PREFIX));
-        }
     }
 }

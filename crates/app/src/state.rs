@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use kernels::Precision;
-use nn::{state_dict_shapes, AdamState, ConvNetConfig, MAX_CHECKPOINT_BYTES};
+use nn::{read_f32_tensor, state_dict_shapes, AdamState, ConvNetConfig, MAX_CHECKPOINT_BYTES};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::metrics::{from_csv, to_csv, EpochMetrics};
@@ -176,8 +176,9 @@ impl TrainingState {
         let shapes = state_dict_shapes(&ConvNetConfig::reference());
         let weights = shapes
             .iter()
-            .map(|(name, shape)| read_f32(&file, &format!("model.{name}"), shape))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|(name, shape)| read_f32_tensor(&file, &format!("model.{name}"), shape))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
         let moments = if steps == 0 {
             Vec::new()
         } else {
@@ -185,11 +186,12 @@ impl TrainingState {
                 .iter()
                 .map(|(name, shape)| {
                     Ok((
-                        read_f32(&file, &format!("adam.m.{name}"), shape)?,
-                        read_f32(&file, &format!("adam.v.{name}"), shape)?,
+                        read_f32_tensor(&file, &format!("adam.m.{name}"), shape)?,
+                        read_f32_tensor(&file, &format!("adam.v.{name}"), shape)?,
                     ))
                 })
-                .collect::<Result<Vec<_>>>()?
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(anyhow::Error::msg)?
         };
         let expected = weights.len() + 2 * moments.len();
         if file.len() != expected {
@@ -219,27 +221,4 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
         );
     }
     Ok(bytes)
-}
-
-/// The values of tensor `name`, which must be F32 of `shape` and finite.
-fn read_f32(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let tensor = file
-        .tensor(name)
-        .map_err(|_| anyhow!("tensor {name} is missing"))?;
-    if tensor.dtype() != Dtype::F32 || tensor.shape() != shape {
-        bail!(
-            "tensor {name} is {:?} {:?}, expected F32 {shape:?}",
-            tensor.dtype(),
-            tensor.shape()
-        );
-    }
-    let values: Vec<f32> = tensor
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    if values.iter().any(|v| !v.is_finite()) {
-        bail!("tensor {name} holds a NaN or infinite value");
-    }
-    Ok(values)
 }

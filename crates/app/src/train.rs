@@ -309,7 +309,7 @@ pub fn eval(options: &EvalOptions) -> Result<()> {
     if let Some(out) = &options.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let path = out.join(crate::eval_report::CONFUSION_PLOT_FILE);
-        crate::run_dir::write_atomically(&path, |temp| report.draw(temp))?;
+        nn::write_atomically(&path, |temp| report.draw(temp))?;
         println!("wrote {}", path.display());
     }
     Ok(())

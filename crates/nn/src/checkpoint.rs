@@ -3,15 +3,14 @@
 //! [`ConvNet::load`] reads one written by `safetensors.torch.save_file(model.state_dict(), path)`.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use kernels::Device;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::{ConvNet, ConvNetConfig, Error, Result};
+use crate::{write_atomically, ConvNet, ConvNetConfig, Error, Result};
 
 impl ConvNet {
     /// Writes every parameter as F32 in PyTorch's layout. The file is written beside `path` and
@@ -21,8 +20,7 @@ impl ConvNet {
         let bytes = self
             .to_safetensors()
             .map_err(|e| checkpoint_error(path, format!("cannot serialise: {e}")))?;
-        write_atomically(path, &bytes)
-            .map_err(|e| checkpoint_error(path, format!("cannot write: {e}")))
+        write_atomically(path, |temp| fs::write(temp, &bytes))
     }
 
     /// The bytes [`ConvNet::save`] writes.
@@ -74,7 +72,7 @@ impl ConvNet {
         }
         let values = expected
             .iter()
-            .map(|(name, shape)| read_f32(&file, name, shape))
+            .map(|(name, shape)| read_f32_tensor(&file, name, shape))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|what| checkpoint_error(path, what))?;
         // Build the network the file describes, then overwrite each parameter with its values.
@@ -180,8 +178,13 @@ fn infer_config(file: &SafeTensors) -> Result<ConvNetConfig, String> {
     })
 }
 
-/// The values of tensor `name`, which must be F32 and of `shape`.
-fn read_f32(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
+/// The values of tensor `name` of a safetensors file (a checkpoint, or the app's training state),
+/// which must be F32, of `shape` and finite.
+pub fn read_f32_tensor(
+    file: &SafeTensors,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, String> {
     let tensor = file
         .tensor(name)
         .map_err(|_| format!("tensor {name} is missing"))?;
@@ -204,34 +207,9 @@ fn read_f32(file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>,
         .collect();
     if let Some(index) = values.iter().position(|v| !v.is_finite()) {
         return Err(format!(
-            "tensor {name} holds {} at index {index}: weights must be finite",
+            "tensor {name} holds {} at index {index}: values must be finite",
             values[index]
         ));
     }
     Ok(values)
-}
-
-/// Writes `bytes` to a temporary file in `path`'s directory, flushes it to disk, then renames it
-/// to `path`: a rename within a directory replaces the old file in one step.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let Some(file_name) = path.file_name() else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a file name",
-        ));
-    };
-    let mut temp_name = OsString::from(".");
-    temp_name.push(file_name);
-    temp_name.push(format!(".{}.tmp", std::process::id()));
-    let temp = path.with_file_name(temp_name);
-    let written = File::create(&temp).and_then(|mut file| {
-        file.write_all(bytes)?;
-        file.sync_all()
-    });
-    let renamed = written.and_then(|()| fs::rename(&temp, path));
-    if renamed.is_err() {
-        // Best effort: the error worth reporting is the one that stopped the save.
-        let _ = fs::remove_file(&temp);
-    }
-    renamed
 }

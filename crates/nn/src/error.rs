@@ -8,6 +8,9 @@ pub enum Error {
     Shape { name: String, what: String },
     #[error("checkpoint {path}: {what}")]
     Checkpoint { path: String, what: String },
+    /// A file that could not be written (see [`crate::write_atomically`]); the old one is intact.
+    #[error("writing {path}: {what}")]
+    Write { path: String, what: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

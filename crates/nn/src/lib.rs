@@ -1,7 +1,7 @@
 //! Layers, loss, optimizer and the reference ConvNet, on top of the ops of the `kernels` crate.
 //!
 //! - [`Tensor`], [`TensorView`], [`Param`]: shapes over device buffers.
-//! - [`layers`]: Conv2d, MaxPool2d, ReLU, Flatten, Linear, each a forward and a backward that
+//! - [`layers`]: Conv2d, MaxPool2dRelu, Flatten, Linear, each a forward and a backward that
 //!   call one op of [`kernels::Device`] apiece.
 //! - [`SoftmaxCrossEntropy`] and [`Adam`]: the loss and the optimizer, as PyTorch's.
 //! - [`ConvNet`]: the reference network, its initialisation and its safetensors checkpoints.
@@ -9,6 +9,7 @@
 //!   eagerly or replayed as one captured graph per step, and evaluation.
 
 mod adam;
+mod atomic_write;
 mod checkpoint;
 mod error;
 mod init;
@@ -20,7 +21,8 @@ mod tensor;
 mod trainer;
 
 pub use adam::{Adam, AdamState};
-pub use checkpoint::{state_dict_shapes, MAX_CHECKPOINT_BYTES};
+pub use atomic_write::{temp_path, write_atomically, TEMP_PREFIX};
+pub use checkpoint::{read_f32_tensor, state_dict_shapes, MAX_CHECKPOINT_BYTES};
 pub use error::{Error, Result};
 pub use loss::SoftmaxCrossEntropy;
 pub use model::{ConvNet, ConvNetConfig};

@@ -6,7 +6,7 @@ use crate::{Error, Result, Tensor};
 
 pub struct SoftmaxCrossEntropy {
     device: Device,
-    /// The gradient to the logits, allocated by the first backward and reused after.
+    /// The gradient to the logits, allocated by the first call and reused after.
     dlogits: Option<Tensor>,
 }
 
@@ -18,25 +18,13 @@ impl SoftmaxCrossEntropy {
         }
     }
 
-    /// Adds the batch's loss sum to `totals[0]` and its correct count to `totals[1]`.
+    /// The loss and its gradient in one op, over the rows whose label is not
+    /// [`kernels::IGNORE_LABEL`] (padding): adds their loss sum to `totals[0]` and their correct
+    /// count to `totals[1]`, and returns the gradient of the mean loss over those rows to the
+    /// logits, (softmax(logits) − onehot) / rows (padding rows get none).
     ///
     /// Sums rather than a mean, kept on the device: an epoch's totals need one download at its
     /// end, not one per step.
-    pub fn forward(
-        &mut self,
-        logits: &Tensor,
-        labels: &Buffer<u32>,
-        totals: &mut Buffer<f32>,
-    ) -> Result<()> {
-        let s = xent_shape(logits)?;
-        self.device
-            .softmax_xent_forward(&s, &logits.data, labels, totals)?;
-        Ok(())
-    }
-
-    /// [`SoftmaxCrossEntropy::forward`] and [`SoftmaxCrossEntropy::backward`] in one op, over the
-    /// rows whose label is not [`kernels::IGNORE_LABEL`] (padding): the gradient is that of the
-    /// mean over those rows, and padding rows get none.
     pub fn forward_backward(
         &mut self,
         logits: &Tensor,
@@ -51,19 +39,6 @@ impl SoftmaxCrossEntropy {
         dlogits.resize(&self.device, &logits.shape)?;
         self.device
             .softmax_xent_fused(&s, &logits.data, labels, totals, &mut dlogits.data)?;
-        Ok(dlogits)
-    }
-
-    /// The gradient of the batch's mean loss to the logits: (softmax(logits) − onehot) / N.
-    pub fn backward(&mut self, logits: &Tensor, labels: &Buffer<u32>) -> Result<&Tensor> {
-        let s = xent_shape(logits)?;
-        let dlogits = match &mut self.dlogits {
-            Some(dlogits) => dlogits,
-            none => none.insert(Tensor::zeros(&self.device, &logits.shape)?),
-        };
-        dlogits.resize(&self.device, &logits.shape)?;
-        self.device
-            .softmax_xent_backward(&s, &logits.data, labels, &mut dlogits.data)?;
         Ok(dlogits)
     }
 }

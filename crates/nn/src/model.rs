@@ -12,11 +12,11 @@
 //!
 //! The widths come from [`ConvNetConfig`]; saving and loading are in `checkpoint.rs`.
 
-use kernels::{Device, Precision};
+use kernels::{Activation, Device, Precision};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use crate::layers::{Conv2d, Flatten, Linear, MaxPool2d};
+use crate::layers::{Conv2d, Flatten, Linear, MaxPool2dRelu};
 use crate::{Error, Param, Result, Tensor};
 
 /// The widths of the reference network; smaller ones serve the tests.
@@ -72,10 +72,10 @@ pub struct ConvNet {
     precision: Precision,
     conv1: Conv2d,
     /// `conv2d.1` and `conv2d.2`, max-pool and ReLU fused.
-    pool1: MaxPool2d,
+    pool1: MaxPool2dRelu,
     conv2: Conv2d,
     /// `conv2d.4` and `conv2d.5`.
-    pool2: MaxPool2d,
+    pool2: MaxPool2dRelu,
     flatten: Flatten,
     /// relu(fc1(x)), the ReLU in the product's epilogue.
     fc1: Linear,
@@ -95,7 +95,7 @@ impl ConvNet {
             config,
             precision: Precision::Fp32,
             conv1: Conv2d::new(device, "conv2d.0", 1, c.conv1_channels, 3, 1, rng)?,
-            pool1: MaxPool2d::with_relu(device, "conv2d.1-2")?,
+            pool1: MaxPool2dRelu::new(device, "conv2d.1-2")?,
             conv2: Conv2d::new(
                 device,
                 "conv2d.3",
@@ -105,11 +105,18 @@ impl ConvNet {
                 1,
                 rng,
             )?,
-            pool2: MaxPool2d::with_relu(device, "conv2d.4-5")?,
+            pool2: MaxPool2dRelu::new(device, "conv2d.4-5")?,
             flatten: Flatten::new(),
-            fc1: Linear::with_relu(device, "fc1", c.flat_features(), c.hidden1, rng)?,
-            fc2: Linear::with_relu(device, "fc2", c.hidden1, c.hidden2, rng)?,
-            fc3: Linear::new(device, "fc3", c.hidden2, c.classes, rng)?,
+            fc1: Linear::new(
+                device,
+                "fc1",
+                c.flat_features(),
+                c.hidden1,
+                Activation::Relu,
+                rng,
+            )?,
+            fc2: Linear::new(device, "fc2", c.hidden1, c.hidden2, Activation::Relu, rng)?,
+            fc3: Linear::new(device, "fc3", c.hidden2, c.classes, Activation::None, rng)?,
         })
     }
 

@@ -76,7 +76,7 @@ fn a_failed_save_names_the_file() {
     let path = dir.join("missing-dir").join("net.safetensors");
     let net = ConvNet::new(&DEVICE, TINY, 0).unwrap();
     let error = net.save(&path).unwrap_err();
-    assert!(matches!(error, Error::Checkpoint { .. }), "{error:?}");
+    assert!(matches!(error, Error::Write { .. }), "{error:?}");
     assert!(
         error.to_string().contains(&path.display().to_string()),
         "{error}"

@@ -36,8 +36,7 @@ fn train(device: &Device, images: &[f32], labels: &[u32]) -> Vec<(f32, f32)> {
         .map(|_| {
             let mut totals = device.zeros(2).unwrap();
             let logits = net.forward(&x).unwrap();
-            xent.forward(logits, &labels, &mut totals).unwrap();
-            let dlogits = xent.backward(logits, &labels).unwrap();
+            let dlogits = xent.forward_backward(logits, &labels, &mut totals).unwrap();
             net.backward(&x, dlogits).unwrap();
             adam.step(device, net.params_mut()).unwrap();
             let totals = device.download(&totals).unwrap();

@@ -7,8 +7,8 @@ use common::{
     assert_close, check_gradient, host, host_view, random, tensor, to_f64, weighted_sum, DEVICE,
 };
 use kernels::reference as r;
-use kernels::{Conv2dShape, LinearShape, Pool2dShape};
-use nn::layers::{Conv2d, Flatten, Linear, MaxPool2d, ReLU};
+use kernels::{Activation, Conv2dShape, LinearShape, Pool2dShape};
+use nn::layers::{Conv2d, Flatten, Linear, MaxPool2dRelu};
 use nn::Error;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -86,13 +86,15 @@ fn conv2d_backward_params_gives_the_same_gradients_as_backward() {
 }
 
 #[test]
-fn maxpool2d_routes_gradients_to_the_maxima() {
+fn maxpool2d_relu_routes_gradients_to_the_positive_maxima() {
     let rng = &mut StdRng::seed_from_u64(3);
-    // Distinct values 0.01 apart: a step of h = 1e-3 never changes which input is a maximum.
+    // Distinct values 0.01 apart and at least 0.005 from ReLU's kink at zero, most of them
+    // negative so that some windows are all negative: a step of h = 1e-3 never changes which
+    // input is a maximum, nor the sign of a maximum.
     let x_shape = [2, 3, 5, 4];
-    let mut x: Vec<f32> = (0..120).map(|k| k as f32 * 0.01 - 0.6).collect();
+    let mut x: Vec<f32> = (0..120).map(|k| k as f32 * 0.01 - 0.905).collect();
     x.shuffle(rng);
-    let mut pool = MaxPool2d::new(&DEVICE, "pool").unwrap();
+    let mut pool = MaxPool2dRelu::new(&DEVICE, "pool").unwrap();
 
     let (y_shape, y) = host_view(pool.forward(tensor(&x_shape, &x).view()).unwrap());
     assert_eq!(y_shape, [2, 3, 2, 2]);
@@ -102,8 +104,11 @@ fn maxpool2d_routes_gradients_to_the_maxima() {
         height: 5,
         width: 4,
     };
-    let (mut expected, mut argmax) = (vec![0.0; s.output_len()], vec![0; s.output_len()]);
-    r::maxpool2d_forward(&s, &to_f64(&x), &mut expected, &mut argmax);
+    let (mut pooled, mut argmax) = (vec![0.0; s.output_len()], vec![0; s.output_len()]);
+    r::maxpool2d_forward(&s, &to_f64(&x), &mut pooled, &mut argmax);
+    let mut expected = vec![0.0; s.output_len()];
+    r::relu_forward(&pooled, &mut expected);
+    assert!(expected.contains(&0.0) && expected.iter().any(|&v| v > 0.0));
     assert_close("pool y", &y, &expected, 0.0);
 
     let dy = random(rng, y.len());
@@ -116,32 +121,10 @@ fn maxpool2d_routes_gradients_to_the_maxima() {
 }
 
 #[test]
-fn relu_passes_gradients_where_its_output_is_positive() {
-    let rng = &mut StdRng::seed_from_u64(4);
-    // At least 0.1 away from the kink at zero, so a step of h = 1e-2 stays on one side of it.
-    let x: Vec<f32> = random(rng, 24)
-        .into_iter()
-        .map(|v| v + 0.1f32.copysign(v))
-        .collect();
-    let mut relu = ReLU::new(&DEVICE, "relu").unwrap();
-    let (y_shape, y) = host_view(relu.forward(tensor(&[2, 3, 4], &x).view()).unwrap());
-    assert_eq!(y_shape, [2, 3, 4]);
-    let expected: Vec<f64> = x.iter().map(|&v| v.max(0.0) as f64).collect();
-    assert_close("relu y", &y, &expected, 0.0);
-
-    let dy = random(rng, 24);
-    let dx = host_view(relu.backward(tensor(&[2, 3, 4], &dy).view()).unwrap());
-    check_gradient("relu dx", &x, &dx.1, 1e-2, |x| {
-        let y = relu.forward(tensor(&[2, 3, 4], x).view()).unwrap();
-        weighted_sum(&dy, &host(y.data))
-    });
-}
-
-#[test]
 fn linear_forward_matches_reference_and_gradients_match_finite_differences() {
     let rng = &mut StdRng::seed_from_u64(5);
     let x = random(rng, 3 * 7);
-    let mut fc = Linear::new(&DEVICE, "fc", 7, 5, rng).unwrap();
+    let mut fc = Linear::new(&DEVICE, "fc", 7, 5, Activation::None, rng).unwrap();
     let w = host(&fc.params()[0].value.data);
     let b = host(&fc.params()[1].value.data);
 
@@ -203,7 +186,7 @@ fn flatten_reshapes_without_copying() {
 #[test]
 fn a_layer_follows_changes_of_batch_size() {
     let rng = &mut StdRng::seed_from_u64(6);
-    let mut fc = Linear::new(&DEVICE, "fc", 4, 3, rng).unwrap();
+    let mut fc = Linear::new(&DEVICE, "fc", 4, 3, Activation::None, rng).unwrap();
     let w = to_f64(&host(&fc.params()[0].value.data));
     let b = to_f64(&host(&fc.params()[1].value.data));
     for batch in [2, 5, 2, 1] {
@@ -264,20 +247,22 @@ fn misshapen_inputs_and_gradients_are_errors_naming_the_layer() {
         "x has shape",
     );
 
-    let mut fc = Linear::new(&DEVICE, "fc2", 6, 2, rng).unwrap();
+    let mut fc = Linear::new(&DEVICE, "fc2", 6, 2, Activation::None, rng).unwrap();
     let five = tensor(&[1, 5], &[0.0; 5]);
     assert_shape_error(fc.forward(five.view()).map(|_| ()), "fc2", "[N, 6]");
 
-    let mut pool = MaxPool2d::new(&DEVICE, "conv2d.1").unwrap();
+    let mut pool = MaxPool2dRelu::new(&DEVICE, "conv2d.1").unwrap();
     let flat = tensor(&[2, 8], &[0.0; 16]);
     assert_shape_error(
         pool.forward(flat.view()).map(|_| ()),
         "conv2d.1",
         "[N, C, H, W]",
     );
-
-    let mut relu = ReLU::new(&DEVICE, "relu").unwrap();
-    relu.forward(flat.view()).unwrap();
-    let other = tensor(&[4, 4], &[0.0; 16]);
-    assert_shape_error(relu.backward(other.view()).map(|_| ()), "relu", "[2, 8]");
+    let image = tensor(&[1, 1, 4, 4], &[0.0; 16]);
+    pool.forward(image.view()).unwrap();
+    assert_shape_error(
+        pool.backward(image.view()).map(|_| ()),
+        "conv2d.1",
+        "[1, 1, 2, 2]",
+    );
 }

@@ -34,7 +34,7 @@ fn mean_loss(net: &mut ConvNet, x: &Tensor, labels: &Buffer<u32>) -> f64 {
     let mut totals = DEVICE.zeros(2).unwrap();
     let logits = net.forward(x).unwrap();
     let mut xent = SoftmaxCrossEntropy::new(&DEVICE);
-    xent.forward(logits, labels, &mut totals).unwrap();
+    xent.forward_backward(logits, labels, &mut totals).unwrap();
     host(&totals)[0] as f64 / x.shape[0] as f64
 }
 
@@ -56,8 +56,9 @@ fn network_gradients_match_finite_differences() {
     let labels = DEVICE.upload(&label_values).unwrap();
 
     let mut xent = SoftmaxCrossEntropy::new(&DEVICE);
+    let mut totals = DEVICE.zeros(2).unwrap();
     let logits = net.forward(&x).unwrap();
-    let dlogits = xent.backward(logits, &labels).unwrap();
+    let dlogits = xent.forward_backward(logits, &labels, &mut totals).unwrap();
     net.backward(&x, dlogits).unwrap();
     let grads: Vec<Vec<f32>> = net.params().iter().map(|p| host(&p.grad.data)).collect();
 
@@ -204,10 +205,11 @@ fn fifty_adam_steps_memorise_one_batch() {
     let labels = labels(rng, 8, TINY.classes);
     let mut xent = SoftmaxCrossEntropy::new(&DEVICE);
     let mut adam = Adam::new(0.02);
+    let mut totals = DEVICE.zeros(2).unwrap();
     let before = mean_loss(&mut net, &x, &labels);
     for _ in 0..50 {
         let logits = net.forward(&x).unwrap();
-        let dlogits = xent.backward(logits, &labels).unwrap();
+        let dlogits = xent.forward_backward(logits, &labels, &mut totals).unwrap();
         net.backward(&x, dlogits).unwrap();
         adam.step(&DEVICE, net.params_mut()).unwrap();
     }
@@ -271,8 +273,13 @@ fn softmax_cross_entropy_sums_the_loss_counts_hits_and_gives_the_mean_s_gradient
 
     let mut xent = SoftmaxCrossEntropy::new(&DEVICE);
     let mut totals = DEVICE.upload(&[1.0f32, 2.0]).unwrap();
-    xent.forward(&logits, &labels, &mut totals).unwrap();
-    xent.forward(&logits, &labels, &mut totals).unwrap();
+    xent.forward_backward(&logits, &labels, &mut totals)
+        .unwrap();
+    let dlogits = xent
+        .forward_backward(&logits, &labels, &mut totals)
+        .unwrap();
+    assert_eq!(dlogits.shape, [batch, classes]);
+    assert_close("dlogits", &host(&dlogits.data), &grad, 1e-5);
     assert_close(
         "totals",
         &host(&totals),
@@ -280,13 +287,9 @@ fn softmax_cross_entropy_sums_the_loss_counts_hits_and_gives_the_mean_s_gradient
         1e-6,
     );
 
-    let dlogits = xent.backward(&logits, &labels).unwrap();
-    assert_eq!(dlogits.shape, [batch, classes]);
-    assert_close("dlogits", &host(&dlogits.data), &grad, 1e-5);
-
     let flat = tensor(&[batch * classes], &values);
     assert!(matches!(
-        xent.forward(&flat, &labels, &mut totals),
+        xent.forward_backward(&flat, &labels, &mut totals),
         Err(Error::Shape { .. })
     ));
 }

@@ -30,44 +30,9 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// A layer initialised as PyTorch does, its parameters named `{name}.weight` and
-    /// `{name}.bias`.
+    /// activation(x·Wᵀ + b) (`Activation::Relu` in the product's epilogue), initialised as
+    /// PyTorch does, its parameters named `{name}.weight` and `{name}.bias`.
     pub fn new(
-        device: &Device,
-        name: &str,
-        in_features: usize,
-        out_features: usize,
-        rng: &mut StdRng,
-    ) -> Result<Linear> {
-        Linear::build(
-            device,
-            name,
-            in_features,
-            out_features,
-            Activation::None,
-            rng,
-        )
-    }
-
-    /// relu(x·Wᵀ + b), the ReLU in the product's epilogue; initialised as [`Linear::new`].
-    pub fn with_relu(
-        device: &Device,
-        name: &str,
-        in_features: usize,
-        out_features: usize,
-        rng: &mut StdRng,
-    ) -> Result<Linear> {
-        Linear::build(
-            device,
-            name,
-            in_features,
-            out_features,
-            Activation::Relu,
-            rng,
-        )
-    }
-
-    fn build(
         device: &Device,
         name: &str,
         in_features: usize,

@@ -8,11 +8,9 @@
 mod conv2d;
 mod flatten;
 mod linear;
-mod maxpool2d;
-mod relu;
+mod maxpool2d_relu;
 
 pub use conv2d::Conv2d;
 pub use flatten::Flatten;
 pub use linear::Linear;
-pub use maxpool2d::MaxPool2d;
-pub use relu::ReLU;
+pub use maxpool2d_relu::MaxPool2dRelu;

@@ -1,37 +1,28 @@
-//! 2x2 max pooling with stride 2, as PyTorch's `nn.MaxPool2d(2)`, optionally followed by a ReLU
-//! in the same op (`MaxPool2d(2), ReLU()` as the ConvNet has them: one pass instead of two).
+//! 2x2 max pooling with stride 2 and the ReLU after it, as PyTorch's `nn.MaxPool2d(2), nn.ReLU()`
+//! in one op: one pass over memory instead of two. ReLU is monotone, so pooling then rectifying
+//! equals rectifying then pooling.
 
 use kernels::{Buffer, Device, Pool2dShape};
 
 use crate::error::expect_shape;
 use crate::{Error, Result, Tensor, TensorView};
 
-pub struct MaxPool2d {
+pub struct MaxPool2dRelu {
     device: Device,
     name: String,
     shape: Pool2dShape,
-    /// Whether a ReLU follows in the same op; its backward then masks by the output.
-    relu: bool,
     /// For each output, the index into x of the maximum it took: only that input receives
     /// gradient, so backward needs the positions, not x itself.
     argmax: Buffer<u32>,
+    /// The output, which the backward also reads: the ReLU passes gradient only where it is
+    /// positive.
     output: Tensor,
     input_grad: Tensor,
 }
 
-impl MaxPool2d {
-    pub fn new(device: &Device, name: &str) -> Result<MaxPool2d> {
-        MaxPool2d::build(device, name, false)
-    }
-
-    /// Max-pool then ReLU, fused: equal to ReLU then max-pool, as ReLU is monotone.
-    pub fn with_relu(device: &Device, name: &str) -> Result<MaxPool2d> {
-        MaxPool2d::build(device, name, true)
-    }
-
-    fn build(device: &Device, name: &str, relu: bool) -> Result<MaxPool2d> {
-        Ok(MaxPool2d {
-            relu,
+impl MaxPool2dRelu {
+    pub fn new(device: &Device, name: &str) -> Result<MaxPool2dRelu> {
+        Ok(MaxPool2dRelu {
             device: device.clone(),
             name: name.to_string(),
             shape: Pool2dShape {
@@ -51,7 +42,8 @@ impl MaxPool2d {
         &self.output
     }
 
-    /// x `[N, C, H, W]` → y `[N, C, H/2, W/2]`; odd trailing rows and columns are dropped.
+    /// x `[N, C, H, W]` → y = relu(maxpool(x)) `[N, C, H/2, W/2]`; odd trailing rows and columns
+    /// are dropped.
     pub fn forward(&mut self, x: TensorView) -> Result<TensorView<'_>> {
         let &[batch, channels, height, width] = x.shape else {
             return Err(Error::Shape {
@@ -74,30 +66,20 @@ impl MaxPool2d {
             self.argmax = self.device.zeros(s.output_len())?;
         }
         let (y, argmax) = (&mut self.output.data, &mut self.argmax);
-        if self.relu {
-            self.device.maxpool2d_relu_forward(&s, x.data, y, argmax)?;
-        } else {
-            self.device.maxpool2d_forward(&s, x.data, y, argmax)?;
-        }
+        self.device.maxpool2d_relu_forward(&s, x.data, y, argmax)?;
         Ok(self.output.view())
     }
 
-    /// Routes each output's gradient to the input that was its maximum (with the ReLU, only
-    /// where the output is positive); the rest get zero.
+    /// Routes each output's gradient to the input that was its maximum, where the output is
+    /// positive; the rest get zero.
     pub fn backward(&mut self, dy: TensorView) -> Result<TensorView<'_>> {
         expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
         let s = self.shape;
         self.input_grad
             .resize(&self.device, &[s.batch, s.channels, s.height, s.width])?;
-        let dx = &mut self.input_grad.data;
-        if self.relu {
-            let y = &self.output.data;
-            self.device
-                .maxpool2d_relu_backward(&s, &self.argmax, y, dy.data, dx)?;
-        } else {
-            self.device
-                .maxpool2d_backward(&s, &self.argmax, dy.data, dx)?;
-        }
+        let (y, dx) = (&self.output.data, &mut self.input_grad.data);
+        self.device
+            .maxpool2d_relu_backward(&s, &self.argmax, y, dy.data, dx)?;
         Ok(self.input_grad.view())
     }
 }

@@ -1,8 +1,29 @@
 //! A kernel launch, described once and run by whichever executor the device has: the GPU through
 //! cudarc, or the CPU emulator. So the emulator checks the launch configuration and the argument
 //! order too, not only the kernel bodies.
+//!
+//! One file per kernel family, as in `kernels/`, says how each of its kernels is launched: grid,
+//! block, shared memory and argument order. The arguments follow each kernel's C signature
+//! exactly. Sizes travel as `int`: every index a kernel computes is below the length of some
+//! buffer, so buffers must hold fewer than 2³¹ elements.
+
+pub(crate) mod adam;
+pub(crate) mod conv2d;
+pub(crate) mod data;
+pub(crate) mod gemm;
+pub(crate) mod linear;
+pub(crate) mod maxpool;
+pub(crate) mod relu;
+pub(crate) mod softmax_xent;
 
 use crate::{Error, Result};
+
+/// Threads per block of the elementwise kernels.
+const BLOCK: u32 = 256;
+
+fn int(v: usize) -> KernelArg {
+    KernelArg::I32(v as i32)
+}
 
 /// One argument of a kernel, as the kernel's C signature takes it.
 #[derive(Clone, Copy, Debug, PartialEq)]

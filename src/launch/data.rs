@@ -1,9 +1,6 @@
-//! How the data-movement kernels of `kernels/data.cu` are launched. (The ops' launches are in
-//! `launches.rs`.)
+//! How the data-movement kernels of `kernels/data.cu` are launched: one thread per element.
 
-use crate::launch::{KernelArg, Launch};
-
-const BLOCK: u32 = 256;
+use super::{KernelArg, Launch, BLOCK};
 
 /// One thread per output pixel of `count` images.
 pub(crate) fn gather_images(

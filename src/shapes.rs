@@ -137,7 +137,9 @@ impl std::str::FromStr for Precision {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "tf32" => Ok(Precision::Tf32),
-            other => Err(format!("unknown precision {other:?}: expected tf32 or fp32")),
+            other => Err(format!(
+                "unknown precision {other:?}: expected tf32 or fp32"
+            )),
         }
     }
 }

@@ -12,8 +12,8 @@
 //! on patches, and writes each pixel of dx once instead of scattering columns back (col2im),
 //! which only strided convolutions still do.
 
-use super::gemm::{gemm, Epilogue, Layout, Matrix, PackB};
-use super::microkernel::NR;
+use super::gemm::{gemm, Epilogue, Layout, Matrix, PackB, PackedA, A};
+use super::microkernel::{MR, NR};
 use super::scratch::{with_scratch, COLUMNS, PARTIALS};
 use crate::{reference, Conv2dShape};
 use rayon::prelude::*;
@@ -53,7 +53,8 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) 
 fn convolve(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
-    let w = Matrix::new(w, weight_layout(s));
+    // Every image multiplies the same weight: pack it once.
+    let w = PackedA::new(Matrix::new(w, weight_layout(s)));
     let epilogue = Epilogue {
         row_bias: b,
         ..Epilogue::default()
@@ -65,7 +66,7 @@ fn convolve(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f
             with_scratch(&COLUMNS, padded_len(s), |padded| {
                 pad(s, x, padded);
                 let patches = Patches::new(&offsets, padded, false);
-                gemm(y, output_layout(s), w, &patches, epilogue);
+                gemm(y, output_layout(s), A::Packed(&w), &patches, epilogue);
             })
         });
 }
@@ -74,7 +75,8 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     if degenerate(s) {
         return reference::conv2d_backward_input(s, w, dy, dx);
     }
-    if s.stride == 1 && s.padding < s.kernel {
+    // As a convolution, the GEMM's rows are the input channels: too few fill no tile.
+    if s.stride == 1 && s.padding < s.kernel && s.in_channels >= MR {
         // dx[c, y, x] = Σ_{o,di,dj} w[o, c, di, dj]·dy[o, y+p−di, x+p−dj]; with di' = k−1−di
         // that is a convolution of dy padded by k−1−p with w'[c, o, di', dj'].
         let k = s.kernel;
@@ -104,7 +106,7 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
     let columns = columns_layout(s);
-    let w_t = Matrix::new(w, weight_layout(s).t());
+    let w_t = PackedA::new(Matrix::new(w, weight_layout(s).t()));
     dx.par_chunks_mut(image_len)
         .zip(dy.par_chunks(out_len))
         .for_each(|(dx, dy)| {
@@ -114,7 +116,7 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
                 |scratch| {
                     let (padded, dcol) = scratch.split_at_mut(padded_len(s));
                     let dy = Matrix::new(dy, output_layout(s));
-                    gemm(dcol, columns, w_t, &dy, Epilogue::default());
+                    gemm(dcol, columns, A::Packed(&w_t), &dy, Epilogue::default());
                     col2im(s, dcol, padded, dx);
                 },
             )
@@ -154,7 +156,13 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
                         // dw[o, (c,di,dj)] += Σ_pixels dy[o, pixel]·columns[(c,di,dj), pixel]
                         let dy_matrix = Matrix::new(dy, output_layout(s));
                         let patches = Patches::new(&offsets, padded, true);
-                        gemm(pdw, weight_layout(s), dy_matrix, &patches, accumulate);
+                        gemm(
+                            pdw,
+                            weight_layout(s),
+                            A::Matrix(dy_matrix),
+                            &patches,
+                            accumulate,
+                        );
                         for (sum, plane) in pdb.iter_mut().zip(dy.chunks_exact(plane)) {
                             *sum += sum_of(plane);
                         }
@@ -277,6 +285,14 @@ impl PackB for Patches<'_> {
                     }
                 }
             }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F; every run lies in the image (checked above) and
+                // the panel holds a row of NR per depth row.
+                return unsafe {
+                    copy_runs_avx512(self.padded, &rows[depth], &runs[..count], width, panel)
+                };
+            }
             for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
                 for &(j, len, start) in &runs[..count] {
                     out[j..j + len].copy_from_slice(&self.padded[row + start..][..len]);
@@ -284,6 +300,13 @@ impl PackB for Patches<'_> {
                 out[width..].fill(0.0);
             }
             return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") && self.padded.len() <= i32::MAX as usize
+        {
+            // SAFETY: the CPU has AVX-512F; every element lies in the image (checked above), at
+            // an offset an i32 holds, and the panel holds a row of NR per depth row.
+            return unsafe { gather_avx512(self.padded, &rows[depth], cols, panel) };
         }
         for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
             let source = &self.padded[row..];
@@ -293,6 +316,68 @@ impl PackB for Patches<'_> {
             }
             out[width..].fill(0.0);
         }
+    }
+}
+
+/// The forward panel rows as masked vector moves: per depth row, each run of consecutive pixels
+/// (a stretch of one image row) is one or two masked loads and stores.
+///
+/// # Safety
+/// The CPU must have AVX-512F, `padded[row + start..][..len]` must lie in the image for every
+/// row and run, and `panel` must hold `NR` floats per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_runs_avx512(
+    padded: &[f32],
+    rows: &[usize],
+    runs: &[(usize, usize, usize)],
+    width: usize,
+    panel: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (src, dst) = (padded.as_ptr(), panel.as_mut_ptr());
+    for (r, &row) in rows.iter().enumerate() {
+        let (src, out) = (src.add(row), dst.add(r * NR));
+        if width < NR {
+            _mm512_storeu_ps(out, _mm512_setzero_ps());
+            _mm512_storeu_ps(out.add(16), _mm512_setzero_ps());
+        }
+        for &(j, len, start) in runs {
+            for t in (0..len).step_by(16) {
+                let mask = ((1u32 << (len - t).min(16)) - 1) as __mmask16;
+                let v = _mm512_maskz_loadu_ps(mask, src.add(start + t));
+                _mm512_mask_storeu_ps(out.add(j + t), mask, v);
+            }
+        }
+    }
+}
+
+/// The transposed panel rows as two gathers each: the columns' offsets are the same for every
+/// row, which only moves the base. Lanes past the width gather nothing and store zero.
+///
+/// # Safety
+/// The CPU must have AVX-512F, `padded[row + col]` must lie in the image for every row and
+/// column and fit an i32, and `panel` must hold `NR` floats per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_avx512(padded: &[f32], rows: &[usize], cols: &[usize], panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut offsets = [0i32; NR];
+    for (o, &c) in offsets.iter_mut().zip(cols) {
+        *o = c as i32;
+    }
+    let mask = |from: usize| ((1u32 << cols.len().saturating_sub(from).min(16)) - 1) as __mmask16;
+    let (mask0, mask1) = (mask(0), mask(16));
+    let index0 = _mm512_loadu_si512(offsets.as_ptr().cast());
+    let index1 = _mm512_loadu_si512(offsets.as_ptr().add(16).cast());
+    let zero = _mm512_setzero_ps();
+    let (src, dst) = (padded.as_ptr(), panel.as_mut_ptr());
+    for (r, &row) in rows.iter().enumerate() {
+        let base = src.add(row);
+        let v0 = _mm512_mask_i32gather_ps::<4>(zero, mask0, index0, base);
+        let v1 = _mm512_mask_i32gather_ps::<4>(zero, mask1, index1, base);
+        _mm512_storeu_ps(dst.add(r * NR), v0);
+        _mm512_storeu_ps(dst.add(r * NR + 16), v1);
     }
 }
 

@@ -14,8 +14,15 @@ use super::scratch::{with_scratch, PACKED_A, PACKED_B};
 use std::ops::Range;
 use std::sync::OnceLock;
 
-/// Depth of a packed block: a B panel of KC x NR floats (32 KiB) stays in L1.
+/// Largest depth of a packed block: a B panel of KC x NR floats (32 KiB) stays in L1.
 const KC: usize = 256;
+
+/// The depth cut into blocks of at most [`KC`], as even as can be: 288 is two blocks of 144,
+/// not 256 and a short 32 that would load and store C again for little work.
+fn depth_blocks(k: usize) -> impl Iterator<Item = Range<usize>> + Clone {
+    let blocks = k.div_ceil(KC);
+    (0..blocks).map(move |b| b * k / blocks..(b + 1) * k / blocks)
+}
 /// Bytes of packed A per block: stays in L2.
 const A_BLOCK_BYTES: usize = 512 << 10;
 /// Below this many flops a product runs on one thread: splitting it costs more than it saves.
@@ -114,6 +121,52 @@ impl<'a> Matrix<'a> {
     }
 }
 
+/// A left-hand operand packed once for many products (a convolution's weight, used by every
+/// image): every depth block of [`depth_blocks`], each as the MR-row panels of all its rows.
+pub struct PackedA {
+    data: Vec<f32>,
+    layout: Layout,
+}
+
+impl PackedA {
+    pub fn new(a: Matrix) -> Self {
+        let (m, k) = (a.layout.rows, a.layout.cols);
+        let padded_rows = m.next_multiple_of(MR);
+        let mut data = vec![0.0; padded_rows * k];
+        for depth in depth_blocks(k) {
+            let block = &mut data[depth.start * padded_rows..][..depth.len() * padded_rows];
+            a.pack_a(0..m, depth, block);
+        }
+        PackedA {
+            data,
+            layout: a.layout,
+        }
+    }
+
+    /// The panels of rows `rows` (starting at a multiple of MR) in the block `depth`.
+    fn panels(&self, rows: &Range<usize>, depth: &Range<usize>) -> &[f32] {
+        let padded_rows = self.layout.rows.next_multiple_of(MR);
+        let block = &self.data[depth.start * padded_rows..][..depth.len() * padded_rows];
+        &block[rows.start * depth.len()..][..rows.len().next_multiple_of(MR) * depth.len()]
+    }
+}
+
+/// The left-hand operand of a product: packed as it goes, or once beforehand.
+#[derive(Clone, Copy)]
+pub enum A<'a> {
+    Matrix(Matrix<'a>),
+    Packed(&'a PackedA),
+}
+
+impl A<'_> {
+    fn layout(&self) -> Layout {
+        match self {
+            A::Matrix(a) => a.layout,
+            A::Packed(a) => a.layout,
+        }
+    }
+}
+
 /// A right-hand operand that packs its own panels.
 pub trait PackB: Sync {
     /// (depth, columns).
@@ -201,24 +254,13 @@ impl Kernel {
     }
 
     /// One tile; see [`microkernel::portable_tile`] for the contract.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
-        self,
-        depth: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        store: Store,
-    ) {
+    unsafe fn tile(self, depth: usize, a: *const f32, b: *const f32, store: Store) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => microkernel::avx512_tile(depth, a, b, c, ldc, rows, cols, store),
+            Kernel::Avx512 => microkernel::avx512_tile(depth, a, b, store),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Fma => microkernel::avx2_tile(depth, a, b, c, ldc, rows, cols, store),
-            _ => microkernel::portable_tile::<false>(depth, a, b, c, ldc, rows, cols, store),
+            Kernel::Avx2Fma => microkernel::avx2_tile(depth, a, b, store),
+            _ => microkernel::portable_tile::<false>(depth, a, b, store),
         }
     }
 }
@@ -226,7 +268,7 @@ impl Kernel {
 /// C = relu?(C? + bias + A·B) for C row-major-like (`col_stride` 1) of `c_layout`, with the
 /// kernel [`Kernel::detect`] picks. Split across the thread pool when large, unless called from
 /// inside the pool (one image of a convolution), where it stays on its thread.
-pub fn gemm(c: &mut [f32], c_layout: Layout, a: Matrix, b: &impl PackB, epilogue: Epilogue) {
+pub fn gemm(c: &mut [f32], c_layout: Layout, a: A, b: &impl PackB, epilogue: Epilogue) {
     gemm_with(Kernel::detect(), c, c_layout, a, b, epilogue)
 }
 
@@ -239,15 +281,15 @@ pub fn gemm_with(
     kernel: Kernel,
     c: &mut [f32],
     c_layout: Layout,
-    a: Matrix,
+    a: A,
     b: &impl PackB,
     epilogue: Epilogue,
 ) {
-    let (m, n, k) = (c_layout.rows, c_layout.cols, a.layout.cols);
+    let (m, n, k) = (c_layout.rows, c_layout.cols, a.layout().cols);
     assert!(
-        a.layout.rows == m && b.shape() == (k, n),
+        a.layout().rows == m && b.shape() == (k, n),
         "gemm shapes: c {c_layout:?}, a {:?}, b {:?}",
-        a.layout,
+        a.layout(),
         b.shape()
     );
     assert!(
@@ -304,7 +346,7 @@ struct Product<'a, B> {
     kernel: Kernel,
     c: *mut f32,
     ldc: usize,
-    a: Matrix<'a>,
+    a: A<'a>,
     b: &'a B,
     epilogue: Epilogue<'a>,
 }
@@ -318,26 +360,39 @@ impl<B: PackB> Product<'_, B> {
     /// # Safety
     /// C must be valid for its layout and no other thread may touch this block.
     unsafe fn run(&self, rows: Range<usize>, cols: Range<usize>) {
-        let k = self.a.layout.cols;
+        let k = self.a.layout().cols;
         let e = &self.epilogue;
         if k == 0 {
             // No depth to loop over: the epilogue alone.
             return self.epilogue_only(rows, cols);
         }
-        let kc_max = k.min(KC);
-        let mc_max = (A_BLOCK_BYTES / 4 / kc_max / MR * MR)
-            .max(MR)
-            .min(rows.len().next_multiple_of(MR));
-        with_scratch(&PACKED_A, mc_max * kc_max, |packed_a| {
+        let kc_max = depth_blocks(k).map(|d| d.len()).max().unwrap_or(0);
+        // Packed beforehand, A is read from where it lies: one block of all the rows.
+        let mc_max = match self.a {
+            A::Matrix(_) => A_BLOCK_BYTES / 4 / kc_max / MR * MR,
+            A::Packed(_) => rows.len(),
+        }
+        .max(MR)
+        .min(rows.len().next_multiple_of(MR));
+        let scratch_a = match self.a {
+            A::Matrix(_) => mc_max * kc_max,
+            A::Packed(_) => 0,
+        };
+        with_scratch(&PACKED_A, scratch_a, |scratch_a| {
             with_scratch(&PACKED_B, KC * NR, |packed_b| {
-                for depth_start in (0..k).step_by(KC) {
-                    let depth = depth_start..(depth_start + KC).min(k);
+                for depth in depth_blocks(k) {
                     let (first, last) = (depth.start == 0, depth.end == k);
                     for row_start in rows.clone().step_by(mc_max) {
                         let block = row_start..(row_start + mc_max).min(rows.end);
-                        let packed_a =
-                            &mut packed_a[..block.len().next_multiple_of(MR) * depth.len()];
-                        self.a.pack_a(block.clone(), depth.clone(), packed_a);
+                        let packed_a = match self.a {
+                            A::Matrix(a) => {
+                                let len = block.len().next_multiple_of(MR) * depth.len();
+                                let packed = &mut scratch_a[..len];
+                                a.pack_a(block.clone(), depth.clone(), packed);
+                                &*packed
+                            }
+                            A::Packed(a) => a.panels(&block, &depth),
+                        };
                         for col in cols.clone().step_by(NR) {
                             let width = (cols.end - col).min(NR);
                             let packed_b = &mut packed_b[..depth.len() * NR];
@@ -345,6 +400,10 @@ impl<B: PackB> Product<'_, B> {
                             let a_panels = packed_a.chunks_exact(depth.len() * MR);
                             for (a_panel, row) in a_panels.zip(block.clone().step_by(MR)) {
                                 let store = Store {
+                                    c: self.c.add(row * self.ldc + col),
+                                    ldc: self.ldc,
+                                    rows: (block.end - row).min(MR),
+                                    cols: width,
                                     load: !first || e.accumulate,
                                     row_bias: match e.row_bias {
                                         Some(bias) if first => bias[row..].as_ptr(),
@@ -356,16 +415,8 @@ impl<B: PackB> Product<'_, B> {
                                     },
                                     relu: last && e.relu,
                                 };
-                                self.kernel.tile(
-                                    depth.len(),
-                                    a_panel.as_ptr(),
-                                    packed_b.as_ptr(),
-                                    self.c.add(row * self.ldc + col),
-                                    self.ldc,
-                                    (block.end - row).min(MR),
-                                    width,
-                                    store,
-                                );
+                                let (a, b) = (a_panel.as_ptr(), packed_b.as_ptr());
+                                self.kernel.tile(depth.len(), a, b, store);
                             }
                         }
                     }

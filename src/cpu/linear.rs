@@ -1,6 +1,6 @@
 //! Fully connected layers: each pass is one GEMM, split across threads by [`gemm`].
 
-use super::gemm::{gemm, Epilogue, Layout, Matrix};
+use super::gemm::{gemm, Epilogue, Layout, Matrix, A};
 use crate::LinearShape;
 
 /// x `[batch, in]`, W `[out, in]`, y `[batch, out]`.
@@ -22,19 +22,25 @@ pub fn forward(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bool, y: 
         ..Epilogue::default()
     };
     let (x, w) = (Matrix::new(x, x_layout), Matrix::new(w, w_layout.t()));
-    gemm(y, y_layout, x, &w, epilogue);
+    gemm(y, y_layout, A::Matrix(x), &w, epilogue);
 }
 
 pub fn backward_input(s: &LinearShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (x_layout, w_layout, y_layout) = layouts(s);
     let (dy, w) = (Matrix::new(dy, y_layout), Matrix::new(w, w_layout));
-    gemm(dx, x_layout, dy, &w, Epilogue::default());
+    gemm(dx, x_layout, A::Matrix(dy), &w, Epilogue::default());
 }
 
 pub fn backward_weight(s: &LinearShape, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) {
     let (x_layout, w_layout, y_layout) = layouts(s);
     let (dy_t, x_matrix) = (Matrix::new(dy, y_layout.t()), Matrix::new(x, x_layout));
-    gemm(dw, w_layout, dy_t, &x_matrix, Epilogue::default());
+    gemm(
+        dw,
+        w_layout,
+        A::Matrix(dy_t),
+        &x_matrix,
+        Epilogue::default(),
+    );
     db.fill(0.0);
     if s.out_features > 0 {
         for row in dy.chunks_exact(s.out_features) {

@@ -11,9 +11,16 @@ pub const MR: usize = 8;
 /// Columns of a tile: two 16-float AVX-512 vectors of B.
 pub const NR: usize = 32;
 
-/// How a finished tile meets C: `c = relu?(load·c + row_bias[i] + col_bias[j] + tile)`.
+/// Where a finished tile goes and how it meets C there:
+/// `c = relu?(load·c + row_bias[i] + col_bias[j] + tile)` for the `rows x cols` corner.
 #[derive(Clone, Copy)]
 pub struct Store {
+    /// The tile's first element in C, whose rows lie `ldc` apart.
+    pub c: *mut f32,
+    pub ldc: usize,
+    /// How much of the tile lies inside C: at most MR and NR.
+    pub rows: usize,
+    pub cols: usize,
     /// Add the tile to what C holds (false: overwrite it).
     pub load: bool,
     /// A value per tile row to add, or null.
@@ -31,19 +38,19 @@ pub struct Store {
 /// AVX2 with room for the B row and the broadcast.
 ///
 /// # Safety
-/// `a` and `b` must hold `depth` packed rows; `c` must be valid for `rows x cols` at row stride
-/// `ldc` (rows ≤ MR, cols ≤ NR), and the biases, when not null, for `rows` and `cols` values.
+/// `a` and `b` must hold `depth` packed rows; `store.c` must be valid for `rows x cols` at row
+/// stride `ldc` (rows ≤ MR, cols ≤ NR), and the biases, when not null, for `rows` and `cols`
+/// values.
 #[inline(always)]
 pub unsafe fn portable_tile<const FMA: bool>(
     depth: usize,
     a: *const f32,
     b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
     store: Store,
 ) {
+    let Store {
+        c, ldc, rows, cols, ..
+    } = store;
     const QR: usize = MR / 2;
     const QC: usize = NR / 2;
     for (row0, col0) in [(0, 0), (0, QC), (QR, 0), (QR, QC)] {
@@ -93,17 +100,8 @@ pub unsafe fn portable_tile<const FMA: bool>(
 /// As [`portable_tile`]; the CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn avx2_tile(
-    depth: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    store: Store,
-) {
-    portable_tile::<true>(depth, a, b, c, ldc, rows, cols, store)
+pub unsafe fn avx2_tile(depth: usize, a: *const f32, b: *const f32, store: Store) {
+    portable_tile::<true>(depth, a, b, store)
 }
 
 /// The AVX-512 tile: 8 rows x 2 vectors = 16 accumulators, each depth step two loads of B, eight
@@ -113,17 +111,11 @@ pub unsafe fn avx2_tile(
 /// As [`portable_tile`]; the CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub unsafe fn avx512_tile(
-    depth: usize,
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    store: Store,
-) {
+pub unsafe fn avx512_tile(depth: usize, a: *const f32, b: *const f32, store: Store) {
     use std::arch::x86_64::*;
+    let Store {
+        c, ldc, rows, cols, ..
+    } = store;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     for p in 0..depth {
         let b0 = _mm512_loadu_ps(b.add(p * NR));

@@ -14,6 +14,8 @@
 
 use super::gemm::{gemm, Epilogue, Layout, Matrix, PackB, PackedA, A};
 use super::microkernel::{MR, NR};
+#[cfg(target_arch = "x86_64")]
+use super::pack;
 use super::scratch::{with_scratch, COLUMNS, PARTIALS};
 use crate::{reference, Conv2dShape};
 use rayon::prelude::*;
@@ -197,7 +199,14 @@ fn pad(s: &Conv2dShape, image: &[f32], padded: &mut [f32]) {
             .chunks_exact_mut(pw)
             .zip(image.chunks_exact(s.width));
         for (padded, image) in rows {
-            padded[s.padding..][..s.width].copy_from_slice(image);
+            let padded = &mut padded[s.padding..][..s.width];
+            #[cfg(target_arch = "x86_64")]
+            if pack::available() {
+                // SAFETY: the CPU has AVX-512F; both rows hold `width` floats.
+                unsafe { pack::copy(image.as_ptr(), padded.as_mut_ptr(), s.width) };
+                continue;
+            }
+            padded.copy_from_slice(image);
         }
     }
 }
@@ -286,12 +295,19 @@ impl PackB for Patches<'_> {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F; every run lies in the image (checked above) and
-                // the panel holds a row of NR per depth row.
-                return unsafe {
-                    copy_runs_avx512(self.padded, &rows[depth], &runs[..count], width, panel)
-                };
+            if pack::available() {
+                let src = self.padded.as_ptr();
+                for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
+                    out[width..].fill(0.0);
+                    for &(j, len, start) in &runs[..count] {
+                        // SAFETY: the CPU has AVX-512F; the run lies in the image (checked
+                        // above) and in the panel row.
+                        unsafe {
+                            pack::copy(src.add(row + start), out[j..j + len].as_mut_ptr(), len)
+                        };
+                    }
+                }
+                return;
             }
             for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
                 for &(j, len, start) in &runs[..count] {
@@ -302,11 +318,11 @@ impl PackB for Patches<'_> {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") && self.padded.len() <= i32::MAX as usize
-        {
+        if pack::available() && last_col <= i32::MAX as usize {
+            let rows = rows[depth].iter().copied();
             // SAFETY: the CPU has AVX-512F; every element lies in the image (checked above), at
-            // an offset an i32 holds, and the panel holds a row of NR per depth row.
-            return unsafe { gather_avx512(self.padded, &rows[depth], cols, panel) };
+            // a column offset an i32 holds, and the panel holds a row of NR per depth row.
+            return unsafe { pack::gather(self.padded.as_ptr(), rows, cols, panel.as_mut_ptr()) };
         }
         for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
             let source = &self.padded[row..];
@@ -316,68 +332,6 @@ impl PackB for Patches<'_> {
             }
             out[width..].fill(0.0);
         }
-    }
-}
-
-/// The forward panel rows as masked vector moves: per depth row, each run of consecutive pixels
-/// (a stretch of one image row) is one or two masked loads and stores.
-///
-/// # Safety
-/// The CPU must have AVX-512F, `padded[row + start..][..len]` must lie in the image for every
-/// row and run, and `panel` must hold `NR` floats per row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn copy_runs_avx512(
-    padded: &[f32],
-    rows: &[usize],
-    runs: &[(usize, usize, usize)],
-    width: usize,
-    panel: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let (src, dst) = (padded.as_ptr(), panel.as_mut_ptr());
-    for (r, &row) in rows.iter().enumerate() {
-        let (src, out) = (src.add(row), dst.add(r * NR));
-        if width < NR {
-            _mm512_storeu_ps(out, _mm512_setzero_ps());
-            _mm512_storeu_ps(out.add(16), _mm512_setzero_ps());
-        }
-        for &(j, len, start) in runs {
-            for t in (0..len).step_by(16) {
-                let mask = ((1u32 << (len - t).min(16)) - 1) as __mmask16;
-                let v = _mm512_maskz_loadu_ps(mask, src.add(start + t));
-                _mm512_mask_storeu_ps(out.add(j + t), mask, v);
-            }
-        }
-    }
-}
-
-/// The transposed panel rows as two gathers each: the columns' offsets are the same for every
-/// row, which only moves the base. Lanes past the width gather nothing and store zero.
-///
-/// # Safety
-/// The CPU must have AVX-512F, `padded[row + col]` must lie in the image for every row and
-/// column and fit an i32, and `panel` must hold `NR` floats per row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gather_avx512(padded: &[f32], rows: &[usize], cols: &[usize], panel: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let mut offsets = [0i32; NR];
-    for (o, &c) in offsets.iter_mut().zip(cols) {
-        *o = c as i32;
-    }
-    let mask = |from: usize| ((1u32 << cols.len().saturating_sub(from).min(16)) - 1) as __mmask16;
-    let (mask0, mask1) = (mask(0), mask(16));
-    let index0 = _mm512_loadu_si512(offsets.as_ptr().cast());
-    let index1 = _mm512_loadu_si512(offsets.as_ptr().add(16).cast());
-    let zero = _mm512_setzero_ps();
-    let (src, dst) = (padded.as_ptr(), panel.as_mut_ptr());
-    for (r, &row) in rows.iter().enumerate() {
-        let base = src.add(row);
-        let v0 = _mm512_mask_i32gather_ps::<4>(zero, mask0, index0, base);
-        let v1 = _mm512_mask_i32gather_ps::<4>(zero, mask1, index1, base);
-        _mm512_storeu_ps(dst.add(r * NR), v0);
-        _mm512_storeu_ps(dst.add(r * NR + 16), v1);
     }
 }
 

@@ -10,6 +10,8 @@
 //! compiled for AVX2+FMA, else plain.
 
 use super::microkernel::{self, Store, MR, NR};
+#[cfg(target_arch = "x86_64")]
+use super::pack;
 use super::scratch::{with_scratch, PACKED_A, PACKED_B};
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -69,8 +71,8 @@ impl Layout {
 /// A matrix read in place: its slice and where its elements lie.
 #[derive(Clone, Copy, Debug)]
 pub struct Matrix<'a> {
-    pub data: &'a [f32],
-    pub layout: Layout,
+    data: &'a [f32],
+    layout: Layout,
 }
 
 impl<'a> Matrix<'a> {
@@ -193,7 +195,20 @@ impl PackB for Matrix<'_> {
                 out[width..].fill(0.0);
             }
         } else {
-            // Columns contiguous along the depth (a transposed operand): read each column once.
+            // Columns contiguous along the depth (a transposed operand).
+            #[cfg(target_arch = "x86_64")]
+            if pack::available() && (width - 1) * col_stride <= i32::MAX as usize {
+                let mut cols = [0; NR];
+                for (j, c) in cols[..width].iter_mut().enumerate() {
+                    *c = (col + j) * col_stride;
+                }
+                let rows = depth.map(|p| p * row_stride);
+                // SAFETY: the CPU has AVX-512F; every element lies in the matrix (checked by
+                // Matrix::new), at a column offset an i32 holds, and the panel holds NR per row.
+                return unsafe {
+                    pack::gather(self.data.as_ptr(), rows, &cols[..width], panel.as_mut_ptr())
+                };
+            }
             if width < NR {
                 panel.fill(0.0);
             }

@@ -12,6 +12,8 @@ mod elementwise;
 pub mod gemm;
 mod linear;
 mod microkernel;
+#[cfg(target_arch = "x86_64")]
+mod pack;
 mod pool;
 mod scratch;
 

@@ -1,6 +1,7 @@
 //! Every fast CPU op against the reference, on random shapes and values: odd sizes, strides,
 //! paddings and batches that are multiples of nothing.
 
+use kernels::cpu::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, PackedA, A};
 use kernels::{cpu, reference as r, AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -163,6 +164,117 @@ fn conv2d_matches_reference() {
     }
 }
 
+/// A `rows x cols` matrix in a slice, row-major or transposed, its rows or columns `pad` apart
+/// beyond what they need.
+fn random_layout(rng: &mut StdRng, rows: usize, cols: usize) -> Layout {
+    let pad = rng.random_range(0..=3);
+    if rng.random_bool(0.5) {
+        Layout {
+            rows,
+            cols,
+            row_stride: cols + pad,
+            col_stride: 1,
+        }
+    } else {
+        Layout {
+            rows,
+            cols,
+            row_stride: 1,
+            col_stride: rows + pad,
+        }
+    }
+}
+
+fn at(data: &[f32], l: &Layout, i: usize, j: usize) -> f64 {
+    data[i * l.row_stride + j * l.col_stride] as f64
+}
+
+/// The GEMM with every micro-kernel this CPU runs (the AVX-512 one and its fallbacks, forced),
+/// on odd sizes, both layouts of each operand, depths over several blocks, A packed beforehand
+/// or not, and every epilogue, against the same sum in f64.
+#[test]
+fn gemm_every_kernel_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let kernels = Kernel::available();
+    assert!(
+        kernels.contains(&Kernel::Portable),
+        "the fallback is always there"
+    );
+    let fixed = [
+        (64, 1024, 3136),
+        (1024, 3136, 64),
+        (64, 196, 288),
+        (9, 33, 17),
+        (1, 1, 1),
+    ];
+    let random_shapes = (0..12).map(|_| {
+        (
+            rng.random_range(1..=70),
+            rng.random_range(1..=150),
+            rng.random_range(0..=600),
+        )
+    });
+    let shapes: Vec<_> = fixed
+        .into_iter()
+        .chain(random_shapes.collect::<Vec<_>>())
+        .collect();
+    for (case, &(m, n, k)) in shapes.iter().enumerate() {
+        let (a_layout, b_layout) = (random_layout(&mut rng, m, k), random_layout(&mut rng, k, n));
+        let a = random(&mut rng, a_layout.rows * a_layout.cols * 4 + 3);
+        let b = random(&mut rng, b_layout.rows * b_layout.cols * 4 + 3);
+        let ldc = n + rng.random_range(0..=2);
+        let c_layout = Layout {
+            rows: m,
+            cols: n,
+            row_stride: ldc,
+            col_stride: 1,
+        };
+        let c0 = random(&mut rng, m * ldc);
+        let (row_bias, col_bias) = (random(&mut rng, m), random(&mut rng, n));
+        let epilogue = Epilogue {
+            accumulate: rng.random_bool(0.5),
+            row_bias: rng.random_bool(0.5).then_some(&row_bias[..]),
+            col_bias: rng.random_bool(0.5).then_some(&col_bias[..]),
+            relu: rng.random_bool(0.5),
+        };
+        let mut exact = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut sum: f64 = (0..k)
+                    .map(|p| at(&a, &a_layout, i, p) * at(&b, &b_layout, p, j))
+                    .sum();
+                if epilogue.accumulate {
+                    sum += c0[i * ldc + j] as f64;
+                }
+                sum += epilogue.row_bias.map_or(0.0, |bias| bias[i] as f64);
+                sum += epilogue.col_bias.map_or(0.0, |bias| bias[j] as f64);
+                exact[i * n + j] = if epilogue.relu { sum.max(0.0) } else { sum };
+            }
+        }
+        let (a_matrix, b_matrix) = (Matrix::new(&a, a_layout), Matrix::new(&b, b_layout));
+        let packed = PackedA::new(a_matrix);
+        for &kernel in &kernels {
+            for a_operand in [A::Matrix(a_matrix), A::Packed(&packed)] {
+                let mut c = c0.clone();
+                gemm_with(kernel, &mut c, c_layout, a_operand, &b_matrix, epilogue);
+                let name = format!(
+                    "case {case} {kernel:?} {m}x{n}x{k} a {a_layout:?} b {b_layout:?} {epilogue:?}"
+                );
+                let inside: Vec<f32> = c.chunks(ldc).flat_map(|row| &row[..n]).copied().collect();
+                assert_close(&name, &inside, &exact);
+                // The padding between C's rows is never written.
+                for (i, row) in c.chunks(ldc).enumerate() {
+                    assert_eq!(
+                        &row[n..],
+                        &c0[i * ldc + n..(i + 1) * ldc],
+                        "{name}: row {i} pad"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn linear_matches_reference() {
     let mut rng = StdRng::seed_from_u64(11);
@@ -215,6 +327,12 @@ fn linear_matches_reference() {
         let mut exact = vec![0.0; y.len()];
         r::linear_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
         assert_close(&format!("y {name}"), &y, &exact);
+
+        let mut y_relu = vec![f32::NAN; y.len()];
+        cpu::linear_relu_forward(s, &x, &w, &b, &mut y_relu);
+        let (mut relu_exact, exact_y) = (vec![0.0; y.len()], exact.clone());
+        r::relu_forward(&exact_y, &mut relu_exact);
+        assert_close(&format!("relu(y) {name}"), &y_relu, &relu_exact);
 
         let mut dx = vec![f32::NAN; x.len()];
         cpu::linear_backward_input(s, &w, &dy, &mut dx);

@@ -195,18 +195,19 @@ fn pad(s: &Conv2dShape, image: &[f32], padded: &mut [f32]) {
         .chunks_exact_mut(ph * pw)
         .zip(image.chunks_exact(s.height * s.width));
     for (padded, image) in planes {
+        #[cfg(target_arch = "x86_64")]
+        if pack::available() {
+            let dst = padded[s.padding * pw + s.padding..].as_mut_ptr();
+            // SAFETY: the CPU has AVX-512F; the image's rows and their places in the padded
+            // plane both lie inside their planes.
+            unsafe { pack::copy_rows(image.as_ptr(), s.width, dst, pw, s.height, s.width) };
+            continue;
+        }
         let rows = padded[s.padding * pw..]
             .chunks_exact_mut(pw)
             .zip(image.chunks_exact(s.width));
         for (padded, image) in rows {
-            let padded = &mut padded[s.padding..][..s.width];
-            #[cfg(target_arch = "x86_64")]
-            if pack::available() {
-                // SAFETY: the CPU has AVX-512F; both rows hold `width` floats.
-                unsafe { pack::copy(image.as_ptr(), padded.as_mut_ptr(), s.width) };
-                continue;
-            }
-            padded.copy_from_slice(image);
+            padded[s.padding..][..s.width].copy_from_slice(image);
         }
     }
 }
@@ -296,18 +297,10 @@ impl PackB for Patches<'_> {
             }
             #[cfg(target_arch = "x86_64")]
             if pack::available() {
-                let src = self.padded.as_ptr();
-                for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
-                    out[width..].fill(0.0);
-                    for &(j, len, start) in &runs[..count] {
-                        // SAFETY: the CPU has AVX-512F; the run lies in the image (checked
-                        // above) and in the panel row.
-                        unsafe {
-                            pack::copy(src.add(row + start), out[j..j + len].as_mut_ptr(), len)
-                        };
-                    }
-                }
-                return;
+                let (src, dst) = (self.padded.as_ptr(), panel.as_mut_ptr());
+                // SAFETY: the CPU has AVX-512F; every run lies in the image (checked above) and
+                // in a panel row, and the panel holds NR floats per depth row.
+                return unsafe { pack::copy_runs(src, &rows[depth], &runs[..count], width, dst) };
             }
             for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
                 for &(j, len, start) in &runs[..count] {

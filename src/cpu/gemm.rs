@@ -98,9 +98,20 @@ impl<'a> Matrix<'a> {
         {
             let height = (rows.end - first).min(MR);
             if col_stride == 1 {
-                // Rows contiguous along the depth: read each row once, write it strided.
+                // Rows contiguous along the depth: a transpose.
                 if height < MR {
                     panel.fill(0.0);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if pack::available() {
+                    let src = self.data[first * row_stride + depth.start..].as_ptr();
+                    // SAFETY: the CPU has AVX-512F; the rows lie in the matrix (checked by
+                    // Matrix::new) and the panel holds MR floats per depth.
+                    unsafe {
+                        let dst = panel.as_mut_ptr();
+                        pack::transpose(src, row_stride, height, depth.len(), dst, MR)
+                    };
+                    continue;
                 }
                 for i in 0..height {
                     let row = &self.data[(first + i) * row_stride + depth.start..][..depth.len()];
@@ -195,19 +206,20 @@ impl PackB for Matrix<'_> {
                 out[width..].fill(0.0);
             }
         } else {
-            // Columns contiguous along the depth (a transposed operand).
+            // Columns contiguous along the depth (a transposed operand): a transpose.
+            if width < NR {
+                panel.fill(0.0);
+            }
             #[cfg(target_arch = "x86_64")]
-            if pack::available() && (width - 1) * col_stride <= i32::MAX as usize {
-                let mut cols = [0; NR];
-                for (j, c) in cols[..width].iter_mut().enumerate() {
-                    *c = (col + j) * col_stride;
-                }
-                let rows = depth.map(|p| p * row_stride);
-                // SAFETY: the CPU has AVX-512F; every element lies in the matrix (checked by
-                // Matrix::new), at a column offset an i32 holds, and the panel holds NR per row.
-                return unsafe {
-                    pack::gather(self.data.as_ptr(), rows, &cols[..width], panel.as_mut_ptr())
+            if pack::available() && row_stride == 1 {
+                let src = self.data[col * col_stride + depth.start..].as_ptr();
+                // SAFETY: the CPU has AVX-512F; the columns lie in the matrix (checked by
+                // Matrix::new) and the panel holds NR floats per depth.
+                unsafe {
+                    let dst = panel.as_mut_ptr();
+                    pack::transpose(src, col_stride, width, depth.len(), dst, NR)
                 };
+                return;
             }
             if width < NR {
                 panel.fill(0.0);

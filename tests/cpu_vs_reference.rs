@@ -44,9 +44,8 @@ fn random_conv(rng: &mut StdRng) -> Conv2dShape {
     }
 }
 
-#[test]
-fn conv2d_matches_reference() {
-    let mut rng = StdRng::seed_from_u64(10);
+/// The network's convolutions, odd ones, and random ones.
+fn conv_shapes(rng: &mut StdRng) -> Vec<Conv2dShape> {
     let fixed = [
         // The reference network's layers, at a small batch.
         Conv2dShape {
@@ -129,39 +128,91 @@ fn conv2d_matches_reference() {
             stride: 1,
             padding: 2,
         },
+        // Enough input channels for the input gradient to run as a convolution.
+        Conv2dShape {
+            batch: 3,
+            in_channels: 10,
+            out_channels: 3,
+            height: 8,
+            width: 13,
+            kernel: 5,
+            stride: 1,
+            padding: 2,
+        },
+        Conv2dShape {
+            batch: 2,
+            in_channels: 8,
+            out_channels: 17,
+            height: 5,
+            width: 6,
+            kernel: 3,
+            stride: 1,
+            padding: 0,
+        },
     ];
-    let shapes: Vec<_> = fixed
+    fixed
         .into_iter()
-        .chain((0..20).map(|_| random_conv(&mut rng)))
-        .collect();
-    for s in &shapes {
-        let x = random(&mut rng, s.input_len());
-        let w = random(&mut rng, s.weight_len());
-        let b = random(&mut rng, s.out_channels);
-        let dy = random(&mut rng, s.output_len());
-        let name = format!("{s:?}");
+        .chain((0..20).map(|_| random_conv(rng)))
+        .collect()
+}
 
-        let mut y = vec![f32::NAN; s.output_len()];
-        cpu::conv2d_forward(s, &x, &w, &b, &mut y);
-        let mut exact = vec![0.0; s.output_len()];
-        r::conv2d_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
-        assert_close(&format!("y {name}"), &y, &exact);
-
-        let mut dx = vec![f32::NAN; s.input_len()];
-        cpu::conv2d_backward_input(s, &w, &dy, &mut dx);
-        let mut exact = vec![0.0; s.input_len()];
-        r::conv2d_backward_input(s, &wide(&w), &wide(&dy), &mut exact);
-        assert_close(&format!("dx {name}"), &dx, &exact);
-
-        let mut dw = vec![f32::NAN; s.weight_len()];
-        let mut db = vec![f32::NAN; s.out_channels];
-        cpu::conv2d_backward_weight(s, &x, &dy, &mut dw, &mut db);
-        let mut exact_dw = vec![0.0; s.weight_len()];
-        let mut exact_db = vec![0.0; s.out_channels];
-        r::conv2d_backward_weight(s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
-        assert_close(&format!("dw {name}"), &dw, &exact_dw);
-        assert_close(&format!("db {name}"), &db, &exact_db);
+#[test]
+fn conv2d_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(10);
+    for s in &conv_shapes(&mut rng) {
+        check_conv(&mut rng, s);
     }
+}
+
+/// Every layer through each fallback micro-kernel and its packing, as a CPU without AVX-512
+/// (or without AVX2) would run them.
+#[test]
+fn fallback_kernels_match_reference() {
+    let mut rng = StdRng::seed_from_u64(18);
+    let fallbacks = Kernel::available()
+        .into_iter()
+        .filter(|&k| k != Kernel::Avx512);
+    for kernel in fallbacks {
+        Kernel::force(Some(kernel));
+        assert_eq!(Kernel::detect(), kernel);
+        for s in &conv_shapes(&mut rng) {
+            check_conv(&mut rng, s);
+        }
+        for s in &linear_shapes(&mut rng) {
+            check_linear(&mut rng, s);
+        }
+    }
+    Kernel::force(None);
+}
+
+/// Forward, input and weight gradients of one convolution against the reference.
+fn check_conv(rng: &mut StdRng, s: &Conv2dShape) {
+    let x = random(rng, s.input_len());
+    let w = random(rng, s.weight_len());
+    let b = random(rng, s.out_channels);
+    let dy = random(rng, s.output_len());
+    let name = format!("{s:?}");
+
+    let mut y = vec![f32::NAN; s.output_len()];
+    cpu::conv2d_forward(s, &x, &w, &b, &mut y);
+    let mut exact = vec![0.0; s.output_len()];
+    r::conv2d_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
+    assert_close(&format!("y {name}"), &y, &exact);
+
+    let mut dx = vec![f32::NAN; s.input_len()];
+    cpu::conv2d_backward_input(s, &w, &dy, &mut dx);
+    let mut exact = vec![0.0; s.input_len()];
+    r::conv2d_backward_input(s, &wide(&w), &wide(&dy), &mut exact);
+    assert_close(&format!("dx {name}"), &dx, &exact);
+
+    let mut dw = vec![f32::NAN; s.weight_len()];
+    let mut db = vec![f32::NAN; s.out_channels];
+    cpu::conv2d_backward_weight(s, &x, &dy, &mut dw, &mut db);
+    let mut exact_dw = vec![0.0; s.weight_len()];
+    let mut exact_db = vec![0.0; s.out_channels];
+    r::conv2d_backward_weight(s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
+    assert_close(&format!("dw {name}"), &dw, &exact_dw);
+    assert_close(&format!("db {name}"), &db, &exact_db);
 }
 
 /// A `rows x cols` matrix in a slice, row-major or transposed, its rows or columns `pad` apart
@@ -275,9 +326,7 @@ fn gemm_every_kernel_matches_reference() {
     }
 }
 
-#[test]
-fn linear_matches_reference() {
-    let mut rng = StdRng::seed_from_u64(11);
+fn linear_shapes(rng: &mut StdRng) -> Vec<LinearShape> {
     let fixed = [
         // Big enough to be split across threads, with odd splits.
         LinearShape {
@@ -311,44 +360,55 @@ fn linear_matches_reference() {
         in_features: rng.random_range(1..=300),
         out_features: rng.random_range(1..=300),
     });
-    let shapes: Vec<_> = fixed
+    fixed
         .into_iter()
         .chain(random_shapes.collect::<Vec<_>>())
-        .collect();
-    for s in &shapes {
-        let x = random(&mut rng, s.batch * s.in_features);
-        let w = random(&mut rng, s.out_features * s.in_features);
-        let b = random(&mut rng, s.out_features);
-        let dy = random(&mut rng, s.batch * s.out_features);
-        let name = format!("{s:?}");
+        .collect()
+}
 
-        let mut y = vec![f32::NAN; s.batch * s.out_features];
-        cpu::linear_forward(s, &x, &w, &b, &mut y);
-        let mut exact = vec![0.0; y.len()];
-        r::linear_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
-        assert_close(&format!("y {name}"), &y, &exact);
-
-        let mut y_relu = vec![f32::NAN; y.len()];
-        cpu::linear_relu_forward(s, &x, &w, &b, &mut y_relu);
-        let (mut relu_exact, exact_y) = (vec![0.0; y.len()], exact.clone());
-        r::relu_forward(&exact_y, &mut relu_exact);
-        assert_close(&format!("relu(y) {name}"), &y_relu, &relu_exact);
-
-        let mut dx = vec![f32::NAN; x.len()];
-        cpu::linear_backward_input(s, &w, &dy, &mut dx);
-        let mut exact = vec![0.0; x.len()];
-        r::linear_backward_input(s, &wide(&w), &wide(&dy), &mut exact);
-        assert_close(&format!("dx {name}"), &dx, &exact);
-
-        let mut dw = vec![f32::NAN; w.len()];
-        let mut db = vec![f32::NAN; b.len()];
-        cpu::linear_backward_weight(s, &x, &dy, &mut dw, &mut db);
-        let mut exact_dw = vec![0.0; w.len()];
-        let mut exact_db = vec![0.0; b.len()];
-        r::linear_backward_weight(s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
-        assert_close(&format!("dw {name}"), &dw, &exact_dw);
-        assert_close(&format!("db {name}"), &db, &exact_db);
+#[test]
+fn linear_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for s in &linear_shapes(&mut rng) {
+        check_linear(&mut rng, s);
     }
+}
+
+/// Forward (plain and with ReLU), input and weight gradients of one linear layer against the
+/// reference.
+fn check_linear(rng: &mut StdRng, s: &LinearShape) {
+    let x = random(rng, s.batch * s.in_features);
+    let w = random(rng, s.out_features * s.in_features);
+    let b = random(rng, s.out_features);
+    let dy = random(rng, s.batch * s.out_features);
+    let name = format!("{s:?}");
+
+    let mut y = vec![f32::NAN; s.batch * s.out_features];
+    cpu::linear_forward(s, &x, &w, &b, &mut y);
+    let mut exact = vec![0.0; y.len()];
+    r::linear_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
+    assert_close(&format!("y {name}"), &y, &exact);
+
+    let mut y_relu = vec![f32::NAN; y.len()];
+    cpu::linear_relu_forward(s, &x, &w, &b, &mut y_relu);
+    let (mut relu_exact, exact_y) = (vec![0.0; y.len()], exact.clone());
+    r::relu_forward(&exact_y, &mut relu_exact);
+    assert_close(&format!("relu(y) {name}"), &y_relu, &relu_exact);
+
+    let mut dx = vec![f32::NAN; x.len()];
+    cpu::linear_backward_input(s, &w, &dy, &mut dx);
+    let mut exact = vec![0.0; x.len()];
+    r::linear_backward_input(s, &wide(&w), &wide(&dy), &mut exact);
+    assert_close(&format!("dx {name}"), &dx, &exact);
+
+    let mut dw = vec![f32::NAN; w.len()];
+    let mut db = vec![f32::NAN; b.len()];
+    cpu::linear_backward_weight(s, &x, &dy, &mut dw, &mut db);
+    let mut exact_dw = vec![0.0; w.len()];
+    let mut exact_db = vec![0.0; b.len()];
+    r::linear_backward_weight(s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
+    assert_close(&format!("dw {name}"), &dw, &exact_dw);
+    assert_close(&format!("db {name}"), &db, &exact_db);
 }
 
 #[test]

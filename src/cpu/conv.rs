@@ -12,7 +12,7 @@
 //! on patches, and writes each pixel of dx once instead of scattering columns back (col2im),
 //! which only strided convolutions still do.
 
-use super::gemm::{gemm, Epilogue, Layout, Matrix, PackB, PackedA, A};
+use super::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, PackB, PackedA, A};
 use super::microkernel::{MR, NR};
 #[cfg(target_arch = "x86_64")]
 use super::pack;
@@ -53,6 +53,7 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) 
 
 /// y = w ∗ x (+ b), one GEMM per image with the bias added as the tiles are stored.
 fn convolve(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
+    let kernel = Kernel::detect();
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
     // Every image multiplies the same weight: pack it once.
@@ -66,9 +67,16 @@ fn convolve(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f
         .zip(x.par_chunks(image_len))
         .for_each(|(y, x)| {
             with_scratch(&COLUMNS, padded_len(s), |padded| {
-                pad(s, x, padded);
+                pad(kernel, s, x, padded);
                 let patches = Patches::new(&offsets, padded, false);
-                gemm(y, output_layout(s), A::Packed(&w), &patches, epilogue);
+                gemm_with(
+                    kernel,
+                    y,
+                    output_layout(s),
+                    A::Packed(&w),
+                    &patches,
+                    epilogue,
+                );
             })
         });
 }
@@ -105,6 +113,7 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
             convolve(&transposed, dy, flipped, None, dx)
         });
     }
+    let kernel = Kernel::detect();
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
     let columns = columns_layout(s);
@@ -118,7 +127,14 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
                 |scratch| {
                     let (padded, dcol) = scratch.split_at_mut(padded_len(s));
                     let dy = Matrix::new(dy, output_layout(s));
-                    gemm(dcol, columns, A::Packed(&w_t), &dy, Epilogue::default());
+                    gemm_with(
+                        kernel,
+                        dcol,
+                        columns,
+                        A::Packed(&w_t),
+                        &dy,
+                        Epilogue::default(),
+                    );
                     col2im(s, dcol, padded, dx);
                 },
             )
@@ -134,6 +150,7 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
     let plane = s.out_height() * s.out_width();
+    let kernel = Kernel::detect();
     let partial_len = dw.len() + db.len();
     let groups = rayon::current_num_threads().clamp(1, s.batch.max(1));
     let accumulate = Epilogue {
@@ -154,11 +171,12 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
                     for n in images {
                         let x = &x[n * image_len..][..image_len];
                         let dy = &dy[n * out_len..][..out_len];
-                        pad(s, x, padded);
+                        pad(kernel, s, x, padded);
                         // dw[o, (c,di,dj)] += Σ_pixels dy[o, pixel]·columns[(c,di,dj), pixel]
                         let dy_matrix = Matrix::new(dy, output_layout(s));
                         let patches = Patches::new(&offsets, padded, true);
-                        gemm(
+                        gemm_with(
+                            kernel,
                             pdw,
                             weight_layout(s),
                             A::Matrix(dy_matrix),
@@ -188,7 +206,7 @@ fn padded_len(s: &Conv2dShape) -> usize {
 }
 
 /// Copies one image `[in, h, w]` into the middle of a zero border `padding` wide.
-fn pad(s: &Conv2dShape, image: &[f32], padded: &mut [f32]) {
+fn pad(kernel: Kernel, s: &Conv2dShape, image: &[f32], padded: &mut [f32]) {
     let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
     padded.fill(0.0);
     let planes = padded
@@ -196,7 +214,7 @@ fn pad(s: &Conv2dShape, image: &[f32], padded: &mut [f32]) {
         .zip(image.chunks_exact(s.height * s.width));
     for (padded, image) in planes {
         #[cfg(target_arch = "x86_64")]
-        if pack::available() {
+        if kernel.vector_packing() {
             let dst = padded[s.padding * pw + s.padding..].as_mut_ptr();
             // SAFETY: the CPU has AVX-512F; the image's rows and their places in the padded
             // plane both lie inside their planes.
@@ -266,7 +284,14 @@ impl PackB for Patches<'_> {
         }
     }
 
-    fn pack_b(&self, depth: Range<usize>, col: usize, width: usize, panel: &mut [f32]) {
+    fn pack_b(
+        &self,
+        kernel: Kernel,
+        depth: Range<usize>,
+        col: usize,
+        width: usize,
+        panel: &mut [f32],
+    ) {
         let (rows, cols) = if self.transposed {
             (self.pixels, self.taps)
         } else {
@@ -296,7 +321,7 @@ impl PackB for Patches<'_> {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            if pack::available() {
+            if kernel.vector_packing() {
                 let (src, dst) = (self.padded.as_ptr(), panel.as_mut_ptr());
                 // SAFETY: the CPU has AVX-512F; every run lies in the image (checked above) and
                 // in a panel row, and the panel holds NR floats per depth row.
@@ -311,7 +336,7 @@ impl PackB for Patches<'_> {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if pack::available() && last_col <= i32::MAX as usize {
+        if kernel.vector_packing() && last_col <= i32::MAX as usize {
             let rows = rows[depth].iter().copied();
             // SAFETY: the CPU has AVX-512F; every element lies in the image (checked above), at
             // a column offset an i32 holds, and the panel holds a row of NR per depth row.

@@ -14,6 +14,7 @@ use super::microkernel::{self, Store, MR, NR};
 use super::pack;
 use super::scratch::{with_scratch, PACKED_A, PACKED_B};
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Largest depth of a packed block: a B panel of KC x NR floats (32 KiB) stays in L1.
@@ -85,7 +86,7 @@ impl<'a> Matrix<'a> {
 
     /// Packs rows `rows` x depth `depth` of this matrix, as A, into MR-row panels:
     /// `packed[panel·depth·MR + p·MR + i]`, rows past the end zero.
-    fn pack_a(&self, rows: Range<usize>, depth: Range<usize>, packed: &mut [f32]) {
+    fn pack_a(&self, kernel: Kernel, rows: Range<usize>, depth: Range<usize>, packed: &mut [f32]) {
         let Layout {
             row_stride,
             col_stride,
@@ -103,7 +104,7 @@ impl<'a> Matrix<'a> {
                     panel.fill(0.0);
                 }
                 #[cfg(target_arch = "x86_64")]
-                if pack::available() {
+                if kernel.vector_packing() {
                     let src = self.data[first * row_stride + depth.start..].as_ptr();
                     // SAFETY: the CPU has AVX-512F; the rows lie in the matrix (checked by
                     // Matrix::new) and the panel holds MR floats per depth.
@@ -143,12 +144,13 @@ pub struct PackedA {
 
 impl PackedA {
     pub fn new(a: Matrix) -> Self {
+        let kernel = Kernel::detect();
         let (m, k) = (a.layout.rows, a.layout.cols);
         let padded_rows = m.next_multiple_of(MR);
         let mut data = vec![0.0; padded_rows * k];
         for depth in depth_blocks(k) {
             let block = &mut data[depth.start * padded_rows..][..depth.len() * padded_rows];
-            a.pack_a(0..m, depth, block);
+            a.pack_a(kernel, 0..m, depth, block);
         }
         PackedA {
             data,
@@ -185,8 +187,15 @@ pub trait PackB: Sync {
     /// (depth, columns).
     fn shape(&self) -> (usize, usize);
     /// Writes `panel[p·NR + j]` = element (depth.start + p, col + j) for `j < width`, zero for
-    /// `width ≤ j < NR`.
-    fn pack_b(&self, depth: Range<usize>, col: usize, width: usize, panel: &mut [f32]);
+    /// `width ≤ j < NR`, with the vector moves `kernel` allows.
+    fn pack_b(
+        &self,
+        kernel: Kernel,
+        depth: Range<usize>,
+        col: usize,
+        width: usize,
+        panel: &mut [f32],
+    );
 }
 
 impl PackB for Matrix<'_> {
@@ -194,7 +203,14 @@ impl PackB for Matrix<'_> {
         (self.layout.rows, self.layout.cols)
     }
 
-    fn pack_b(&self, depth: Range<usize>, col: usize, width: usize, panel: &mut [f32]) {
+    fn pack_b(
+        &self,
+        kernel: Kernel,
+        depth: Range<usize>,
+        col: usize,
+        width: usize,
+        panel: &mut [f32],
+    ) {
         let Layout {
             row_stride,
             col_stride,
@@ -211,7 +227,7 @@ impl PackB for Matrix<'_> {
                 panel.fill(0.0);
             }
             #[cfg(target_arch = "x86_64")]
-            if pack::available() && row_stride == 1 {
+            if kernel.vector_packing() && row_stride == 1 {
                 let src = self.data[col * col_stride + depth.start..].as_ptr();
                 // SAFETY: the CPU has AVX-512F; the columns lie in the matrix (checked by
                 // Matrix::new) and the panel holds NR floats per depth.
@@ -255,11 +271,50 @@ pub enum Kernel {
     Portable,
 }
 
+/// The kernel [`Kernel::force`] chose, as its index in [`Kernel::ALL`] + 1; 0 for none.
+static FORCED: AtomicUsize = AtomicUsize::new(0);
+
 impl Kernel {
-    /// The fastest kernel this CPU runs, detected once.
+    const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Portable];
+
+    /// The kernel every product uses: the fastest this CPU runs (detected once), unless
+    /// [`Kernel::force`] chose another.
     pub fn detect() -> Kernel {
-        static KERNEL: OnceLock<Kernel> = OnceLock::new();
-        *KERNEL.get_or_init(|| Kernel::available()[0])
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        match FORCED.load(Ordering::Relaxed) {
+            0 => *BEST.get_or_init(|| Kernel::available()[0]),
+            forced => Kernel::ALL[forced - 1],
+        }
+    }
+
+    /// Makes every later product of the process use `kernel` (`None`: the fastest again), so
+    /// that the fallbacks, their packing included, can be tested and timed on a CPU that has
+    /// better.
+    ///
+    /// # Panics
+    /// If this CPU cannot run `kernel`.
+    pub fn force(kernel: Option<Kernel>) {
+        let index = match kernel {
+            None => 0,
+            Some(kernel) => {
+                assert!(
+                    Kernel::available().contains(&kernel),
+                    "{kernel:?} unavailable"
+                );
+                Kernel::ALL
+                    .iter()
+                    .position(|&k| k == kernel)
+                    .expect("listed")
+                    + 1
+            }
+        };
+        FORCED.store(index, Ordering::Relaxed);
+    }
+
+    /// Whether packing may use AVX-512 moves: only alongside the AVX-512 micro-kernel, so that
+    /// forcing a fallback runs the portable packing too.
+    pub(super) fn vector_packing(self) -> bool {
+        self == Kernel::Avx512
     }
 
     /// Every kernel this CPU runs, fastest first.
@@ -415,7 +470,7 @@ impl<B: PackB> Product<'_, B> {
                             A::Matrix(a) => {
                                 let len = block.len().next_multiple_of(MR) * depth.len();
                                 let packed = &mut scratch_a[..len];
-                                a.pack_a(block.clone(), depth.clone(), packed);
+                                a.pack_a(self.kernel, block.clone(), depth.clone(), packed);
                                 &*packed
                             }
                             A::Packed(a) => a.panels(&block, &depth),
@@ -423,7 +478,8 @@ impl<B: PackB> Product<'_, B> {
                         for col in cols.clone().step_by(NR) {
                             let width = (cols.end - col).min(NR);
                             let packed_b = &mut packed_b[..depth.len() * NR];
-                            self.b.pack_b(depth.clone(), col, width, packed_b);
+                            self.b
+                                .pack_b(self.kernel, depth.clone(), col, width, packed_b);
                             let a_panels = packed_a.chunks_exact(depth.len() * MR);
                             for (a_panel, row) in a_panels.zip(block.clone().step_by(MR)) {
                                 let store = Store {

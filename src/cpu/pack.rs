@@ -4,11 +4,6 @@
 use super::microkernel::NR;
 use std::arch::x86_64::*;
 
-/// Whether the CPU runs these moves; std caches the answer.
-pub fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
 /// Copies `len` floats from `src` to `dst`, 16 at a time, the last ones masked.
 ///
 /// # Safety
@@ -52,10 +47,12 @@ pub unsafe fn gather(
             out,
             _mm512_mask_i32gather_ps::<4>(zero, mask0, index0, base),
         );
-        _mm512_storeu_ps(
-            out.add(16),
-            _mm512_mask_i32gather_ps::<4>(zero, mask1, index1, base),
-        );
+        let high = if mask1 == 0 {
+            zero // A narrow panel: no second gather.
+        } else {
+            _mm512_mask_i32gather_ps::<4>(zero, mask1, index1, base)
+        };
+        _mm512_storeu_ps(out.add(16), high);
     }
 }
 

@@ -62,21 +62,41 @@ fn convolve(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f
         row_bias: b,
         ..Epilogue::default()
     };
-    let offsets = PatchOffsets::new(s);
+    // At stride 1 the output is computed a whole padded row wide, (oy, ox) for ox < pw, so that
+    // a tap's columns are one stretch of the padded image, packed with one copy per panel row.
+    // The k−1 extra positions per row cost nothing where the last panel had room for them
+    // (14 rows of 16 fill 7 panels of 32, as 14 of 14 do) and are dropped after.
+    let wide = s.stride == 1;
+    let offsets = PatchOffsets::new(s, wide);
+    let positions = offsets.pixels.len();
+    // The extra positions of the last row read up to k−1 floats past the image.
+    let padded_len = padded_len(s) + if wide { s.kernel - 1 } else { 0 };
+    let wide_len = if wide { s.out_channels * positions } else { 0 };
+    let (pw, ow) = (s.width + 2 * s.padding, s.out_width());
     y.par_chunks_mut(out_len)
         .zip(x.par_chunks(image_len))
         .for_each(|(y, x)| {
-            with_scratch(&COLUMNS, padded_len(s), |padded| {
+            with_scratch(&COLUMNS, padded_len + wide_len, |scratch| {
+                let (padded, wide_out) = scratch.split_at_mut(padded_len);
                 pad(kernel, s, x, padded);
                 let patches = Patches::new(&offsets, padded, false);
-                gemm_with(
-                    kernel,
-                    y,
-                    output_layout(s),
-                    A::Packed(&w),
-                    &patches,
-                    epilogue,
-                );
+                let out = if wide { &mut *wide_out } else { &mut *y };
+                let out_layout = Layout::row_major(s.out_channels, positions);
+                gemm_with(kernel, out, out_layout, A::Packed(&w), &patches, epilogue);
+                if !wide {
+                    return;
+                }
+                #[cfg(target_arch = "x86_64")]
+                if kernel.vector_packing() {
+                    let rows = s.out_channels * s.out_height();
+                    let (src, dst) = (wide_out.as_ptr(), y.as_mut_ptr());
+                    // SAFETY: the CPU has AVX-512F; `rows` rows of `pw` (source) and of `ow`
+                    // (destination) are what the two hold.
+                    return unsafe { pack::copy_rows(src, pw, dst, ow, rows, ow) };
+                }
+                for (y_row, wide_row) in y.chunks_exact_mut(ow).zip(wide_out.chunks_exact(pw)) {
+                    y_row.copy_from_slice(&wide_row[..ow]);
+                }
             })
         });
 }
@@ -157,7 +177,7 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
         accumulate: true,
         ..Epilogue::default()
     };
-    let offsets = PatchOffsets::new(s);
+    let offsets = PatchOffsets::new(s, false);
     with_scratch(&PARTIALS, groups * partial_len, |partials| {
         partials
             .par_chunks_mut(partial_len)
@@ -240,16 +260,22 @@ struct PatchOffsets {
 }
 
 impl PatchOffsets {
-    fn new(s: &Conv2dShape) -> Self {
+    /// `wide` (stride 1 only): output positions (oy, ox) for every ox < pw, so that position
+    /// oy·pw + ox lies at that very offset.
+    fn new(s: &Conv2dShape, wide: bool) -> Self {
         let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
         let k = s.kernel;
         let taps = (0..s.in_channels * k * k)
             .map(|tap| (tap / (k * k)) * ph * pw + (tap / k % k) * pw + tap % k)
             .collect();
         let ow = s.out_width();
-        let pixels = (0..s.out_height() * ow)
-            .map(|q| (q / ow) * s.stride * pw + (q % ow) * s.stride)
-            .collect();
+        let pixels = if wide {
+            (0..s.out_height() * pw).collect()
+        } else {
+            (0..s.out_height() * ow)
+                .map(|q| (q / ow) * s.stride * pw + (q % ow) * s.stride)
+                .collect()
+        };
         PatchOffsets { taps, pixels }
     }
 }

@@ -1,9 +1,9 @@
 //! Single-precision matrix products: C = relu?(C? + bias + A·B), on packed panels.
 //!
-//! The loops are the usual ones (Goto, BLIS): the depth is cut into blocks of [`KC`]; for each,
-//! a block of A's rows is packed into MR-row panels that stay in L2, then every NR-column panel
-//! of B is packed (it stays in L1) and multiplied with each A panel by the micro-kernel
-//! ([`super::microkernel`]). B is anything that can pack its own panels ([`PackB`]): a strided
+//! The loops are the usual ones (Goto, BLIS): the depth is cut into blocks of at most `KC`; for
+//! each, a block of A's rows is packed into MR-row panels that stay in L2, then every NR-column
+//! panel of B is packed (it stays in L1) and multiplied with each A panel by the micro-kernel
+//! (`microkernel.rs`). B is anything that can pack its own panels ([`PackB`]): a strided
 //! matrix, or a convolution's image patches, which are then never written out as im2col columns.
 //!
 //! The micro-kernel is picked at run time: AVX-512 where the CPU has it, else the portable loops
@@ -136,7 +136,7 @@ impl<'a> Matrix<'a> {
 }
 
 /// A left-hand operand packed once for many products (a convolution's weight, used by every
-/// image): every depth block of [`depth_blocks`], each as the MR-row panels of all its rows.
+/// image): every depth block of `depth_blocks`, each as the MR-row panels of all its rows.
 pub struct PackedA {
     data: Vec<f32>,
     layout: Layout,

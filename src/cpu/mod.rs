@@ -4,8 +4,12 @@
 //! micro-kernel (chosen at run time; portable loops elsewhere): convolutions one per image,
 //! images split across threads, their patches packed straight from the image; linear layers one
 //! product each, split along the output. The rest are single passes over memory in parallel
-//! chunks. All
-//! threads are rayon's global pool, set up by [`init_threads`], which every op calls first.
+//! chunks. All threads are rayon's global pool, set up by [`init_threads`], which every op calls
+//! first.
+//!
+//! For fused ops: [`linear_relu_forward`] is the linear forward with ReLU in the GEMM's
+//! epilogue; [`adam_update`] takes any slice, a flat buffer of every parameter included; and
+//! [`gemm::gemm`] takes an [`gemm::Epilogue`] (accumulate, bias per row or column, ReLU).
 
 mod conv;
 mod elementwise;

@@ -11,7 +11,8 @@ thread_local! {
     pub(super) static PACKED_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// The GEMM's packed panel of B.
     pub(super) static PACKED_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    /// Per-thread partial sums of a weight gradient, owned by the thread that reduces them.
+    /// Working floats of the calling thread for one op: the per-thread partial sums of a weight
+    /// gradient (which that thread reduces), or a convolution's flipped weight.
     pub(super) static PARTIALS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 

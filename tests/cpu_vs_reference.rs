@@ -1,6 +1,7 @@
 //! Every fast CPU op against the reference, on random shapes and values: odd sizes, strides,
 //! paddings and batches that are multiples of nothing.
 
+use kernels::cpu::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, PackedA, A};
 use kernels::{cpu, reference as r, AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -43,9 +44,8 @@ fn random_conv(rng: &mut StdRng) -> Conv2dShape {
     }
 }
 
-#[test]
-fn conv2d_matches_reference() {
-    let mut rng = StdRng::seed_from_u64(10);
+/// The network's convolutions, odd ones, and random ones.
+fn conv_shapes(rng: &mut StdRng) -> Vec<Conv2dShape> {
     let fixed = [
         // The reference network's layers, at a small batch.
         Conv2dShape {
@@ -128,44 +128,205 @@ fn conv2d_matches_reference() {
             stride: 1,
             padding: 2,
         },
+        // Enough input channels for the input gradient to run as a convolution.
+        Conv2dShape {
+            batch: 3,
+            in_channels: 10,
+            out_channels: 3,
+            height: 8,
+            width: 13,
+            kernel: 5,
+            stride: 1,
+            padding: 2,
+        },
+        Conv2dShape {
+            batch: 2,
+            in_channels: 8,
+            out_channels: 17,
+            height: 5,
+            width: 6,
+            kernel: 3,
+            stride: 1,
+            padding: 0,
+        },
     ];
-    let shapes: Vec<_> = fixed
+    fixed
         .into_iter()
-        .chain((0..20).map(|_| random_conv(&mut rng)))
-        .collect();
-    for s in &shapes {
-        let x = random(&mut rng, s.input_len());
-        let w = random(&mut rng, s.weight_len());
-        let b = random(&mut rng, s.out_channels);
-        let dy = random(&mut rng, s.output_len());
-        let name = format!("{s:?}");
-
-        let mut y = vec![f32::NAN; s.output_len()];
-        cpu::conv2d_forward(s, &x, &w, &b, &mut y);
-        let mut exact = vec![0.0; s.output_len()];
-        r::conv2d_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
-        assert_close(&format!("y {name}"), &y, &exact);
-
-        let mut dx = vec![f32::NAN; s.input_len()];
-        cpu::conv2d_backward_input(s, &w, &dy, &mut dx);
-        let mut exact = vec![0.0; s.input_len()];
-        r::conv2d_backward_input(s, &wide(&w), &wide(&dy), &mut exact);
-        assert_close(&format!("dx {name}"), &dx, &exact);
-
-        let mut dw = vec![f32::NAN; s.weight_len()];
-        let mut db = vec![f32::NAN; s.out_channels];
-        cpu::conv2d_backward_weight(s, &x, &dy, &mut dw, &mut db);
-        let mut exact_dw = vec![0.0; s.weight_len()];
-        let mut exact_db = vec![0.0; s.out_channels];
-        r::conv2d_backward_weight(s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
-        assert_close(&format!("dw {name}"), &dw, &exact_dw);
-        assert_close(&format!("db {name}"), &db, &exact_db);
-    }
+        .chain((0..20).map(|_| random_conv(rng)))
+        .collect()
 }
 
 #[test]
-fn linear_matches_reference() {
-    let mut rng = StdRng::seed_from_u64(11);
+fn conv2d_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(10);
+    for s in &conv_shapes(&mut rng) {
+        check_conv(&mut rng, s);
+    }
+}
+
+/// Every layer through each fallback micro-kernel and its packing, as a CPU without AVX-512
+/// (or without AVX2) would run them.
+#[test]
+fn fallback_kernels_match_reference() {
+    let mut rng = StdRng::seed_from_u64(18);
+    let fallbacks = Kernel::available()
+        .into_iter()
+        .filter(|&k| k != Kernel::Avx512);
+    for kernel in fallbacks {
+        Kernel::force(Some(kernel));
+        assert_eq!(Kernel::detect(), kernel);
+        for s in &conv_shapes(&mut rng) {
+            check_conv(&mut rng, s);
+        }
+        for s in &linear_shapes(&mut rng) {
+            check_linear(&mut rng, s);
+        }
+    }
+    Kernel::force(None);
+}
+
+/// Forward, input and weight gradients of one convolution against the reference.
+fn check_conv(rng: &mut StdRng, s: &Conv2dShape) {
+    let x = random(rng, s.input_len());
+    let w = random(rng, s.weight_len());
+    let b = random(rng, s.out_channels);
+    let dy = random(rng, s.output_len());
+    let name = format!("{s:?}");
+
+    let mut y = vec![f32::NAN; s.output_len()];
+    cpu::conv2d_forward(s, &x, &w, &b, &mut y);
+    let mut exact = vec![0.0; s.output_len()];
+    r::conv2d_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
+    assert_close(&format!("y {name}"), &y, &exact);
+
+    let mut dx = vec![f32::NAN; s.input_len()];
+    cpu::conv2d_backward_input(s, &w, &dy, &mut dx);
+    let mut exact = vec![0.0; s.input_len()];
+    r::conv2d_backward_input(s, &wide(&w), &wide(&dy), &mut exact);
+    assert_close(&format!("dx {name}"), &dx, &exact);
+
+    let mut dw = vec![f32::NAN; s.weight_len()];
+    let mut db = vec![f32::NAN; s.out_channels];
+    cpu::conv2d_backward_weight(s, &x, &dy, &mut dw, &mut db);
+    let mut exact_dw = vec![0.0; s.weight_len()];
+    let mut exact_db = vec![0.0; s.out_channels];
+    r::conv2d_backward_weight(s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
+    assert_close(&format!("dw {name}"), &dw, &exact_dw);
+    assert_close(&format!("db {name}"), &db, &exact_db);
+}
+
+/// A `rows x cols` matrix in a slice, row-major or transposed, its rows or columns `pad` apart
+/// beyond what they need.
+fn random_layout(rng: &mut StdRng, rows: usize, cols: usize) -> Layout {
+    let pad = rng.random_range(0..=3);
+    if rng.random_bool(0.5) {
+        Layout {
+            rows,
+            cols,
+            row_stride: cols + pad,
+            col_stride: 1,
+        }
+    } else {
+        Layout {
+            rows,
+            cols,
+            row_stride: 1,
+            col_stride: rows + pad,
+        }
+    }
+}
+
+fn at(data: &[f32], l: &Layout, i: usize, j: usize) -> f64 {
+    data[i * l.row_stride + j * l.col_stride] as f64
+}
+
+/// The GEMM with every micro-kernel this CPU runs (the AVX-512 one and its fallbacks, forced),
+/// on odd sizes, both layouts of each operand, depths over several blocks, A packed beforehand
+/// or not, and every epilogue, against the same sum in f64.
+#[test]
+fn gemm_every_kernel_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let kernels = Kernel::available();
+    assert!(
+        kernels.contains(&Kernel::Portable),
+        "the fallback is always there"
+    );
+    let fixed = [
+        (64, 1024, 3136),
+        (1024, 3136, 64),
+        (64, 196, 288),
+        (9, 33, 17),
+        (1, 1, 1),
+    ];
+    let random_shapes = (0..12).map(|_| {
+        (
+            rng.random_range(1..=70),
+            rng.random_range(1..=150),
+            rng.random_range(0..=600),
+        )
+    });
+    let shapes: Vec<_> = fixed
+        .into_iter()
+        .chain(random_shapes.collect::<Vec<_>>())
+        .collect();
+    for (case, &(m, n, k)) in shapes.iter().enumerate() {
+        let (a_layout, b_layout) = (random_layout(&mut rng, m, k), random_layout(&mut rng, k, n));
+        let a = random(&mut rng, a_layout.rows * a_layout.cols * 4 + 3);
+        let b = random(&mut rng, b_layout.rows * b_layout.cols * 4 + 3);
+        let ldc = n + rng.random_range(0..=2);
+        let c_layout = Layout {
+            rows: m,
+            cols: n,
+            row_stride: ldc,
+            col_stride: 1,
+        };
+        let c0 = random(&mut rng, m * ldc);
+        let (row_bias, col_bias) = (random(&mut rng, m), random(&mut rng, n));
+        let epilogue = Epilogue {
+            accumulate: rng.random_bool(0.5),
+            row_bias: rng.random_bool(0.5).then_some(&row_bias[..]),
+            col_bias: rng.random_bool(0.5).then_some(&col_bias[..]),
+            relu: rng.random_bool(0.5),
+        };
+        let mut exact = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut sum: f64 = (0..k)
+                    .map(|p| at(&a, &a_layout, i, p) * at(&b, &b_layout, p, j))
+                    .sum();
+                if epilogue.accumulate {
+                    sum += c0[i * ldc + j] as f64;
+                }
+                sum += epilogue.row_bias.map_or(0.0, |bias| bias[i] as f64);
+                sum += epilogue.col_bias.map_or(0.0, |bias| bias[j] as f64);
+                exact[i * n + j] = if epilogue.relu { sum.max(0.0) } else { sum };
+            }
+        }
+        let (a_matrix, b_matrix) = (Matrix::new(&a, a_layout), Matrix::new(&b, b_layout));
+        let packed = PackedA::new(a_matrix);
+        for &kernel in &kernels {
+            for a_operand in [A::Matrix(a_matrix), A::Packed(&packed)] {
+                let mut c = c0.clone();
+                gemm_with(kernel, &mut c, c_layout, a_operand, &b_matrix, epilogue);
+                let name = format!(
+                    "case {case} {kernel:?} {m}x{n}x{k} a {a_layout:?} b {b_layout:?} {epilogue:?}"
+                );
+                let inside: Vec<f32> = c.chunks(ldc).flat_map(|row| &row[..n]).copied().collect();
+                assert_close(&name, &inside, &exact);
+                // The padding between C's rows is never written.
+                for (i, row) in c.chunks(ldc).enumerate() {
+                    assert_eq!(
+                        &row[n..],
+                        &c0[i * ldc + n..(i + 1) * ldc],
+                        "{name}: row {i} pad"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn linear_shapes(rng: &mut StdRng) -> Vec<LinearShape> {
     let fixed = [
         // Big enough to be split across threads, with odd splits.
         LinearShape {
@@ -199,38 +360,55 @@ fn linear_matches_reference() {
         in_features: rng.random_range(1..=300),
         out_features: rng.random_range(1..=300),
     });
-    let shapes: Vec<_> = fixed
+    fixed
         .into_iter()
         .chain(random_shapes.collect::<Vec<_>>())
-        .collect();
-    for s in &shapes {
-        let x = random(&mut rng, s.batch * s.in_features);
-        let w = random(&mut rng, s.out_features * s.in_features);
-        let b = random(&mut rng, s.out_features);
-        let dy = random(&mut rng, s.batch * s.out_features);
-        let name = format!("{s:?}");
+        .collect()
+}
 
-        let mut y = vec![f32::NAN; s.batch * s.out_features];
-        cpu::linear_forward(s, &x, &w, &b, &mut y);
-        let mut exact = vec![0.0; y.len()];
-        r::linear_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
-        assert_close(&format!("y {name}"), &y, &exact);
-
-        let mut dx = vec![f32::NAN; x.len()];
-        cpu::linear_backward_input(s, &w, &dy, &mut dx);
-        let mut exact = vec![0.0; x.len()];
-        r::linear_backward_input(s, &wide(&w), &wide(&dy), &mut exact);
-        assert_close(&format!("dx {name}"), &dx, &exact);
-
-        let mut dw = vec![f32::NAN; w.len()];
-        let mut db = vec![f32::NAN; b.len()];
-        cpu::linear_backward_weight(s, &x, &dy, &mut dw, &mut db);
-        let mut exact_dw = vec![0.0; w.len()];
-        let mut exact_db = vec![0.0; b.len()];
-        r::linear_backward_weight(s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
-        assert_close(&format!("dw {name}"), &dw, &exact_dw);
-        assert_close(&format!("db {name}"), &db, &exact_db);
+#[test]
+fn linear_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for s in &linear_shapes(&mut rng) {
+        check_linear(&mut rng, s);
     }
+}
+
+/// Forward (plain and with ReLU), input and weight gradients of one linear layer against the
+/// reference.
+fn check_linear(rng: &mut StdRng, s: &LinearShape) {
+    let x = random(rng, s.batch * s.in_features);
+    let w = random(rng, s.out_features * s.in_features);
+    let b = random(rng, s.out_features);
+    let dy = random(rng, s.batch * s.out_features);
+    let name = format!("{s:?}");
+
+    let mut y = vec![f32::NAN; s.batch * s.out_features];
+    cpu::linear_forward(s, &x, &w, &b, &mut y);
+    let mut exact = vec![0.0; y.len()];
+    r::linear_forward(s, &wide(&x), &wide(&w), &wide(&b), &mut exact);
+    assert_close(&format!("y {name}"), &y, &exact);
+
+    let mut y_relu = vec![f32::NAN; y.len()];
+    cpu::linear_relu_forward(s, &x, &w, &b, &mut y_relu);
+    let (mut relu_exact, exact_y) = (vec![0.0; y.len()], exact.clone());
+    r::relu_forward(&exact_y, &mut relu_exact);
+    assert_close(&format!("relu(y) {name}"), &y_relu, &relu_exact);
+
+    let mut dx = vec![f32::NAN; x.len()];
+    cpu::linear_backward_input(s, &w, &dy, &mut dx);
+    let mut exact = vec![0.0; x.len()];
+    r::linear_backward_input(s, &wide(&w), &wide(&dy), &mut exact);
+    assert_close(&format!("dx {name}"), &dx, &exact);
+
+    let mut dw = vec![f32::NAN; w.len()];
+    let mut db = vec![f32::NAN; b.len()];
+    cpu::linear_backward_weight(s, &x, &dy, &mut dw, &mut db);
+    let mut exact_dw = vec![0.0; w.len()];
+    let mut exact_db = vec![0.0; b.len()];
+    r::linear_backward_weight(s, &wide(&x), &wide(&dy), &mut exact_dw, &mut exact_db);
+    assert_close(&format!("dw {name}"), &dw, &exact_dw);
+    assert_close(&format!("db {name}"), &db, &exact_db);
 }
 
 #[test]

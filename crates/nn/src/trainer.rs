@@ -24,6 +24,10 @@ pub struct Dataset {
     images: Buffer<u8>,
     labels: Buffer<u8>,
     len: usize,
+    /// How many classes the labels need: the largest label plus one (0 when empty). Checked
+    /// against the network's classes before a pass, since out on a device a label past the
+    /// logits would only show as a NaN loss.
+    classes_needed: usize,
 }
 
 impl Dataset {
@@ -48,6 +52,7 @@ impl Dataset {
             images: device.upload(images)?,
             labels: device.upload(labels)?,
             len: labels.len(),
+            classes_needed: labels.iter().max().map_or(0, |&l| l as usize + 1),
         })
     }
 
@@ -218,6 +223,7 @@ impl Trainer {
     /// One Adam step on the images of `data` at `indices` (at most the batch size; fewer are
     /// padded), its loss and correct count added to the pass's sums.
     pub fn step(&mut self, data: &Dataset, indices: &[u32]) -> Result<()> {
+        self.check_labels(data)?;
         // What changes from step to step goes to device memory first, outside any graph.
         self.batch.write_indices(&self.device, indices)?;
         self.adam.prepare(&self.device, &self.net.params_mut())?;
@@ -262,6 +268,7 @@ impl Trainer {
     /// Mean loss and accuracy over `data`, in batches of `batch_size`, without gradients (the
     /// fused loss writes one, which nothing reads). Always eager.
     pub fn evaluate(&mut self, data: &Dataset, batch_size: usize) -> Result<(f64, f64)> {
+        self.check_labels(data)?;
         self.start_pass()?;
         let size = batch_size.min(data.len()).max(1);
         let mut batch = self.take_eval_batch(size)?;
@@ -294,6 +301,22 @@ impl Trainer {
         }
         self.eval_batch = Some(batch);
         Ok(logits)
+    }
+
+    /// Refuses a dataset whose labels the network has no class for.
+    fn check_labels(&self, data: &Dataset) -> Result<()> {
+        let classes = self.net.config().classes;
+        if data.classes_needed > classes {
+            return Err(Error::Shape {
+                name: "dataset".to_string(),
+                what: format!(
+                    "label {}, but the network has {classes} classes (0 to {})",
+                    data.classes_needed - 1,
+                    classes - 1
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Evaluation's batch of `size` images, kept for the next pass when this one ends. The

@@ -139,3 +139,21 @@ fn training_on_tf32_kernels_agrees_with_the_cpu_device() {
     // Repeating the same 40 images, the loss must fall, or agreement would prove little.
     assert!(cpu[2].0 < cpu[0].0, "loss did not fall: {cpu:?}");
 }
+
+/// A label the network has no class for is refused by name on every device, before any kernel
+/// could turn it into a NaN loss.
+#[test]
+fn labels_past_the_networks_classes_are_refused_on_every_device() {
+    for device in [Device::Cpu, kernel_device()] {
+        let image_len = SMALL.image_size * SMALL.image_size;
+        let labels = [3u8, SMALL.classes as u8];
+        let data = Dataset::upload(&device, &vec![0; 2 * image_len], &labels, image_len).unwrap();
+        let net = ConvNet::new(&device, SMALL, 0).unwrap();
+        let mut trainer = Trainer::new(net, Adam::new(1e-3), 2, false).unwrap();
+        let said = format!("label {}", SMALL.classes);
+        let err = trainer.step(&data, &[0, 1]).unwrap_err().to_string();
+        assert!(err.contains(&said), "{}: {err}", device.name());
+        let err = trainer.evaluate(&data, 2).unwrap_err().to_string();
+        assert!(err.contains(&said), "{}: {err}", device.name());
+    }
+}

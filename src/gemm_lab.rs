@@ -3,8 +3,8 @@
 //! and C `[m, n]` row-major. tests/gemm_lab.rs holds each to the reference and
 //! `cargo bench --bench ops -- gemm_lab` times them; docs/gemm.md says what each step buys.
 
-use crate::launch::{KernelArg, Launch};
 use crate::launch::gemm::gemm;
+use crate::launch::{KernelArg, Launch};
 use crate::{Error, Precision, Result};
 
 /// The naive and tiled steps' blocks: 16x16 threads, one output element each (`LAB_TILE`).

@@ -430,6 +430,37 @@ fn gemm_lab_benches(c: &mut Criterion, device: &Device) {
     family.finish();
 }
 
+/// fc1's forward product (64 x 1024 x 3136) on each GEMM micro-kernel this CPU runs, the
+/// fallbacks forced, as `cpu/gemm_kernel/<kernel>`.
+fn gemm_kernel_benches(c: &mut Criterion) {
+    use kernels::cpu::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, A};
+    let s = fc1(64);
+    let x = filled(s.batch * s.in_features, 1.0);
+    let w = filled(s.out_features * s.in_features, 0.02);
+    let mut y = vec![0.0; s.batch * s.out_features];
+    let x = Matrix::new(&x, Layout::row_major(s.batch, s.in_features));
+    let w_t = Matrix::new(&w, Layout::row_major(s.out_features, s.in_features).t());
+    let y_layout = Layout::row_major(s.batch, s.out_features);
+    let mut group = c.benchmark_group("cpu/gemm_kernel");
+    configure(&mut group);
+    group.throughput(Flops(s.forward_flops()));
+    for kernel in Kernel::available() {
+        group.bench_function(format!("{kernel:?}"), |bench| {
+            bench.iter(|| {
+                gemm_with(
+                    kernel,
+                    &mut y,
+                    y_layout,
+                    A::Matrix(x),
+                    &w_t,
+                    Epilogue::default(),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 /// The fast conv against the reference loops on a small conv2-shaped batch. Criterion times each
 /// alone; the speed-up printed first is timed alternately (20 fast calls, then one reference
 /// call, seven times), so the machine's noise falls on both.
@@ -476,5 +507,10 @@ fn time(mut f: impl FnMut()) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-criterion_group!(benches, every_op_on_every_device, versus_reference);
+criterion_group!(
+    benches,
+    every_op_on_every_device,
+    gemm_kernel_benches,
+    versus_reference
+);
 criterion_main!(benches);

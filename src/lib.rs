@@ -1,7 +1,7 @@
 //! Every op of handwritten, on every device.
 //!
 //! - [`reference`]: plain Rust, obviously correct; the oracle for every test.
-//! - [`cpu`]: fast Rust (im2col + GEMM + threads); the `cpu` device.
+//! - [`cpu`]: fast Rust (a packed AVX-512 SGEMM on image patches + threads); the `cpu` device.
 //! - `kernels/*.cu`: CUDA C, compiled by build.rs twice: with NVRTC into PTX embedded here, run
 //!   through cudarc on the `cuda` device; and with g++ into the CPU emulator (`emulator`, fibers
 //!   for `__syncthreads`), the `emulated` device. Both run the same [`launch::Launch`]es.

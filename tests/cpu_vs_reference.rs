@@ -1,12 +1,46 @@
 //! The cpu device's internals, which the op suite (tests/ops) cannot reach through the device
-//! API: its thread setup, and the unfused cpu ops that no device op calls, against the reference.
+//! API: the GEMM with each micro-kernel, every layer through each fallback micro-kernel (forced
+//! for the whole process, hence a test binary of its own), the thread setup, and the unfused cpu
+//! ops that no device op calls; all against the reference.
 
 mod common;
 
+use common::gemm::{
+    check_on, random_conv, random_linear, CONV_SHAPES, LINEAR_LARGE, LINEAR_SHAPES,
+};
 use common::{assert_close, assert_exact, coarse, pool, random, widen};
-use kernels::{cpu, reference as r, AdamStep, XentShape};
+use kernels::cpu::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, PackedA, A};
+use kernels::{cpu, reference as r, AdamStep, Device, Precision, XentShape};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// Every layer through each fallback micro-kernel and its packing, as a CPU without AVX-512
+/// (or without AVX2) would run them, on the op suite's shapes.
+#[test]
+fn fallback_kernels_match_reference() {
+    let mut rng = StdRng::seed_from_u64(18);
+    let fallbacks = Kernel::available()
+        .into_iter()
+        .filter(|&k| k != Kernel::Avx512);
+    let cpu = [Device::Cpu];
+    for kernel in fallbacks {
+        Kernel::force(Some(kernel));
+        assert_eq!(Kernel::detect(), kernel);
+        let random_convs: Vec<_> = (0..20).map(|_| random_conv(&mut rng)).collect();
+        for s in CONV_SHAPES.iter().chain(&random_convs) {
+            check_on(&cpu, s, Precision::Fp32, &mut rng);
+        }
+        let random_linears: Vec<_> = (0..10).map(|_| random_linear(&mut rng)).collect();
+        for s in LINEAR_SHAPES
+            .iter()
+            .chain(&LINEAR_LARGE[1..])
+            .chain(&random_linears)
+        {
+            check_on(&cpu, s, Precision::Fp32, &mut rng);
+        }
+    }
+    Kernel::force(None);
+}
 
 #[test]
 fn init_threads_is_idempotent() {
@@ -119,5 +153,116 @@ fn unfused_softmax_xent_and_adam_match_reference() {
         assert_close(&format!("update, {len} elements"), &update, &want_update);
         assert_close(&format!("m, {len} elements"), &got_m, &want_m);
         assert_close(&format!("v, {len} elements"), &got_v, &want_v);
+    }
+}
+
+/// A `rows x cols` matrix in a slice, row-major or transposed, its rows or columns `pad` apart
+/// beyond what they need.
+fn random_layout(rng: &mut StdRng, rows: usize, cols: usize) -> Layout {
+    let pad = rng.random_range(0..=3);
+    if rng.random_bool(0.5) {
+        Layout {
+            rows,
+            cols,
+            row_stride: cols + pad,
+            col_stride: 1,
+        }
+    } else {
+        Layout {
+            rows,
+            cols,
+            row_stride: 1,
+            col_stride: rows + pad,
+        }
+    }
+}
+
+fn at(data: &[f32], l: &Layout, i: usize, j: usize) -> f64 {
+    data[i * l.row_stride + j * l.col_stride] as f64
+}
+
+/// The GEMM with every micro-kernel this CPU runs (the AVX-512 one and its fallbacks, forced),
+/// on odd sizes, both layouts of each operand, depths over several blocks, A packed beforehand
+/// or not, and every epilogue, against the same sum in f64.
+#[test]
+fn gemm_every_kernel_matches_reference() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let kernels = Kernel::available();
+    assert!(
+        kernels.contains(&Kernel::Portable),
+        "the fallback is always there"
+    );
+    let fixed = [
+        (64, 1024, 3136),
+        (1024, 3136, 64),
+        (64, 196, 288),
+        (9, 33, 17),
+        (1, 1, 1),
+    ];
+    let random_shapes = (0..12).map(|_| {
+        (
+            rng.random_range(1..=70),
+            rng.random_range(1..=150),
+            rng.random_range(0..=600),
+        )
+    });
+    let shapes: Vec<_> = fixed
+        .into_iter()
+        .chain(random_shapes.collect::<Vec<_>>())
+        .collect();
+    for (case, &(m, n, k)) in shapes.iter().enumerate() {
+        let (a_layout, b_layout) = (random_layout(&mut rng, m, k), random_layout(&mut rng, k, n));
+        let a = random(&mut rng, a_layout.rows * a_layout.cols * 4 + 3);
+        let b = random(&mut rng, b_layout.rows * b_layout.cols * 4 + 3);
+        let ldc = n + rng.random_range(0..=2);
+        let c_layout = Layout {
+            rows: m,
+            cols: n,
+            row_stride: ldc,
+            col_stride: 1,
+        };
+        let c0 = random(&mut rng, m * ldc);
+        let (row_bias, col_bias) = (random(&mut rng, m), random(&mut rng, n));
+        let epilogue = Epilogue {
+            accumulate: rng.random_bool(0.5),
+            row_bias: rng.random_bool(0.5).then_some(&row_bias[..]),
+            col_bias: rng.random_bool(0.5).then_some(&col_bias[..]),
+            relu: rng.random_bool(0.5),
+        };
+        let mut exact = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut sum: f64 = (0..k)
+                    .map(|p| at(&a, &a_layout, i, p) * at(&b, &b_layout, p, j))
+                    .sum();
+                if epilogue.accumulate {
+                    sum += c0[i * ldc + j] as f64;
+                }
+                sum += epilogue.row_bias.map_or(0.0, |bias| bias[i] as f64);
+                sum += epilogue.col_bias.map_or(0.0, |bias| bias[j] as f64);
+                exact[i * n + j] = if epilogue.relu { sum.max(0.0) } else { sum };
+            }
+        }
+        let (a_matrix, b_matrix) = (Matrix::new(&a, a_layout), Matrix::new(&b, b_layout));
+        let packed = PackedA::new(a_matrix);
+        for &kernel in &kernels {
+            for a_operand in [A::Matrix(a_matrix), A::Packed(&packed)] {
+                let mut c = c0.clone();
+                gemm_with(kernel, &mut c, c_layout, a_operand, &b_matrix, epilogue);
+                let name = format!(
+                    "case {case} {kernel:?} {m}x{n}x{k} a {a_layout:?} b {b_layout:?} {epilogue:?}"
+                );
+                let inside: Vec<f32> = c.chunks(ldc).flat_map(|row| &row[..n]).copied().collect();
+                assert_close(&name, &inside, &exact);
+                // The padding between C's rows is never written.
+                for (i, row) in c.chunks(ldc).enumerate() {
+                    assert_eq!(
+                        &row[n..],
+                        &c0[i * ldc + n..(i + 1) * ldc],
+                        "{name}: row {i} pad"
+                    );
+                }
+            }
+        }
     }
 }

@@ -1,15 +1,25 @@
-//! 2-D convolution as im2col + GEMM, images split across threads.
+//! 2-D convolution as GEMM on image patches, images split across threads.
 //!
-//! Each image is unfolded into a column matrix `[in·k·k, out_h·out_w]` whose row (c, di, dj)
-//! holds the pixel every output position multiplies with w[·, c, di, dj]; the convolution is then
-//! one product with the weight viewed as `[out, in·k·k]`. Columns live in per-thread scratch that
-//! grows once, so the ops allocate nothing per step (the gemm crate still allocates its packing
-//! buffers inside each product).
+//! Seen as a product, a convolution multiplies the weight `[out, in·k·k]` with the image's
+//! columns `[in·k·k, out_h·out_w]`, whose row (c, di, dj) holds the pixel every output position
+//! multiplies with w[·, c, di, dj]. Those columns are never written out: [`Patches`] packs them
+//! straight into the GEMM's panels from a zero-padded copy of the image (the padding leaves the
+//! packing no bounds to check). Scratch is per thread and grows once; an op allocates only the
+//! two short offset tables of [`PatchOffsets`].
+//!
+//! The input gradient of a stride-1 convolution is itself a convolution: of the output gradient,
+//! padded by k−1−p, with the weight flipped in space and transposed in channels. So it too runs
+//! on patches, and writes each pixel of dx once instead of scattering columns back (col2im),
+//! which only strided convolutions still do.
 
-use super::matmul::{matmul, Layout};
+use super::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, PackB, PackedA, A};
+use super::microkernel::{MR, NR};
+#[cfg(target_arch = "x86_64")]
+use super::pack;
 use super::scratch::{with_scratch, COLUMNS, PARTIALS};
 use crate::{reference, Conv2dShape};
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// The weight as a `[out, in·k·k]` matrix.
 fn weight_layout(s: &Conv2dShape) -> Layout {
@@ -38,25 +48,55 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) 
     if degenerate(s) {
         return reference::conv2d_forward(s, x, w, b, y);
     }
+    convolve(s, x, w, Some(b), y)
+}
+
+/// y = w ∗ x (+ b), one GEMM per image with the bias added as the tiles are stored.
+fn convolve(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
+    let kernel = Kernel::detect();
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
-    let columns = columns_layout(s);
+    // Every image multiplies the same weight: pack it once.
+    let w = PackedA::new(Matrix::new(w, weight_layout(s)));
+    let epilogue = Epilogue {
+        row_bias: b,
+        ..Epilogue::default()
+    };
+    // At stride 1 the output is computed a whole padded row wide, (oy, ox) for ox < pw, so that
+    // a tap's columns are one stretch of the padded image, packed with one copy per panel row.
+    // The k−1 extra positions per row cost nothing where the last panel had room for them
+    // (14 rows of 16 fill 7 panels of 32, as 14 of 14 do) and are dropped after.
+    let wide = s.stride == 1;
+    let offsets = PatchOffsets::new(s, wide);
+    let positions = offsets.pixels.len();
+    // The extra positions of the last row read up to k−1 floats past the image.
+    let padded_len = padded_len(s) + if wide { s.kernel - 1 } else { 0 };
+    let wide_len = if wide { s.out_channels * positions } else { 0 };
+    let (pw, ow) = (s.width + 2 * s.padding, s.out_width());
     y.par_chunks_mut(out_len)
         .zip(x.par_chunks(image_len))
         .for_each(|(y, x)| {
-            with_scratch(&COLUMNS, unfold_len(s), |scratch| {
-                let (padded, col) = split_scratch(s, scratch);
-                im2col(s, x, padded, col);
-                for (plane, &bias) in y.chunks_exact_mut(columns.cols).zip(b) {
-                    plane.fill(bias);
+            with_scratch(&COLUMNS, padded_len + wide_len, |scratch| {
+                let (padded, wide_out) = scratch.split_at_mut(padded_len);
+                pad(kernel, s, x, padded);
+                let patches = Patches::new(&offsets, padded, false);
+                let out = if wide { &mut *wide_out } else { &mut *y };
+                let out_layout = Layout::row_major(s.out_channels, positions);
+                gemm_with(kernel, out, out_layout, A::Packed(&w), &patches, epilogue);
+                if !wide {
+                    return;
                 }
-                matmul(
-                    y,
-                    output_layout(s),
-                    true,
-                    (w, weight_layout(s)),
-                    (col, columns),
-                );
+                #[cfg(target_arch = "x86_64")]
+                if kernel.vector_packing() {
+                    let rows = s.out_channels * s.out_height();
+                    let (src, dst) = (wide_out.as_ptr(), y.as_mut_ptr());
+                    // SAFETY: the CPU has AVX-512F; `rows` rows of `pw` (source) and of `ow`
+                    // (destination) are what the two hold.
+                    return unsafe { pack::copy_rows(src, pw, dst, ow, rows, ow) };
+                }
+                for (y_row, wide_row) in y.chunks_exact_mut(ow).zip(wide_out.chunks_exact(pw)) {
+                    y_row.copy_from_slice(&wide_row[..ow]);
+                }
             })
         });
 }
@@ -65,23 +105,59 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     if degenerate(s) {
         return reference::conv2d_backward_input(s, w, dy, dx);
     }
+    // As a convolution, the GEMM's rows are the input channels: too few fill no tile.
+    if s.stride == 1 && s.padding < s.kernel && s.in_channels >= MR {
+        // dx[c, y, x] = Σ_{o,di,dj} w[o, c, di, dj]·dy[o, y+p−di, x+p−dj]; with di' = k−1−di
+        // that is a convolution of dy padded by k−1−p with w'[c, o, di', dj'].
+        let k = s.kernel;
+        let transposed = Conv2dShape {
+            batch: s.batch,
+            in_channels: s.out_channels,
+            out_channels: s.in_channels,
+            height: s.out_height(),
+            width: s.out_width(),
+            kernel: k,
+            stride: 1,
+            padding: k - 1 - s.padding,
+        };
+        return with_scratch(&PARTIALS, w.len(), |flipped| {
+            for (tap, &value) in w.iter().enumerate() {
+                let (o, c, di, dj) = (
+                    tap / (s.in_channels * k * k),
+                    tap / (k * k) % s.in_channels,
+                    tap / k % k,
+                    tap % k,
+                );
+                flipped[((c * s.out_channels + o) * k + k - 1 - di) * k + k - 1 - dj] = value;
+            }
+            convolve(&transposed, dy, flipped, None, dx)
+        });
+    }
+    let kernel = Kernel::detect();
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
     let columns = columns_layout(s);
+    let w_t = PackedA::new(Matrix::new(w, weight_layout(s).t()));
     dx.par_chunks_mut(image_len)
         .zip(dy.par_chunks(out_len))
         .for_each(|(dx, dy)| {
-            with_scratch(&COLUMNS, unfold_len(s), |scratch| {
-                let (padded, dcol) = split_scratch(s, scratch);
-                matmul(
-                    dcol,
-                    columns,
-                    false,
-                    (w, weight_layout(s).t()),
-                    (dy, output_layout(s)),
-                );
-                col2im(s, dcol, padded, dx);
-            })
+            with_scratch(
+                &COLUMNS,
+                padded_len(s) + columns.rows * columns.cols,
+                |scratch| {
+                    let (padded, dcol) = scratch.split_at_mut(padded_len(s));
+                    let dy = Matrix::new(dy, output_layout(s));
+                    gemm_with(
+                        kernel,
+                        dcol,
+                        columns,
+                        A::Packed(&w_t),
+                        &dy,
+                        Epilogue::default(),
+                    );
+                    col2im(s, dcol, padded, dx);
+                },
+            )
         });
 }
 
@@ -93,9 +169,15 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
     }
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
-    let columns = columns_layout(s);
+    let plane = s.out_height() * s.out_width();
+    let kernel = Kernel::detect();
     let partial_len = dw.len() + db.len();
     let groups = rayon::current_num_threads().clamp(1, s.batch.max(1));
+    let accumulate = Epilogue {
+        accumulate: true,
+        ..Epilogue::default()
+    };
+    let offsets = PatchOffsets::new(s, false);
     with_scratch(&PARTIALS, groups * partial_len, |partials| {
         partials
             .par_chunks_mut(partial_len)
@@ -105,20 +187,23 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
                 pdw.fill(0.0);
                 pdb.fill(0.0);
                 let images = group * s.batch / groups..(group + 1) * s.batch / groups;
-                with_scratch(&COLUMNS, unfold_len(s), |scratch| {
-                    let (padded, col) = split_scratch(s, scratch);
+                with_scratch(&COLUMNS, padded_len(s), |padded| {
                     for n in images {
                         let x = &x[n * image_len..][..image_len];
                         let dy = &dy[n * out_len..][..out_len];
-                        im2col(s, x, padded, col);
-                        matmul(
+                        pad(kernel, s, x, padded);
+                        // dw[o, (c,di,dj)] += Σ_pixels dy[o, pixel]·columns[(c,di,dj), pixel]
+                        let dy_matrix = Matrix::new(dy, output_layout(s));
+                        let patches = Patches::new(&offsets, padded, true);
+                        gemm_with(
+                            kernel,
                             pdw,
                             weight_layout(s),
-                            true,
-                            (dy, output_layout(s)),
-                            (&*col, columns.t()),
+                            A::Matrix(dy_matrix),
+                            &patches,
+                            accumulate,
                         );
-                        for (sum, plane) in pdb.iter_mut().zip(dy.chunks_exact(columns.cols)) {
+                        for (sum, plane) in pdb.iter_mut().zip(dy.chunks_exact(plane)) {
                             *sum += sum_of(plane);
                         }
                     }
@@ -136,30 +221,26 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
     });
 }
 
-/// Scratch floats per image: a zero-padded copy of the image, then its columns.
-fn unfold_len(s: &Conv2dShape) -> usize {
-    padded_len(s) + s.in_channels * s.kernel * s.kernel * s.out_height() * s.out_width()
-}
-
 fn padded_len(s: &Conv2dShape) -> usize {
     s.in_channels * (s.height + 2 * s.padding) * (s.width + 2 * s.padding)
 }
 
-/// Splits [`unfold_len`] floats of scratch into the padded image and the columns.
-fn split_scratch<'a>(s: &Conv2dShape, scratch: &'a mut [f32]) -> (&'a mut [f32], &'a mut [f32]) {
-    scratch.split_at_mut(padded_len(s))
-}
-
-/// Unfolds one image `[in, h, w]` into its columns `[in·k·k, out_h·out_w]`. Copying through a
-/// zero-padded image first leaves the loops no bounds to check: every tap of every output
-/// position lands inside the padded image.
-fn im2col(s: &Conv2dShape, image: &[f32], padded: &mut [f32], col: &mut [f32]) {
+/// Copies one image `[in, h, w]` into the middle of a zero border `padding` wide.
+fn pad(kernel: Kernel, s: &Conv2dShape, image: &[f32], padded: &mut [f32]) {
     let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
     padded.fill(0.0);
     let planes = padded
         .chunks_exact_mut(ph * pw)
         .zip(image.chunks_exact(s.height * s.width));
     for (padded, image) in planes {
+        #[cfg(target_arch = "x86_64")]
+        if kernel.vector_packing() {
+            let dst = padded[s.padding * pw + s.padding..].as_mut_ptr();
+            // SAFETY: the CPU has AVX-512F; the image's rows and their places in the padded
+            // plane both lie inside their planes.
+            unsafe { pack::copy_rows(image.as_ptr(), s.width, dst, pw, s.height, s.width) };
+            continue;
+        }
         let rows = padded[s.padding * pw..]
             .chunks_exact_mut(pw)
             .zip(image.chunks_exact(s.width));
@@ -167,29 +248,139 @@ fn im2col(s: &Conv2dShape, image: &[f32], padded: &mut [f32], col: &mut [f32]) {
             padded[s.padding..][..s.width].copy_from_slice(image);
         }
     }
-    let ow = s.out_width();
-    let mut rows = col.chunks_exact_mut(s.out_height() * ow);
-    for channel in padded.chunks_exact(ph * pw) {
-        for di in 0..s.kernel {
-            for dj in 0..s.kernel {
-                let row = rows.next().expect("columns hold in·k·k rows");
-                for (i, out) in row.chunks_exact_mut(ow).enumerate() {
-                    let input = &channel[(i * s.stride + di) * pw + dj..];
-                    if s.stride == 1 {
-                        out.copy_from_slice(&input[..ow]);
-                    } else {
-                        for (o, &v) in out.iter_mut().zip(input.iter().step_by(s.stride)) {
-                            *o = v;
-                        }
-                    }
-                }
-            }
+}
+
+/// Where a shape's im2col entries lie in its zero-padded image: entry (tap, pixel) is
+/// `padded[taps[tap] + pixels[pixel]]`. Computed once per op, shared by its images.
+struct PatchOffsets {
+    /// Offset of tap (c, di, dj): the rows of the columns.
+    taps: Vec<usize>,
+    /// Offset of each output position's top-left tap: the columns.
+    pixels: Vec<usize>,
+}
+
+impl PatchOffsets {
+    /// `wide` (stride 1 only): output positions (oy, ox) for every ox < pw, so that position
+    /// oy·pw + ox lies at that very offset.
+    fn new(s: &Conv2dShape, wide: bool) -> Self {
+        let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
+        let k = s.kernel;
+        let taps = (0..s.in_channels * k * k)
+            .map(|tap| (tap / (k * k)) * ph * pw + (tap / k % k) * pw + tap % k)
+            .collect();
+        let ow = s.out_width();
+        let pixels = if wide {
+            (0..s.out_height() * pw).collect()
+        } else {
+            (0..s.out_height() * ow)
+                .map(|q| (q / ow) * s.stride * pw + (q % ow) * s.stride)
+                .collect()
+        };
+        PatchOffsets { taps, pixels }
+    }
+}
+
+/// An image's im2col columns `[in·k·k, out_h·out_w]` (or, transposed, `[out_h·out_w, in·k·k]`),
+/// read from its zero-padded copy as the GEMM packs them.
+struct Patches<'a> {
+    padded: &'a [f32],
+    taps: &'a [usize],
+    pixels: &'a [usize],
+    transposed: bool,
+}
+
+impl<'a> Patches<'a> {
+    fn new(offsets: &'a PatchOffsets, padded: &'a [f32], transposed: bool) -> Self {
+        Patches {
+            padded,
+            taps: &offsets.taps,
+            pixels: &offsets.pixels,
+            transposed,
         }
     }
 }
 
-/// The adjoint of [`im2col`]: adds every column entry back onto the pixel it was copied from,
-/// in a zero-padded image whose border is then dropped.
+impl PackB for Patches<'_> {
+    fn shape(&self) -> (usize, usize) {
+        let shape = (self.taps.len(), self.pixels.len());
+        if self.transposed {
+            (shape.1, shape.0)
+        } else {
+            shape
+        }
+    }
+
+    fn pack_b(
+        &self,
+        kernel: Kernel,
+        depth: Range<usize>,
+        col: usize,
+        width: usize,
+        panel: &mut [f32],
+    ) {
+        let (rows, cols) = if self.transposed {
+            (self.pixels, self.taps)
+        } else {
+            (self.taps, self.pixels)
+        };
+        let cols = &cols[col..][..width];
+        // Every element is padded[row + col]: the largest such index bounds them all.
+        let last_row = rows[depth.clone()].iter().max().copied().unwrap_or(0);
+        let last_col = cols.iter().max().copied().unwrap_or(0);
+        assert!(
+            last_row + last_col < self.padded.len(),
+            "patches: tap outside the image"
+        );
+        if !self.transposed {
+            // Consecutive output positions in a row read consecutive pixels (at stride 1): copy
+            // those runs whole.
+            // (first column, length, first pixel) of each run.
+            let mut runs = [(0, 0, 0); NR];
+            let mut count = 0;
+            for (j, &offset) in cols.iter().enumerate() {
+                match runs[..count].last_mut() {
+                    Some((_, len, start)) if *start + *len == offset => *len += 1,
+                    _ => {
+                        runs[count] = (j, 1, offset);
+                        count += 1;
+                    }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if kernel.vector_packing() {
+                let (src, dst) = (self.padded.as_ptr(), panel.as_mut_ptr());
+                // SAFETY: the CPU has AVX-512F; every run lies in the image (checked above) and
+                // in a panel row, and the panel holds NR floats per depth row.
+                return unsafe { pack::copy_runs(src, &rows[depth], &runs[..count], width, dst) };
+            }
+            for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
+                for &(j, len, start) in &runs[..count] {
+                    out[j..j + len].copy_from_slice(&self.padded[row + start..][..len]);
+                }
+                out[width..].fill(0.0);
+            }
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernel.vector_packing() && last_col <= i32::MAX as usize {
+            let rows = rows[depth].iter().copied();
+            // SAFETY: the CPU has AVX-512F; every element lies in the image (checked above), at
+            // a column offset an i32 holds, and the panel holds a row of NR per depth row.
+            return unsafe { pack::gather(self.padded.as_ptr(), rows, cols, panel.as_mut_ptr()) };
+        }
+        for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
+            let source = &self.padded[row..];
+            for (out, &col) in out.iter_mut().zip(cols) {
+                // SAFETY: row + col ≤ last_row + last_col, checked in bounds above.
+                *out = unsafe { *source.get_unchecked(col) };
+            }
+            out[width..].fill(0.0);
+        }
+    }
+}
+
+/// The adjoint of im2col: adds every column entry back onto the pixel it was copied from, in a
+/// zero-padded image whose border is then dropped.
 fn col2im(s: &Conv2dShape, col: &[f32], padded: &mut [f32], image: &mut [f32]) {
     let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
     padded.fill(0.0);
@@ -201,15 +392,8 @@ fn col2im(s: &Conv2dShape, col: &[f32], padded: &mut [f32], image: &mut [f32]) {
                 let row = rows.next().expect("columns hold in·k·k rows");
                 for (i, out) in row.chunks_exact(ow).enumerate() {
                     let input = &mut channel[(i * s.stride + di) * pw + dj..];
-                    if s.stride == 1 {
-                        input[..ow]
-                            .iter_mut()
-                            .zip(out)
-                            .for_each(|(pixel, g)| *pixel += g);
-                    } else {
-                        for (pixel, g) in input.iter_mut().step_by(s.stride).zip(out) {
-                            *pixel += g;
-                        }
+                    for (pixel, g) in input.iter_mut().step_by(s.stride).zip(out) {
+                        *pixel += g;
                     }
                 }
             }

@@ -1,14 +1,24 @@
 //! Fast CPU ops: the `cpu` device. Same contracts as [`crate::reference`], f32 only.
 //!
-//! Convolutions are im2col + GEMM with images split across threads; linear layers are one GEMM
-//! each, split along the output; the rest are single passes over memory in parallel chunks. All
-//! threads are rayon's global pool, set up by [`init_threads`], which every op calls first.
+//! Convolutions and linear layers are products on [`gemm`], a packed SGEMM with an AVX-512
+//! micro-kernel (chosen at run time; portable loops elsewhere): convolutions one per image,
+//! images split across threads, their patches packed straight from the image; linear layers one
+//! product each, split along the output. The rest are single passes over memory in parallel
+//! chunks. All threads are rayon's global pool, set up by [`init_threads`], which every op calls
+//! first.
+//!
+//! For fused ops: [`linear_relu_forward`] is the linear forward with ReLU in the GEMM's
+//! epilogue; [`adam_update`] takes any slice, a flat buffer of every parameter included; and
+//! [`gemm::gemm`] takes an [`gemm::Epilogue`] (accumulate, bias per row or column, ReLU).
 
 mod conv;
 mod elementwise;
 mod fused;
+pub mod gemm;
 mod linear;
-mod matmul;
+mod microkernel;
+#[cfg(target_arch = "x86_64")]
+mod pack;
 mod pool;
 mod scratch;
 
@@ -115,7 +125,13 @@ pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
 
 pub fn linear_forward(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     init_threads();
-    linear::forward(s, x, w, b, y)
+    linear::forward(s, x, w, b, false, y)
+}
+
+/// [`linear_forward`] then ReLU, in one pass: y = max(0, x·Wᵀ + b).
+pub fn linear_relu_forward(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    init_threads();
+    linear::forward(s, x, w, b, true, y)
 }
 
 pub fn linear_backward_input(s: &LinearShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {

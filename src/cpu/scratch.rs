@@ -5,9 +5,14 @@ use std::cell::Cell;
 use std::thread::LocalKey;
 
 thread_local! {
-    /// im2col columns of one image.
+    /// A zero-padded image, and im2col columns where a convolution still needs them.
     pub(super) static COLUMNS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    /// Per-thread partial sums of a weight gradient, owned by the thread that reduces them.
+    /// The GEMM's packed block of A.
+    pub(super) static PACKED_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The GEMM's packed panel of B.
+    pub(super) static PACKED_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// Working floats of the calling thread for one op: the per-thread partial sums of a weight
+    /// gradient (which that thread reduces), or a convolution's flipped weight.
     pub(super) static PARTIALS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 

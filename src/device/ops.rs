@@ -225,11 +225,11 @@ impl Device {
         self.expect(op, "y", y, s.output_len())?;
         match self {
             Device::Cpu => {
-                let y = y.host_mut()?;
-                cpu::linear_forward(s, x.host()?, w.host()?, b.host()?, y);
-                if activation == Activation::Relu {
-                    y.iter_mut()
-                        .for_each(|v| *v = if *v > 0.0 { *v } else { 0.0 });
+                let (x, w, b, y) = (x.host()?, w.host()?, b.host()?, y.host_mut()?);
+                match activation {
+                    Activation::None => cpu::linear_forward(s, x, w, b, y),
+                    // The ReLU in the GEMM's epilogue, as the kernels apply it.
+                    Activation::Relu => cpu::linear_relu_forward(s, x, w, b, y),
                 }
             }
             Device::Emulated | Device::Cuda(_) => self.run_gemm(|ctx| {

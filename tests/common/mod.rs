@@ -7,6 +7,8 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use kernels::{Buffer, Conv2dShape, Device, Element, LinearShape, Pool2dShape};
+
+pub mod gemm;
 use rand::rngs::StdRng;
 use rand::Rng;
 

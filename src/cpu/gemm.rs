@@ -1,0 +1,524 @@
+//! Single-precision matrix products: C = relu?(C? + bias + A·B), on packed panels.
+//!
+//! The loops are the usual ones (Goto, BLIS): the depth is cut into blocks of at most `KC`; for
+//! each, a block of A's rows is packed into MR-row panels that stay in L2, then every NR-column
+//! panel of B is packed (it stays in L1) and multiplied with each A panel by the micro-kernel
+//! (`microkernel.rs`). B is anything that can pack its own panels ([`PackB`]): a strided
+//! matrix, or a convolution's image patches, which are then never written out as im2col columns.
+//!
+//! The micro-kernel is picked at run time: AVX-512 where the CPU has it, else the portable loops
+//! compiled for AVX2+FMA, else plain.
+
+use super::microkernel::{self, Store, MR, NR};
+#[cfg(target_arch = "x86_64")]
+use super::pack;
+use super::scratch::{with_scratch, PACKED_A, PACKED_B};
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Largest depth of a packed block: a B panel of KC x NR floats (32 KiB) stays in L1.
+const KC: usize = 256;
+
+/// The depth cut into blocks of at most [`KC`], as even as can be: 288 is two blocks of 144,
+/// not 256 and a short 32 that would load and store C again for little work.
+fn depth_blocks(k: usize) -> impl Iterator<Item = Range<usize>> + Clone {
+    let blocks = k.div_ceil(KC);
+    (0..blocks).map(move |b| b * k / blocks..(b + 1) * k / blocks)
+}
+/// Bytes of packed A per block: stays in L2.
+const A_BLOCK_BYTES: usize = 512 << 10;
+/// Below this many flops a product runs on one thread: splitting it costs more than it saves.
+const PARALLEL_FLOPS: usize = 1 << 21;
+
+/// Where an m×n matrix's elements lie in its slice: element (i, j) at `i·row_stride + j·col_stride`.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl Layout {
+    pub fn row_major(rows: usize, cols: usize) -> Self {
+        Layout {
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The same elements read as the transpose.
+    pub fn t(self) -> Self {
+        Layout {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    /// One past the largest offset, so that a slice of this length holds the whole matrix.
+    fn extent(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            return 0;
+        }
+        (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+    }
+}
+
+/// A matrix read in place: its slice and where its elements lie.
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a> {
+    data: &'a [f32],
+    layout: Layout,
+}
+
+impl<'a> Matrix<'a> {
+    /// # Panics
+    /// If `data` is too short for `layout` (a bug in the caller, never bad input).
+    pub fn new(data: &'a [f32], layout: Layout) -> Self {
+        assert!(data.len() >= layout.extent(), "matrix: slice too short");
+        Matrix { data, layout }
+    }
+
+    /// Packs rows `rows` x depth `depth` of this matrix, as A, into MR-row panels:
+    /// `packed[panel·depth·MR + p·MR + i]`, rows past the end zero.
+    fn pack_a(&self, kernel: Kernel, rows: Range<usize>, depth: Range<usize>, packed: &mut [f32]) {
+        let Layout {
+            row_stride,
+            col_stride,
+            ..
+        } = self.layout;
+        let panel_len = depth.len() * MR;
+        for (panel, first) in packed
+            .chunks_exact_mut(panel_len)
+            .zip(rows.clone().step_by(MR))
+        {
+            let height = (rows.end - first).min(MR);
+            if col_stride == 1 {
+                // Rows contiguous along the depth: a transpose.
+                if height < MR {
+                    panel.fill(0.0);
+                }
+                #[cfg(target_arch = "x86_64")]
+                if kernel.vector_packing() {
+                    let src = self.data[first * row_stride + depth.start..].as_ptr();
+                    // SAFETY: the CPU has AVX-512F; the rows lie in the matrix (checked by
+                    // Matrix::new) and the panel holds MR floats per depth.
+                    unsafe {
+                        let dst = panel.as_mut_ptr();
+                        pack::transpose(src, row_stride, height, depth.len(), dst, MR)
+                    };
+                    continue;
+                }
+                for i in 0..height {
+                    let row = &self.data[(first + i) * row_stride + depth.start..][..depth.len()];
+                    for (p, &v) in row.iter().enumerate() {
+                        panel[p * MR + i] = v;
+                    }
+                }
+            } else {
+                for (p, column) in depth.clone().zip(panel.chunks_exact_mut(MR)) {
+                    for (i, out) in column.iter_mut().enumerate() {
+                        *out = if i < height {
+                            self.data[(first + i) * row_stride + p * col_stride]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A left-hand operand packed once for many products (a convolution's weight, used by every
+/// image): every depth block of `depth_blocks`, each as the MR-row panels of all its rows.
+pub struct PackedA {
+    data: Vec<f32>,
+    layout: Layout,
+}
+
+impl PackedA {
+    pub fn new(a: Matrix) -> Self {
+        let kernel = Kernel::detect();
+        let (m, k) = (a.layout.rows, a.layout.cols);
+        let padded_rows = m.next_multiple_of(MR);
+        let mut data = vec![0.0; padded_rows * k];
+        for depth in depth_blocks(k) {
+            let block = &mut data[depth.start * padded_rows..][..depth.len() * padded_rows];
+            a.pack_a(kernel, 0..m, depth, block);
+        }
+        PackedA {
+            data,
+            layout: a.layout,
+        }
+    }
+
+    /// The panels of rows `rows` (starting at a multiple of MR) in the block `depth`.
+    fn panels(&self, rows: &Range<usize>, depth: &Range<usize>) -> &[f32] {
+        let padded_rows = self.layout.rows.next_multiple_of(MR);
+        let block = &self.data[depth.start * padded_rows..][..depth.len() * padded_rows];
+        &block[rows.start * depth.len()..][..rows.len().next_multiple_of(MR) * depth.len()]
+    }
+}
+
+/// The left-hand operand of a product: packed as it goes, or once beforehand.
+#[derive(Clone, Copy)]
+pub enum A<'a> {
+    Matrix(Matrix<'a>),
+    Packed(&'a PackedA),
+}
+
+impl A<'_> {
+    fn layout(&self) -> Layout {
+        match self {
+            A::Matrix(a) => a.layout,
+            A::Packed(a) => a.layout,
+        }
+    }
+}
+
+/// A right-hand operand that packs its own panels.
+pub trait PackB: Sync {
+    /// (depth, columns).
+    fn shape(&self) -> (usize, usize);
+    /// Writes `panel[p·NR + j]` = element (depth.start + p, col + j) for `j < width`, zero for
+    /// `width ≤ j < NR`, with the vector moves `kernel` allows.
+    fn pack_b(
+        &self,
+        kernel: Kernel,
+        depth: Range<usize>,
+        col: usize,
+        width: usize,
+        panel: &mut [f32],
+    );
+}
+
+impl PackB for Matrix<'_> {
+    fn shape(&self) -> (usize, usize) {
+        (self.layout.rows, self.layout.cols)
+    }
+
+    fn pack_b(
+        &self,
+        kernel: Kernel,
+        depth: Range<usize>,
+        col: usize,
+        width: usize,
+        panel: &mut [f32],
+    ) {
+        let Layout {
+            row_stride,
+            col_stride,
+            ..
+        } = self.layout;
+        if col_stride == 1 {
+            for (p, out) in depth.zip(panel.chunks_exact_mut(NR)) {
+                out[..width].copy_from_slice(&self.data[p * row_stride + col..][..width]);
+                out[width..].fill(0.0);
+            }
+        } else {
+            // Columns contiguous along the depth (a transposed operand): a transpose.
+            if width < NR {
+                panel.fill(0.0);
+            }
+            #[cfg(target_arch = "x86_64")]
+            if kernel.vector_packing() && row_stride == 1 {
+                let src = self.data[col * col_stride + depth.start..].as_ptr();
+                // SAFETY: the CPU has AVX-512F; the columns lie in the matrix (checked by
+                // Matrix::new) and the panel holds NR floats per depth.
+                unsafe {
+                    let dst = panel.as_mut_ptr();
+                    pack::transpose(src, col_stride, width, depth.len(), dst, NR)
+                };
+                return;
+            }
+            if width < NR {
+                panel.fill(0.0);
+            }
+            for j in 0..width {
+                let column = &self.data[(col + j) * col_stride..];
+                for (offset, p) in depth.clone().enumerate() {
+                    panel[offset * NR + j] = column[p * row_stride];
+                }
+            }
+        }
+    }
+}
+
+/// What is added to the product before it is stored: `C = relu?(C? + bias + A·B)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Add the product to what C holds instead of overwriting it.
+    pub accumulate: bool,
+    /// A value per row of C (a convolution's bias, rows being output channels).
+    pub row_bias: Option<&'a [f32]>,
+    /// A value per column of C (a linear layer's bias, columns being output features).
+    pub col_bias: Option<&'a [f32]>,
+    /// Clamp the result at zero.
+    pub relu: bool,
+}
+
+/// The micro-kernels this build can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Avx512,
+    Avx2Fma,
+    Portable,
+}
+
+/// The kernel [`Kernel::force`] chose, as its index in [`Kernel::ALL`] + 1; 0 for none.
+static FORCED: AtomicUsize = AtomicUsize::new(0);
+
+impl Kernel {
+    const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Portable];
+
+    /// The kernel every product uses: the fastest this CPU runs (detected once), unless
+    /// [`Kernel::force`] chose another.
+    pub fn detect() -> Kernel {
+        static BEST: OnceLock<Kernel> = OnceLock::new();
+        match FORCED.load(Ordering::Relaxed) {
+            0 => *BEST.get_or_init(|| Kernel::available()[0]),
+            forced => Kernel::ALL[forced - 1],
+        }
+    }
+
+    /// Makes every later product of the process use `kernel` (`None`: the fastest again), so
+    /// that the fallbacks, their packing included, can be tested and timed on a CPU that has
+    /// better.
+    ///
+    /// # Panics
+    /// If this CPU cannot run `kernel`.
+    pub fn force(kernel: Option<Kernel>) {
+        let index = match kernel {
+            None => 0,
+            Some(kernel) => {
+                assert!(
+                    Kernel::available().contains(&kernel),
+                    "{kernel:?} unavailable"
+                );
+                Kernel::ALL
+                    .iter()
+                    .position(|&k| k == kernel)
+                    .expect("listed")
+                    + 1
+            }
+        };
+        FORCED.store(index, Ordering::Relaxed);
+    }
+
+    /// Whether packing may use AVX-512 moves: only alongside the AVX-512 micro-kernel, so that
+    /// forcing a fallback runs the portable packing too.
+    pub(super) fn vector_packing(self) -> bool {
+        self == Kernel::Avx512
+    }
+
+    /// Every kernel this CPU runs, fastest first.
+    pub fn available() -> Vec<Kernel> {
+        let mut kernels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(Kernel::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                kernels.push(Kernel::Avx2Fma);
+            }
+        }
+        kernels.push(Kernel::Portable);
+        kernels
+    }
+
+    /// One tile; see [`microkernel::portable_tile`] for the contract.
+    unsafe fn tile(self, depth: usize, a: *const f32, b: *const f32, store: Store) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => microkernel::avx512_tile(depth, a, b, store),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => microkernel::avx2_tile(depth, a, b, store),
+            _ => microkernel::portable_tile::<false>(depth, a, b, store),
+        }
+    }
+}
+
+/// C = relu?(C? + bias + A·B) for C row-major-like (`col_stride` 1) of `c_layout`, with the
+/// kernel [`Kernel::detect`] picks. Split across the thread pool when large, unless called from
+/// inside the pool (one image of a convolution), where it stays on its thread.
+pub fn gemm(c: &mut [f32], c_layout: Layout, a: A, b: &impl PackB, epilogue: Epilogue) {
+    gemm_with(Kernel::detect(), c, c_layout, a, b, epilogue)
+}
+
+/// [`gemm`] with a chosen kernel (which the CPU must run: one of [`Kernel::available`]).
+///
+/// # Panics
+/// If the shapes disagree, a slice is too short, C's columns are not contiguous, or the kernel
+/// is not available: all bugs in the caller, never bad input.
+pub fn gemm_with(
+    kernel: Kernel,
+    c: &mut [f32],
+    c_layout: Layout,
+    a: A,
+    b: &impl PackB,
+    epilogue: Epilogue,
+) {
+    let (m, n, k) = (c_layout.rows, c_layout.cols, a.layout().cols);
+    assert!(
+        a.layout().rows == m && b.shape() == (k, n),
+        "gemm shapes: c {c_layout:?}, a {:?}, b {:?}",
+        a.layout(),
+        b.shape()
+    );
+    assert!(
+        c_layout.col_stride == 1 || n <= 1,
+        "gemm: C's columns must be contiguous"
+    );
+    assert!(c.len() >= c_layout.extent(), "gemm: c too short");
+    assert!(epilogue.row_bias.is_none_or(|bias| bias.len() >= m));
+    assert!(epilogue.col_bias.is_none_or(|bias| bias.len() >= n));
+    assert!(
+        Kernel::available().contains(&kernel),
+        "gemm: {kernel:?} unavailable"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let product = Product {
+        kernel,
+        c: c.as_mut_ptr(),
+        ldc: c_layout.row_stride,
+        a,
+        b,
+        epilogue,
+    };
+
+    let threads = rayon::current_num_threads();
+    let inside_pool = rayon::current_thread_index().is_some();
+    if threads == 1 || inside_pool || 2 * m * n * k < PARALLEL_FLOPS {
+        // SAFETY: the whole of C, checked in bounds above.
+        return unsafe { product.run(0..m, 0..n) };
+    }
+    // Split the longer side of C, columns in whole panels, so every thread's tiles are full.
+    use rayon::prelude::*;
+    let split_rows = m > n;
+    let (len, unit) = if split_rows { (m, MR) } else { (n, NR) };
+    let units = len.div_ceil(unit);
+    let parts = threads.min(units);
+    (0..parts).into_par_iter().for_each(|part| {
+        let start = (part * units / parts * unit).min(len);
+        let end = ((part + 1) * units / parts * unit).min(len);
+        // SAFETY: the parts cover disjoint blocks of C, each within the bounds checked above.
+        unsafe {
+            if split_rows {
+                product.run(start..end, 0..n)
+            } else {
+                product.run(0..m, start..end)
+            }
+        }
+    });
+}
+
+/// The operands of one product, shareable between the threads that compute its parts.
+struct Product<'a, B> {
+    kernel: Kernel,
+    c: *mut f32,
+    ldc: usize,
+    a: A<'a>,
+    b: &'a B,
+    epilogue: Epilogue<'a>,
+}
+
+// SAFETY: threads given a Product write only disjoint blocks of C (see `gemm_with`).
+unsafe impl<B: Sync> Sync for Product<'_, B> {}
+
+impl<B: PackB> Product<'_, B> {
+    /// Computes the block C[rows, cols].
+    ///
+    /// # Safety
+    /// C must be valid for its layout and no other thread may touch this block.
+    unsafe fn run(&self, rows: Range<usize>, cols: Range<usize>) {
+        let k = self.a.layout().cols;
+        let e = &self.epilogue;
+        if k == 0 {
+            // No depth to loop over: the epilogue alone.
+            return self.epilogue_only(rows, cols);
+        }
+        let kc_max = depth_blocks(k).map(|d| d.len()).max().unwrap_or(0);
+        // Packed beforehand, A is read from where it lies: one block of all the rows.
+        let mc_max = match self.a {
+            A::Matrix(_) => A_BLOCK_BYTES / 4 / kc_max / MR * MR,
+            A::Packed(_) => rows.len(),
+        }
+        .max(MR)
+        .min(rows.len().next_multiple_of(MR));
+        let scratch_a = match self.a {
+            A::Matrix(_) => mc_max * kc_max,
+            A::Packed(_) => 0,
+        };
+        with_scratch(&PACKED_A, scratch_a, |scratch_a| {
+            with_scratch(&PACKED_B, KC * NR, |packed_b| {
+                for depth in depth_blocks(k) {
+                    let (first, last) = (depth.start == 0, depth.end == k);
+                    for row_start in rows.clone().step_by(mc_max) {
+                        let block = row_start..(row_start + mc_max).min(rows.end);
+                        let packed_a = match self.a {
+                            A::Matrix(a) => {
+                                let len = block.len().next_multiple_of(MR) * depth.len();
+                                let packed = &mut scratch_a[..len];
+                                a.pack_a(self.kernel, block.clone(), depth.clone(), packed);
+                                &*packed
+                            }
+                            A::Packed(a) => a.panels(&block, &depth),
+                        };
+                        for col in cols.clone().step_by(NR) {
+                            let width = (cols.end - col).min(NR);
+                            let packed_b = &mut packed_b[..depth.len() * NR];
+                            self.b
+                                .pack_b(self.kernel, depth.clone(), col, width, packed_b);
+                            let a_panels = packed_a.chunks_exact(depth.len() * MR);
+                            for (a_panel, row) in a_panels.zip(block.clone().step_by(MR)) {
+                                let store = Store {
+                                    c: self.c.add(row * self.ldc + col),
+                                    ldc: self.ldc,
+                                    rows: (block.end - row).min(MR),
+                                    cols: width,
+                                    load: !first || e.accumulate,
+                                    row_bias: match e.row_bias {
+                                        Some(bias) if first => bias[row..].as_ptr(),
+                                        _ => std::ptr::null(),
+                                    },
+                                    col_bias: match e.col_bias {
+                                        Some(bias) if first => bias[col..].as_ptr(),
+                                        _ => std::ptr::null(),
+                                    },
+                                    relu: last && e.relu,
+                                };
+                                let (a, b) = (a_panel.as_ptr(), packed_b.as_ptr());
+                                self.kernel.tile(depth.len(), a, b, store);
+                            }
+                        }
+                    }
+                }
+            })
+        })
+    }
+
+    /// C = relu?(C? + bias) for an empty depth.
+    unsafe fn epilogue_only(&self, rows: Range<usize>, cols: Range<usize>) {
+        let e = &self.epilogue;
+        for i in rows {
+            for j in cols.clone() {
+                let c = self.c.add(i * self.ldc + j);
+                let mut value = if e.accumulate { *c } else { 0.0 };
+                value += e.row_bias.map_or(0.0, |bias| bias[i]);
+                value += e.col_bias.map_or(0.0, |bias| bias[j]);
+                *c = if e.relu { value.max(0.0) } else { value };
+            }
+        }
+    }
+}

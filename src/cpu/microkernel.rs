@@ -1,0 +1,161 @@
+//! The GEMM's innermost loop: one MR x NR tile of C from a packed A panel and a packed B panel.
+//!
+//! A panel holds MR rows of A depth-major (`a[p·MR + i]`), a B panel NR columns of B depth-major
+//! (`b[p·NR + j]`), both zero-padded to full width, so the loop over depth has no edges. The
+//! tile is kept in registers for the whole depth and written once, through [`Store`], which also
+//! applies the epilogue (accumulate, bias, ReLU). Only the `rows x cols` corner that lies inside
+//! C is written.
+
+/// Rows of a tile: broadcast from A.
+pub const MR: usize = 8;
+/// Columns of a tile: two 16-float AVX-512 vectors of B.
+pub const NR: usize = 32;
+
+/// Where a finished tile goes and how it meets C there:
+/// `c = relu?(load·c + row_bias[i] + col_bias[j] + tile)` for the `rows x cols` corner.
+#[derive(Clone, Copy)]
+pub struct Store {
+    /// The tile's first element in C, whose rows lie `ldc` apart.
+    pub c: *mut f32,
+    pub ldc: usize,
+    /// How much of the tile lies inside C: at most MR and NR.
+    pub rows: usize,
+    pub cols: usize,
+    /// Add the tile to what C holds (false: overwrite it).
+    pub load: bool,
+    /// A value per tile row to add, or null.
+    pub row_bias: *const f32,
+    /// A value per tile column to add, or null.
+    pub col_bias: *const f32,
+    pub relu: bool,
+}
+
+/// The portable tile: plain loops the compiler vectorises for whatever the target offers. With
+/// `FMA` the products use fused multiply-add (only worth it where the CPU has it: elsewhere it is
+/// a library call).
+///
+/// The tile is computed in quarter tiles of MR/2 x NR/2, whose 64 floats fit the 16 registers of
+/// AVX2 with room for the B row and the broadcast.
+///
+/// # Safety
+/// `a` and `b` must hold `depth` packed rows; `store.c` must be valid for `rows x cols` at row
+/// stride `ldc` (rows ≤ MR, cols ≤ NR), and the biases, when not null, for `rows` and `cols`
+/// values.
+#[inline(always)]
+pub unsafe fn portable_tile<const FMA: bool>(
+    depth: usize,
+    a: *const f32,
+    b: *const f32,
+    store: Store,
+) {
+    let Store {
+        c, ldc, rows, cols, ..
+    } = store;
+    const QR: usize = MR / 2;
+    const QC: usize = NR / 2;
+    for (row0, col0) in [(0, 0), (0, QC), (QR, 0), (QR, QC)] {
+        if row0 >= rows || col0 >= cols {
+            continue;
+        }
+        let mut acc = [[0.0f32; QC]; QR];
+        for p in 0..depth {
+            let b_row = std::slice::from_raw_parts(b.add(p * NR + col0), QC);
+            let a_col = std::slice::from_raw_parts(a.add(p * MR + row0), QR);
+            for (acc_row, &a) in acc.iter_mut().zip(a_col) {
+                for (sum, &b) in acc_row.iter_mut().zip(b_row) {
+                    *sum = if FMA {
+                        a.mul_add(b, *sum)
+                    } else {
+                        *sum + a * b
+                    };
+                }
+            }
+        }
+        for (i, acc_row) in acc.iter().enumerate().take(rows - row0) {
+            let (i, row) = (row0 + i, c.add((row0 + i) * ldc));
+            for (j, &sum) in acc_row.iter().enumerate().take(cols - col0) {
+                let j = col0 + j;
+                let mut value = sum;
+                if store.load {
+                    value += *row.add(j);
+                }
+                if !store.row_bias.is_null() {
+                    value += *store.row_bias.add(i);
+                }
+                if !store.col_bias.is_null() {
+                    value += *store.col_bias.add(j);
+                }
+                if store.relu {
+                    value = value.max(0.0);
+                }
+                *row.add(j) = value;
+            }
+        }
+    }
+}
+
+/// [`portable_tile`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// As [`portable_tile`]; the CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn avx2_tile(depth: usize, a: *const f32, b: *const f32, store: Store) {
+    portable_tile::<true>(depth, a, b, store)
+}
+
+/// The AVX-512 tile: 8 rows x 2 vectors = 16 accumulators, each depth step two loads of B, eight
+/// broadcasts of A and sixteen FMAs. Columns past `cols` are masked off at the store.
+///
+/// # Safety
+/// As [`portable_tile`]; the CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn avx512_tile(depth: usize, a: *const f32, b: *const f32, store: Store) {
+    use std::arch::x86_64::*;
+    let Store {
+        c, ldc, rows, cols, ..
+    } = store;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..depth {
+        let b0 = _mm512_loadu_ps(b.add(p * NR));
+        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*a.add(p * MR + i));
+            acc[0] = _mm512_fmadd_ps(a, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(a, b1, acc[1]);
+        }
+    }
+    let mask = |from: usize| -> __mmask16 {
+        let n = cols.saturating_sub(from).min(16);
+        ((1u32 << n) - 1) as __mmask16
+    };
+    let masks = [mask(0), mask(16)];
+    let col_bias = if store.col_bias.is_null() {
+        [_mm512_setzero_ps(); 2]
+    } else {
+        [0, 1].map(|h| _mm512_maskz_loadu_ps(masks[h], store.col_bias.add(16 * h)))
+    };
+    for (i, acc) in acc.iter().enumerate().take(rows) {
+        let row = c.add(i * ldc);
+        let row_bias = if store.row_bias.is_null() {
+            _mm512_setzero_ps()
+        } else {
+            _mm512_set1_ps(*store.row_bias.add(i))
+        };
+        for h in 0..2 {
+            if masks[h] == 0 {
+                continue;
+            }
+            let dst = row.add(16 * h);
+            let mut value = _mm512_add_ps(acc[h], _mm512_add_ps(row_bias, col_bias[h]));
+            if store.load {
+                value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(masks[h], dst));
+            }
+            if store.relu {
+                value = _mm512_max_ps(value, _mm512_setzero_ps());
+            }
+            _mm512_mask_storeu_ps(dst, masks[h], value);
+        }
+    }
+}

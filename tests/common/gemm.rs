@@ -5,7 +5,7 @@
 //! with each fallback micro-kernel.
 
 use kernels::reference as r;
-use kernels::{Activation, Conv2dShape, Device, LinearShape, Precision};
+use kernels::{Activation, Buffer, Conv2dShape, Device, LinearShape, Precision};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -105,6 +105,11 @@ impl GemmInputs {
         }
     }
 
+    /// x, the weight, the bias and dy on `dev`.
+    fn upload(&self, dev: &Device) -> [Buffer<f32>; 4] {
+        [&self.x, &self.w, &self.b, &self.dy].map(|v| upload(dev, v))
+    }
+
     /// Widened for the reference, each operand through `f` first (the bias is never a product's
     /// operand).
     fn widen(&self, f: impl Fn(f32) -> f32) -> [Vec<f64>; 4] {
@@ -183,12 +188,7 @@ impl GemmOp for Conv2dShape {
 
     fn run(&self, dev: &Device, precision: Precision, i: &GemmInputs) -> Outputs {
         let s = self;
-        let (x, w, b, dy) = (
-            upload(dev, &i.x),
-            upload(dev, &i.w),
-            upload(dev, &i.b),
-            upload(dev, &i.dy),
-        );
+        let [x, w, b, dy] = i.upload(dev);
         let mut y = nan_buffer(dev, s.output_len());
         let mut dx = nan_buffer(dev, s.input_len());
         let mut dw = nan_buffer(dev, s.weight_len());
@@ -230,12 +230,7 @@ impl GemmOp for LinearShape {
 
     fn run(&self, dev: &Device, precision: Precision, i: &GemmInputs) -> Outputs {
         let s = self;
-        let (x, w, b, dy) = (
-            upload(dev, &i.x),
-            upload(dev, &i.w),
-            upload(dev, &i.b),
-            upload(dev, &i.dy),
-        );
+        let [x, w, b, dy] = i.upload(dev);
         let mut y = nan_buffer(dev, s.output_len());
         let mut y_relu = nan_buffer(dev, s.output_len());
         let mut dx = nan_buffer(dev, s.input_len());

@@ -3,20 +3,13 @@
 
 mod common;
 
-use common::{assert_close, host, random, tensor, widen, DEVICE};
+use common::{assert_close, host, random, tensor, tiny, widen, DEVICE};
 use kernels::Buffer;
 use nn::{Adam, ConvNet, ConvNetConfig, Error, Param, SoftmaxCrossEntropy, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const TINY: ConvNetConfig = ConvNetConfig {
-    conv1_channels: 2,
-    conv2_channels: 3,
-    hidden1: 8,
-    hidden2: 6,
-    classes: 4,
-    image_size: 8,
-};
+const TINY: ConvNetConfig = tiny(8);
 
 fn labels(rng: &mut StdRng, batch: usize, classes: usize) -> Buffer<u32> {
     let values: Vec<u32> = (0..batch)

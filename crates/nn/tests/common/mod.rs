@@ -12,6 +12,19 @@ pub use root::{kernel_device, random, widen};
 
 pub const DEVICE: Device = Device::Cpu;
 
+/// The reference ConvNet at tiny widths, 4 classes, on `image_size`² images: for gradient checks
+/// and file round trips, where every parameter counts.
+pub const fn tiny(image_size: usize) -> ConvNetConfig {
+    ConvNetConfig {
+        conv1_channels: 2,
+        conv2_channels: 3,
+        hidden1: 8,
+        hidden2: 6,
+        classes: 4,
+        image_size,
+    }
+}
+
 /// The reference ConvNet at small widths, on MNIST's 28x28 images: the network of the PyTorch
 /// fixture and of the device comparisons.
 pub const SMALL: ConvNetConfig = ConvNetConfig {

@@ -6,9 +6,9 @@
 //! 2^-10·Σ|a·b| of the plain one; ops that compute no sum (pooling, ReLU, gathers) exactly.
 //! Outputs start as NaN, so an element an op forgets to write cannot pass.
 //!
-//! - `gemm.rs`: the GEMM-shaped ops' harness (forward, input and weight gradients, each
-//!   precision), and split sums bit-identical from run to run;
-//! - `conv2d.rs`, `linear.rs`: their shapes, and what is particular to each;
+//! - `conv2d.rs`, `linear.rs`: forward, input and weight gradients in each precision, through the
+//!   GEMM-shaped ops' harness and shapes in `tests/common/gemm.rs`, and what is particular to
+//!   each; `gemm.rs`: their split sums, bit-identical from run to run;
 //! - `pool_relu.rs`: max-pool with ReLU, forward and backward, and ReLU's backward;
 //! - `loss.rs`: softmax cross-entropy, forward and backward fused, padding rows included;
 //! - `adam.rs`: Adam over many tensors at once;

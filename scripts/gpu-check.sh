@@ -12,8 +12,9 @@
 # are used where installed. It selects the cuda device (HANDWRITTEN_TEST_DEVICE=cuda, which the
 # device and kernel tests honour; they default to the emulator), then, each step within its own
 # time limit:
-#   - runs every test binary: the root package's unit tests (the embedded PTX), its device and
-#     kernel tests, and nn's devices test (training steps agree with the cpu device);
+#   - runs every test binary: the root package's unit tests (the embedded PTX), its op suite
+#     (tests/ops: every op against the reference), GEMM lab and device tests, and nn's devices
+#     test (training steps agree with the cpu device);
 #   - trains HANDWRITTEN_GPU_EPOCHS epochs (default 3) in tf32 replaying the step graph: the
 #     first epoch's time and test accuracy, and the training time until test_acc first reaches
 #     0.99;
@@ -48,11 +49,12 @@ build() {
     source scripts/nvrtc-env.sh
     rm -rf "$GPU_DIR"
     mkdir -p "$GPU_DIR/tests" "$GPU_DIR/benches"
-    # The unit tests (embedded PTX) and every test binary that runs kernels on the chosen device.
+    # The unit tests (embedded PTX) and every test binary that runs kernels on the chosen device:
+    # the op suite, the GEMM lab, and the device runtime's own tests.
     cargo test -p kernels --release --no-run --message-format=json | executables |
         while read -r name kind executable; do
             case "$kind:$name" in
-                lib:kernels | test:device_* | test:kernels_*) cp "$executable" "$GPU_DIR/tests/$name" ;;
+                lib:kernels | test:ops | test:gemm_lab | test:device_*) cp "$executable" "$GPU_DIR/tests/$name" ;;
             esac
         done
     # nn's devices test runs the trainer's step graph (capture, replay) on the chosen device.

@@ -2,15 +2,13 @@
 //! and checked against plain Rust. Runs on the device named by HANDWRITTEN_TEST_DEVICE (default
 //! `emulated`), so the same expectations hold the emulator and a real GPU to the same semantics.
 
+mod common;
+
+use common::{assert_close, kernel_device, random, widen};
 use kernels::launch::{KernelArg, Launch};
 use kernels::{Buffer, Device, Element};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn device() -> Device {
-    let name = std::env::var("HANDWRITTEN_TEST_DEVICE").unwrap_or_else(|_| "emulated".into());
-    Device::from_name(&name).unwrap_or_else(|e| panic!("HANDWRITTEN_TEST_DEVICE={name}: {e}"))
-}
 
 fn launch(dev: &Device, launch: Launch) {
     // SAFETY: every test passes buffers sized for what its kernel reads and writes.
@@ -22,43 +20,32 @@ fn download<T: Element>(dev: &Device, buf: &Buffer<T>) -> Vec<T> {
     dev.download(buf).unwrap()
 }
 
-fn random_floats(rng: &mut StdRng, n: usize) -> Vec<f32> {
-    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
-}
-
-fn assert_close(what: &str, got: &[f32], want: &[f32], tolerance: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tolerance * (1.0 + w.abs()),
-            "{what}[{i}]: got {g}, want {w}"
-        );
-    }
-}
-
 #[test]
 fn block_reduction_through_shared_memory_and_syncthreads() {
-    let dev = device();
+    let dev = kernel_device();
     let mut rng = StdRng::seed_from_u64(1);
     for (n, block) in [(1000, 256u32), (64, 64), (5000, 1024), (33, 32)] {
-        let x = random_floats(&mut rng, n);
+        let x = random(&mut rng, n);
         let blocks = n.div_ceil(block as usize);
         let xb = dev.upload(&x).unwrap();
         let mut sums = dev.zeros::<f32>(blocks).unwrap();
         let args = vec![xb.arg(), sums.arg_mut(), KernelArg::U32(n as u32)];
         launch(&dev, Launch::linear("selftest_block_sum", n, block, args));
-        let want: Vec<f32> = x.chunks(block as usize).map(|c| c.iter().sum()).collect();
-        assert_close("block sums", &download(&dev, &sums), &want, 1e-5);
+        let want: Vec<f64> = x
+            .chunks(block as usize)
+            .map(|c| widen(c).iter().sum())
+            .collect();
+        assert_close("block sums", &download(&dev, &sums), &want);
     }
 }
 
 #[test]
 fn warp_reductions_through_shuffles() {
-    let dev = device();
+    let dev = kernel_device();
     let mut rng = StdRng::seed_from_u64(2);
     // 200 threads: the last warp of the second block is partly past n.
     let n = 200;
-    let x = random_floats(&mut rng, n);
+    let x = random(&mut rng, n);
     let xb = dev.upload(&x).unwrap();
     let mut sums = dev.zeros::<f32>(n.div_ceil(32)).unwrap();
     let mut maxima = dev.zeros::<f32>(n).unwrap();
@@ -69,7 +56,7 @@ fn warp_reductions_through_shuffles() {
         KernelArg::U32(n as u32),
     ];
     launch(&dev, Launch::linear("selftest_warp_reduce", n, 128, args));
-    let want_sums: Vec<f32> = x.chunks(32).map(|c| c.iter().sum()).collect();
+    let want_sums: Vec<f64> = x.chunks(32).map(|c| widen(c).iter().sum()).collect();
     let want_maxima: Vec<f32> = (0..n)
         .map(|i| {
             x[i / 32 * 32..(i / 32 * 32 + 32).min(n)]
@@ -78,7 +65,7 @@ fn warp_reductions_through_shuffles() {
                 .fold(f32::MIN, f32::max)
         })
         .collect();
-    assert_close("warp sums", &download(&dev, &sums), &want_sums, 1e-5);
+    assert_close("warp sums", &download(&dev, &sums), &want_sums);
     assert_eq!(download(&dev, &maxima), want_maxima, "warp maxima");
 }
 
@@ -123,7 +110,7 @@ fn expected_shuffles(x: &[i32]) -> Vec<i32> {
 
 #[test]
 fn every_shuffle_flavour_and_ballot() {
-    let dev = device();
+    let dev = kernel_device();
     let mut rng = StdRng::seed_from_u64(3);
     let n = 128;
     let x: Vec<i32> = (0..n).map(|_| rng.random_range(-1000..1000)).collect();
@@ -142,11 +129,11 @@ fn every_shuffle_flavour_and_ballot() {
 
 #[test]
 fn dynamic_shared_memory() {
-    let dev = device();
+    let dev = kernel_device();
     let mut rng = StdRng::seed_from_u64(4);
     for block in [32u32, 256, 1024] {
         let n = block as usize * 3;
-        let x = random_floats(&mut rng, n);
+        let x = random(&mut rng, n);
         let xb = dev.upload(&x).unwrap();
         let mut y = dev.zeros::<f32>(n).unwrap();
         let mut reverse = Launch::linear(
@@ -167,7 +154,7 @@ fn dynamic_shared_memory() {
 
 #[test]
 fn atomics_across_blocks() {
-    let dev = device();
+    let dev = kernel_device();
     let mut rng = StdRng::seed_from_u64(5);
     let (n, bins) = (10_000, 7);
     let values: Vec<u32> = (0..n).map(|_| rng.random_range(0..1000)).collect();
@@ -204,7 +191,7 @@ fn atomics_across_blocks() {
 
 #[test]
 fn three_dimensional_grids_run_every_thread_once() {
-    let dev = device();
+    let dev = kernel_device();
     for (grid, block) in [
         ([3, 2, 2], [4, 3, 2]),
         ([1, 5, 1], [32, 1, 1]),
@@ -245,11 +232,11 @@ fn three_dimensional_grids_run_every_thread_once() {
 
 #[test]
 fn tiled_matmul_with_barriers_in_a_loop() {
-    let dev = device();
+    let dev = kernel_device();
     let mut rng = StdRng::seed_from_u64(6);
     for (m, n, k) in [(37, 53, 29), (64, 64, 64), (1, 100, 17)] {
-        let a = random_floats(&mut rng, m * k);
-        let b = random_floats(&mut rng, k * n);
+        let a = random(&mut rng, m * k);
+        let b = random(&mut rng, k * n);
         let (ab, bb) = (dev.upload(&a).unwrap(), dev.upload(&b).unwrap());
         let mut c = dev.zeros::<f32>(m * n).unwrap();
         let u = |v: usize| KernelArg::U32(v as u32);
@@ -265,13 +252,15 @@ fn tiled_matmul_with_barriers_in_a_loop() {
                 args,
             },
         );
-        let mut want = vec![0.0f32; m * n];
+        let mut want = vec![0.0f64; m * n];
         for i in 0..m {
             for j in 0..n {
-                want[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+                want[i * n + j] = (0..k)
+                    .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                    .sum();
             }
         }
-        assert_close(&format!("{m}x{n}x{k}"), &download(&dev, &c), &want, 1e-5);
+        assert_close(&format!("{m}x{n}x{k}"), &download(&dev, &c), &want);
     }
 }
 
@@ -307,7 +296,7 @@ fn identity8() -> Vec<f32> {
 /// not matter.)
 #[test]
 fn mma_tf32_fragments_follow_the_ptx_layout() {
-    let dev = device();
+    let dev = kernel_device();
     // A[m][k] = 8·m + k + 1: distinct, and exact in TF32.
     let a: Vec<f32> = (0..128).map(|e| e as f32 + 1.0).collect();
     let (d, lanes) = mma(&dev, &a, &identity8(), &[0.0; 128]);
@@ -333,7 +322,7 @@ fn mma_tf32_fragments_follow_the_ptx_layout() {
 /// so only the fp32 accumulation may differ, by a few ulps of Σ|a·b| + |c|.
 #[test]
 fn mma_tf32_computes_a_times_b_plus_c() {
-    let dev = device();
+    let dev = kernel_device();
     let mut rng = StdRng::seed_from_u64(9);
     // Multiples of 2^-8 in (-4, 4): 11 significant bits at most.
     let mut tf32_exact = |n| -> Vec<f32> {
@@ -363,7 +352,7 @@ fn mma_tf32_computes_a_times_b_plus_c() {
 /// 13. 1 + 2^-11 + 2^-20 would round to 1 + 2^-10; truncated it is 1.
 #[test]
 fn mma_tf32_truncates_raw_fp32_operands() {
-    let dev = device();
+    let dev = kernel_device();
     let raw = 1.0 + 2f32.powi(-11) + 2f32.powi(-20);
     let mut a = vec![0.0; 128];
     a[0] = raw; // A[0][0]
@@ -377,7 +366,7 @@ fn mma_tf32_truncates_raw_fp32_operands() {
 /// a carry may reach Inf.
 #[test]
 fn cvt_rna_tf32_rounds_to_nearest_ties_away() {
-    let dev = device();
+    let dev = kernel_device();
     let cases: [(u32, u32, &str); 14] = [
         (0x3f80_0000, 0x3f80_0000, "1 is exact"),
         (0x3f80_1000, 0x3f80_2000, "1 + 2^-11, a tie, rounds away"),
@@ -445,7 +434,7 @@ fn cvt_rna_tf32_rounds_to_nearest_ties_away() {
 /// threads after the barrier.
 #[test]
 fn cp_async_groups_land_at_their_wait() {
-    let dev = device();
+    let dev = kernel_device();
     let x: Vec<f32> = (0..64).map(|i| i as f32 + 1.0).collect();
     let xb = dev.upload(&x).unwrap();
     let mut out = dev.upload(&[f32::NAN; 96]).unwrap();

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::conv;
+use common::{conv, linear, pool};
 use kernels::reference as r;
-use kernels::{AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
+use kernels::{AdamStep, Conv2dShape, XentShape};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -75,20 +75,7 @@ fn conv2d_gradients_match_finite_differences() {
 #[test]
 fn maxpool2d_gradient_matches_finite_differences() {
     let mut rng = StdRng::seed_from_u64(2);
-    for s in [
-        Pool2dShape {
-            batch: 2,
-            channels: 3,
-            height: 6,
-            width: 4,
-        },
-        Pool2dShape {
-            batch: 1,
-            channels: 2,
-            height: 5,
-            width: 7,
-        },
-    ] {
+    for s in [pool(2, 3, 6, 4), pool(1, 2, 5, 7)] {
         let x = random(&mut rng, s.input_len());
         let dy = random(&mut rng, s.output_len());
         let mut y = vec![0.0; s.output_len()];
@@ -128,18 +115,7 @@ fn relu_gradient_matches_finite_differences() {
 #[test]
 fn linear_gradients_match_finite_differences() {
     let mut rng = StdRng::seed_from_u64(4);
-    for s in [
-        LinearShape {
-            batch: 3,
-            in_features: 7,
-            out_features: 5,
-        },
-        LinearShape {
-            batch: 1,
-            in_features: 4,
-            out_features: 9,
-        },
-    ] {
+    for s in [linear(3, 7, 5), linear(1, 4, 9)] {
         let x = random(&mut rng, s.batch * s.in_features);
         let w = random(&mut rng, s.out_features * s.in_features);
         let b = random(&mut rng, s.out_features);
@@ -222,12 +198,7 @@ fn conv2d_forward_by_hand() {
 #[test]
 fn maxpool2d_by_hand() {
     // 1x1x3x5: the odd last row and column are dropped; ties keep the first maximum.
-    let s = Pool2dShape {
-        batch: 1,
-        channels: 1,
-        height: 3,
-        width: 5,
-    };
+    let s = pool(1, 1, 3, 5);
     #[rustfmt::skip]
     let x = [
         1.0, 7.0, 2.0, 2.0, 9.0,
@@ -259,11 +230,7 @@ fn relu_by_hand() {
 
 #[test]
 fn linear_by_hand() {
-    let s = LinearShape {
-        batch: 1,
-        in_features: 2,
-        out_features: 3,
-    };
+    let s = linear(1, 2, 3);
     let w = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
     let mut y = [0.0; 3];
     r::linear_forward(&s, &[1.0, 2.0], &w, &[0.0, 0.0, 1.0], &mut y);

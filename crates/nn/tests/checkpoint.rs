@@ -6,21 +6,14 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{host, random, tensor, DEVICE};
+use common::{host, random, tensor, tiny, DEVICE};
 use nn::{ConvNet, ConvNetConfig, Error};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-const TINY: ConvNetConfig = ConvNetConfig {
-    conv1_channels: 2,
-    conv2_channels: 3,
-    hidden1: 8,
-    hidden2: 6,
-    classes: 4,
-    image_size: 12,
-};
+const TINY: ConvNetConfig = tiny(12);
 
 /// An empty directory of this test's own.
 fn scratch_dir(test: &str) -> PathBuf {

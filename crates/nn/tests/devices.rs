@@ -3,26 +3,16 @@
 //! launch configurations included, agrees across devices. And the Trainer's captured step graph
 //! replays exactly what its eager step runs.
 
+mod common;
+
+use common::{kernel_device, SMALL};
 use kernels::{Device, Precision};
-use nn::{Adam, ConvNet, ConvNetConfig, Dataset, SoftmaxCrossEntropy, Tensor, Trainer};
+use nn::{Adam, ConvNet, Dataset, SoftmaxCrossEntropy, Tensor, Trainer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const SMALL: ConvNetConfig = ConvNetConfig {
-    conv1_channels: 4,
-    conv2_channels: 8,
-    hidden1: 32,
-    hidden2: 16,
-    classes: 10,
-    image_size: 28,
-};
 const BATCH: usize = 16;
 const STEPS: usize = 5;
-
-fn kernel_device() -> Device {
-    let name = std::env::var("HANDWRITTEN_TEST_DEVICE").unwrap_or_else(|_| "emulated".into());
-    Device::from_name(&name).unwrap_or_else(|e| panic!("HANDWRITTEN_TEST_DEVICE={name}: {e}"))
-}
 
 /// Mean loss and correct count of each step, training from the same seed on the same batch.
 fn train(device: &Device, images: &[f32], labels: &[u32]) -> Vec<(f32, f32)> {

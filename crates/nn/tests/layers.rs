@@ -4,7 +4,7 @@
 mod common;
 
 use common::{
-    assert_close, check_gradient, host, host_view, random, tensor, to_f64, weighted_sum, DEVICE,
+    assert_close, check_gradient, host, host_view, random, tensor, weighted_sum, widen, DEVICE,
 };
 use kernels::reference as r;
 use kernels::{Activation, Conv2dShape, LinearShape, Pool2dShape};
@@ -41,7 +41,7 @@ fn conv2d_forward_matches_reference_and_gradients_match_finite_differences() {
         padding: 1,
     };
     let mut expected = vec![0.0; s.output_len()];
-    r::conv2d_forward(&s, &to_f64(&x), &to_f64(&w), &to_f64(&b), &mut expected);
+    r::conv2d_forward(&s, &widen(&x), &widen(&w), &widen(&b), &mut expected);
     assert_close("conv y", &y, &expected, 1e-5);
 
     let dy = random(rng, y.len());
@@ -105,7 +105,7 @@ fn maxpool2d_relu_routes_gradients_to_the_positive_maxima() {
         width: 4,
     };
     let (mut pooled, mut argmax) = (vec![0.0; s.output_len()], vec![0; s.output_len()]);
-    r::maxpool2d_forward(&s, &to_f64(&x), &mut pooled, &mut argmax);
+    r::maxpool2d_forward(&s, &widen(&x), &mut pooled, &mut argmax);
     let mut expected = vec![0.0; s.output_len()];
     r::relu_forward(&pooled, &mut expected);
     assert!(expected.contains(&0.0) && expected.iter().any(|&v| v > 0.0));
@@ -136,7 +136,7 @@ fn linear_forward_matches_reference_and_gradients_match_finite_differences() {
         out_features: 5,
     };
     let mut expected = vec![0.0; 15];
-    r::linear_forward(&s, &to_f64(&x), &to_f64(&w), &to_f64(&b), &mut expected);
+    r::linear_forward(&s, &widen(&x), &widen(&w), &widen(&b), &mut expected);
     assert_close("linear y", &y, &expected, 1e-5);
     assert_eq!(host(&fc.output().data), y);
 
@@ -187,8 +187,8 @@ fn flatten_reshapes_without_copying() {
 fn a_layer_follows_changes_of_batch_size() {
     let rng = &mut StdRng::seed_from_u64(6);
     let mut fc = Linear::new(&DEVICE, "fc", 4, 3, Activation::None, rng).unwrap();
-    let w = to_f64(&host(&fc.params()[0].value.data));
-    let b = to_f64(&host(&fc.params()[1].value.data));
+    let w = widen(&host(&fc.params()[0].value.data));
+    let b = widen(&host(&fc.params()[1].value.data));
     for batch in [2, 5, 2, 1] {
         let x = random(rng, batch * 4);
         let (y_shape, y) = host_view(fc.forward(tensor(&[batch, 4], &x).view()).unwrap());
@@ -199,7 +199,7 @@ fn a_layer_follows_changes_of_batch_size() {
             out_features: 3,
         };
         let mut expected = vec![0.0; batch * 3];
-        r::linear_forward(&s, &to_f64(&x), &w, &b, &mut expected);
+        r::linear_forward(&s, &widen(&x), &w, &b, &mut expected);
         assert_close("linear y", &y, &expected, 1e-5);
         let dy = tensor(&y_shape, &random(rng, batch * 3));
         let x = tensor(&[batch, 4], &x);

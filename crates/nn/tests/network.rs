@@ -3,20 +3,13 @@
 
 mod common;
 
-use common::{assert_close, host, random, tensor, to_f64, DEVICE};
+use common::{assert_close, host, random, tensor, tiny, widen, DEVICE};
 use kernels::Buffer;
 use nn::{Adam, ConvNet, ConvNetConfig, Error, Param, SoftmaxCrossEntropy, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const TINY: ConvNetConfig = ConvNetConfig {
-    conv1_channels: 2,
-    conv2_channels: 3,
-    hidden1: 8,
-    hidden2: 6,
-    classes: 4,
-    image_size: 8,
-};
+const TINY: ConvNetConfig = tiny(8);
 
 fn labels(rng: &mut StdRng, batch: usize, classes: usize) -> Buffer<u32> {
     let values: Vec<u32> = (0..batch)
@@ -182,7 +175,7 @@ fn each_sample_s_logits_do_not_depend_on_the_batch() {
     for (n, image) in pixels.chunks(144).enumerate() {
         let logits = net.forward(&tensor(&[1, 1, 12, 12], image)).unwrap();
         assert_eq!(logits.shape, [1, TINY.classes]);
-        let expected = to_f64(&batch[n * TINY.classes..][..TINY.classes]);
+        let expected = widen(&batch[n * TINY.classes..][..TINY.classes]);
         assert_close("logits", &host(&logits.data), &expected, 1e-5);
     }
     let again = host(&net.forward(&tensor(&[5, 1, 12, 12], &pixels)).unwrap().data);
@@ -328,7 +321,7 @@ fn adam_follows_torch_over_two_steps() {
             adam.step(&DEVICE, vec![&mut param]).unwrap();
         }
         assert_eq!(adam.steps(), 2);
-        let mut expected = to_f64(&start);
+        let mut expected = widen(&start);
         let hyper = (lr, beta1, beta2, eps);
         adam_by_hand(&mut expected, &[&grads[0], &grads[1]], hyper);
         assert_close("adam", &host(&param.value.data), &expected, 1e-5);

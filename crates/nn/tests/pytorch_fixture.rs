@@ -6,18 +6,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_close, host, tensor, to_f64, DEVICE};
-use nn::{Adam, ConvNet, ConvNetConfig, SoftmaxCrossEntropy};
+use common::{assert_close, host, tensor, widen, DEVICE, SMALL};
+use nn::{Adam, ConvNet, SoftmaxCrossEntropy};
 use safetensors::{Dtype, SafeTensors};
-
-const SMALL: ConvNetConfig = ConvNetConfig {
-    conv1_channels: 4,
-    conv2_channels: 8,
-    hidden1: 32,
-    hidden2: 16,
-    classes: 10,
-    image_size: 28,
-};
 
 fn fixture_path(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,7 +36,7 @@ fn labels(file: &SafeTensors, name: &str) -> Vec<u32> {
 
 /// Within 1e-5 of each value, plus 1e-5 of the tensor's largest (see `assert_close`).
 fn assert_matches(name: &str, actual: &[f32], expected: &[f32]) {
-    assert_close(name, actual, &to_f64(expected), 1e-5);
+    assert_close(name, actual, &widen(expected), 1e-5);
 }
 
 #[test]

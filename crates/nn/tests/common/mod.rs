@@ -1,16 +1,40 @@
-//! Helpers shared by the nn tests: random data, host copies, gradient checks in f32.
+//! Helpers shared by the nn tests: host copies, gradient checks in f32, a small network; the
+//! device choice and random data are the root package's (tests/common), included, not copied.
 #![allow(dead_code)] // each test file uses its own subset
 
 use kernels::{Buffer, Device};
-use nn::{Tensor, TensorView};
-use rand::rngs::StdRng;
-use rand::Rng;
+use nn::{ConvNetConfig, Tensor, TensorView};
+
+#[path = "../../../../tests/common/mod.rs"]
+mod root;
+#[allow(unused_imports)] // as with dead code: each test file uses its own subset
+pub use root::{kernel_device, random, widen};
 
 pub const DEVICE: Device = Device::Cpu;
 
-pub fn random(rng: &mut StdRng, len: usize) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+/// The reference ConvNet at tiny widths, 4 classes, on `image_size`² images: for gradient checks
+/// and file round trips, where every parameter counts.
+pub const fn tiny(image_size: usize) -> ConvNetConfig {
+    ConvNetConfig {
+        conv1_channels: 2,
+        conv2_channels: 3,
+        hidden1: 8,
+        hidden2: 6,
+        classes: 4,
+        image_size,
+    }
 }
+
+/// The reference ConvNet at small widths, on MNIST's 28x28 images: the network of the PyTorch
+/// fixture and of the device comparisons.
+pub const SMALL: ConvNetConfig = ConvNetConfig {
+    conv1_channels: 4,
+    conv2_channels: 8,
+    hidden1: 32,
+    hidden2: 16,
+    classes: 10,
+    image_size: 28,
+};
 
 pub fn tensor(shape: &[usize], values: &[f32]) -> Tensor {
     Tensor::from_slice(&DEVICE, shape, values).unwrap()
@@ -71,8 +95,4 @@ pub fn assert_close(name: &str, actual: &[f32], expected: &[f64], tolerance: f64
             "{name}[{k}]: {a} vs expected {e}"
         );
     }
-}
-
-pub fn to_f64(values: &[f32]) -> Vec<f64> {
-    values.iter().map(|&v| v as f64).collect()
 }

@@ -23,19 +23,6 @@ pub fn relu_forward(x: &[f32], y: &mut [f32]) {
         .for_each(|(y, x)| relu(x, y));
 }
 
-/// y = max(y, 0) in place; -0 and NaN become 0, as in relu_forward.
-pub fn relu_in_place(y: &mut [f32]) {
-    fn relu(y: &mut [f32]) {
-        for y in y {
-            *y = if *y > 0.0 { *y } else { 0.0 };
-        }
-    }
-    if y.len() <= CHUNK {
-        return relu(y);
-    }
-    y.par_chunks_mut(CHUNK).for_each(relu);
-}
-
 pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
     fn mask(y: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {

@@ -86,7 +86,7 @@ pub fn conv2d_backward_weight(
 
 pub fn maxpool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
     init_threads();
-    pool::forward(s, x, y, argmax)
+    pool::forward(s, x, y, argmax, false)
 }
 
 pub fn maxpool2d_backward(s: &Pool2dShape, argmax: &[u32], dy: &[f32], dx: &mut [f32]) {
@@ -94,11 +94,10 @@ pub fn maxpool2d_backward(s: &Pool2dShape, argmax: &[u32], dy: &[f32], dx: &mut 
     pool::backward(s, argmax, None, dy, dx)
 }
 
-/// Max-pool then ReLU: the pool, then negative maxima set to 0 (the argmax is the pool's).
+/// Max-pool then ReLU in one pass: negative maxima set to 0 (the argmax is the pool's).
 pub fn maxpool2d_relu_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
     init_threads();
-    pool::forward(s, x, y, argmax);
-    elementwise::relu_in_place(y);
+    pool::forward(s, x, y, argmax, true);
 }
 
 /// The pool's gradient, passed only where the fused output y is positive.

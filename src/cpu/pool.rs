@@ -1,4 +1,4 @@
-//! 2x2 stride-2 max pooling, one (image, channel) plane per task.
+//! 2x2 stride-2 max pooling, one (image, channel) plane per task, ReLU optionally fused.
 
 use crate::Pool2dShape;
 use rayon::prelude::*;
@@ -6,7 +6,8 @@ use rayon::prelude::*;
 /// Planes per task: enough work to pay for handing it to another thread.
 const PLANES_PER_TASK: usize = 8;
 
-pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+/// With `relu`, negative maxima (and NaN) are written as 0; the argmax is the pool's either way.
+pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32], relu: bool) {
     let (oh, ow) = (s.out_height(), s.out_width());
     let plane_len = s.height * s.width;
     if oh * ow == 0 {
@@ -41,7 +42,7 @@ pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
                     if bottom[1] > best {
                         (best, at) = (bottom[1], width + 1);
                     }
-                    *y = best;
+                    *y = if !relu || best > 0.0 { best } else { 0.0 };
                     *argmax = row_start + 2 * j as u32 + at;
                 }
             }

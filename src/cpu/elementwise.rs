@@ -9,20 +9,6 @@ use rayon::prelude::*;
 /// Elements per task: large enough that scheduling is noise, small enough to balance two threads.
 const CHUNK: usize = 1 << 15;
 
-pub fn relu_forward(x: &[f32], y: &mut [f32]) {
-    fn relu(x: &[f32], y: &mut [f32]) {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = if x > 0.0 { x } else { 0.0 };
-        }
-    }
-    if x.len() <= CHUNK {
-        return relu(x, y);
-    }
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| relu(x, y));
-}
-
 pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
     fn mask(y: &[f32], dy: &[f32], dx: &mut [f32]) {
         for ((dx, &y), &dy) in dx.iter_mut().zip(y).zip(dy) {

@@ -22,7 +22,7 @@ mod pack;
 mod pool;
 mod scratch;
 
-use crate::{reference, AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, XentShape};
+use crate::{reference, AdamHyper, Conv2dShape, LinearShape, Pool2dShape, XentShape};
 use std::sync::Once;
 
 /// Sets flush-to-zero and denormals-are-zero on the calling thread, and once per process builds
@@ -84,20 +84,10 @@ pub fn conv2d_backward_weight(
     conv::backward_weight(s, x, dy, dw, db)
 }
 
-pub fn maxpool2d_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
-    init_threads();
-    pool::forward(s, x, y, argmax, false)
-}
-
-pub fn maxpool2d_backward(s: &Pool2dShape, argmax: &[u32], dy: &[f32], dx: &mut [f32]) {
-    init_threads();
-    pool::backward(s, argmax, None, dy, dx)
-}
-
 /// Max-pool then ReLU in one pass: negative maxima set to 0 (the argmax is the pool's).
 pub fn maxpool2d_relu_forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
     init_threads();
-    pool::forward(s, x, y, argmax, true);
+    pool::forward(s, x, y, argmax);
 }
 
 /// The pool's gradient, passed only where the fused output y is positive.
@@ -109,12 +99,7 @@ pub fn maxpool2d_relu_backward(
     dx: &mut [f32],
 ) {
     init_threads();
-    pool::backward(s, argmax, Some(y), dy, dx)
-}
-
-pub fn relu_forward(x: &[f32], y: &mut [f32]) {
-    init_threads();
-    elementwise::relu_forward(x, y)
+    pool::backward(s, argmax, y, dy, dx)
 }
 
 pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
@@ -149,31 +134,9 @@ pub fn linear_backward_weight(
     linear::backward_weight(s, x, dy, dw, db)
 }
 
-/// A batch of logits is a few hundred values: the reference loop is already the right code.
-pub fn softmax_xent_forward(s: &XentShape, logits: &[f32], labels: &[u32], totals: &mut [f32]) {
-    init_threads();
-    reference::softmax_xent_forward(s, logits, labels, totals)
-}
-
-/// A batch of logits is a few hundred values: the reference loop is already the right code.
-pub fn softmax_xent_backward(s: &XentShape, logits: &[f32], labels: &[u32], dlogits: &mut [f32]) {
-    init_threads();
-    reference::softmax_xent_backward(s, logits, labels, dlogits)
-}
-
+/// One Adam step over any slice of parameters, a whole flat buffer included; `scalars` are the
+/// step's [`crate::AdamStep::scalars`] (step size and √(1 − β2ᵗ)), computed once per step.
 pub fn adam_update(
-    step: &AdamStep,
-    params: &mut [f32],
-    grads: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-) {
-    init_threads();
-    elementwise::adam_update(&step.hyper(), step.scalars(), params, grads, m, v)
-}
-
-/// [`adam_update`] with the step's [`AdamStep::scalars`] given: one tensor of a multi-tensor step.
-pub fn adam_update_scaled(
     hyper: &AdamHyper,
     scalars: [f32; 2],
     params: &mut [f32],

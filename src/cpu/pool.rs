@@ -1,4 +1,4 @@
-//! 2x2 stride-2 max pooling, one (image, channel) plane per task, ReLU optionally fused.
+//! 2x2 stride-2 max pooling fused with the ReLU after it, one (image, channel) plane per task.
 
 use crate::Pool2dShape;
 use rayon::prelude::*;
@@ -6,8 +6,9 @@ use rayon::prelude::*;
 /// Planes per task: enough work to pay for handing it to another thread.
 const PLANES_PER_TASK: usize = 8;
 
-/// With `relu`, negative maxima (and NaN) are written as 0; the argmax is the pool's either way.
-pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32], relu: bool) {
+/// y = relu(max of each window): negative maxima (and NaN) are written as 0; the argmax is the
+/// pool's either way.
+pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
     let (oh, ow) = (s.out_height(), s.out_width());
     let plane_len = s.height * s.width;
     if oh * ow == 0 {
@@ -42,22 +43,16 @@ pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32], re
                     if bottom[1] > best {
                         (best, at) = (bottom[1], width + 1);
                     }
-                    *y = if !relu || best > 0.0 { best } else { 0.0 };
+                    *y = if best > 0.0 { best } else { 0.0 };
                     *argmax = row_start + 2 * j as u32 + at;
                 }
             }
         });
 }
 
-/// With `relu_output` (the output of a fused max-pool and ReLU), gradient passes only where that
-/// output is positive.
-pub fn backward(
-    s: &Pool2dShape,
-    argmax: &[u32],
-    relu_output: Option<&[f32]>,
-    dy: &[f32],
-    dx: &mut [f32],
-) {
+/// The gradient of [`forward`]: dy goes to each window's argmax, only where the output `y` is
+/// positive (ReLU's mask).
+pub fn backward(s: &Pool2dShape, argmax: &[u32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
     let out_plane = s.out_height() * s.out_width();
     let plane_len = s.height * s.width;
     if out_plane == 0 {
@@ -67,14 +62,14 @@ pub fn backward(
     dx.par_chunks_mut(plane_len)
         .zip(dy.par_chunks(out_plane))
         .zip(argmax.par_chunks(out_plane))
+        .zip(y.par_chunks(out_plane))
         .enumerate()
         .with_min_len(PLANES_PER_TASK)
-        .for_each(|(plane, ((dx, dy), argmax))| {
+        .for_each(|(plane, (((dx, dy), argmax), y))| {
             dx.fill(0.0);
             let offset = plane * plane_len;
-            let y = relu_output.map(|y| &y[plane * out_plane..][..out_plane]);
             for (i, (&k, &g)) in argmax.iter().zip(dy).enumerate() {
-                if y.is_some_and(|y| y[i].is_nan() || y[i] <= 0.0) {
+                if y[i].is_nan() || y[i] <= 0.0 {
                     continue; // ReLU's mask: no gradient where the output was clamped to 0
                 }
                 // The forward pass only ever picks from the window's own plane.

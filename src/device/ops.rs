@@ -422,7 +422,7 @@ impl Device {
                 for (param, grad) in params.iter_mut().zip(grads) {
                     let range = start..start + param.len();
                     start = range.end;
-                    cpu::adam_update_scaled(
+                    cpu::adam_update(
                         hyper,
                         [scalars[0], scalars[1]],
                         param.host_mut()?,

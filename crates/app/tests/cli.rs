@@ -1,21 +1,12 @@
 //! The command line refuses bad flags and reports runtime errors as `error: ...`, exit code 1.
 
-use std::process::{Command, Output};
+mod common;
 
-fn handwritten(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_handwritten"))
-        .args(args)
-        .output()
-        .expect("running handwritten")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use common::{data, run, scratch, stderr};
 
 #[test]
 fn zero_batch_size_is_refused() {
-    let output = handwritten(&["train", "--batch-size", "0"]);
+    let output = run(&["train", "--batch-size", "0"]);
     assert!(!output.status.success());
     let err = stderr(&output);
     assert!(err.contains("--batch-size"), "{err}");
@@ -24,7 +15,7 @@ fn zero_batch_size_is_refused() {
 
 #[test]
 fn unknown_device_is_refused() {
-    let output = handwritten(&["eval", "--checkpoint", "m.safetensors", "--device", "foo"]);
+    let output = run(&["eval", "--checkpoint", "m.safetensors", "--device", "foo"]);
     assert!(!output.status.success());
     let err = stderr(&output);
     assert!(err.contains("'foo'") && err.contains("--device"), "{err}");
@@ -34,7 +25,7 @@ fn unknown_device_is_refused() {
 #[test]
 fn non_positive_learning_rate_is_refused() {
     for lr in ["--lr=0", "--lr=-0.1", "--lr=fast"] {
-        let output = handwritten(&["train", lr]);
+        let output = run(&["train", lr]);
         assert!(!output.status.success());
         let err = stderr(&output);
         assert!(err.contains("--lr") && err.contains("positive"), "{err}");
@@ -47,7 +38,7 @@ fn missing_data_is_an_error_naming_the_file() {
     std::fs::create_dir_all(&empty).unwrap();
     let data = empty.to_str().unwrap();
     let out = empty.join("run");
-    let output = handwritten(&[
+    let output = run(&[
         "train",
         "--device",
         "cpu",
@@ -65,7 +56,7 @@ fn missing_data_is_an_error_naming_the_file() {
 
 #[test]
 fn tf32_on_the_cpu_device_and_unknown_precisions_are_refused() {
-    let output = handwritten(&["train", "--device", "cpu", "--precision", "tf32"]);
+    let output = run(&["train", "--device", "cpu", "--precision", "tf32"]);
     assert!(!output.status.success());
     let err = stderr(&output);
     assert!(
@@ -73,7 +64,7 @@ fn tf32_on_the_cpu_device_and_unknown_precisions_are_refused() {
         "{err}"
     );
 
-    let output = handwritten(&["eval", "--precision", "fp16", "--checkpoint", "x"]);
+    let output = run(&["eval", "--precision", "fp16", "--checkpoint", "x"]);
     assert!(!output.status.success());
     let err = stderr(&output);
     assert!(
@@ -82,22 +73,11 @@ fn tf32_on_the_cpu_device_and_unknown_precisions_are_refused() {
     );
 }
 
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn data() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/mnist").to_string()
-}
-
 #[test]
 fn epochs_near_the_top_of_u64_are_refused_before_anything_is_created() {
     let dir = scratch("epochs");
     let out = dir.join("run");
-    let output = handwritten(&[
+    let output = run(&[
         "train",
         "--epochs",
         "18446744073709551615",
@@ -145,19 +125,20 @@ fn small_checkpoint(
 fn checkpoints_that_do_not_fit_the_data_or_hold_nan_are_refused() {
     let dir = scratch("checkpoints");
     let data = data();
+    let data = data.to_str().unwrap();
     let eval = |checkpoint: &str| {
         let args = [
             "eval",
             "--device",
             "cpu",
             "--data",
-            &data,
+            data,
             "--test-limit",
             "10",
         ];
         let mut args = args.to_vec();
         args.extend(["--checkpoint", checkpoint]);
-        handwritten(&args)
+        run(&args)
     };
     let five = small_checkpoint(&dir, "five", 5, None);
     let output = eval(&five);
@@ -198,7 +179,7 @@ fn predict_names_images_it_cannot_read_or_find_no_digit_in() {
         .save(&blank)
         .unwrap();
     for (path, says) in [(&not_image, "not a PNG"), (&blank, "blank")] {
-        let output = handwritten(&[
+        let output = run(&[
             "predict",
             "--device",
             "cpu",

@@ -3,26 +3,16 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use app::mnist::{Split, IMAGE_SIDE};
 use image::imageops::{self, FilterType};
 use image::{GrayImage, Luma};
 
-const DIGITS: usize = 40;
+mod common;
 
-fn handwritten(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_handwritten"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
+use common::handwritten;
+
+const DIGITS: usize = 40;
 
 #[test]
 fn digits_drawn_dark_on_light_off_centre_are_recognised() {

@@ -3,25 +3,14 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
+
+mod common;
+
+use common::handwritten;
 
 const TRAIN_IMAGES: &str = "512";
 const TEST_IMAGES: &str = "500";
 const EPOCHS: usize = 3;
-
-/// Runs the binary, which must succeed, and returns what it printed.
-fn handwritten(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_handwritten"))
-        .args(args)
-        .output()
-        .expect("running handwritten");
-    assert!(
-        output.status.success(),
-        "handwritten {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("stdout is UTF-8")
-}
 
 /// The number after the word `name` in `line`.
 fn field(line: &str, name: &str) -> f64 {

@@ -91,7 +91,7 @@ impl std::error::Error for Interrupted {}
 pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
     // From the start: a Ctrl-C while the data loads stops the run after its first step.
     signals::install();
-    let (state, resume_dir) = match start {
+    let (mut state, resume_dir) = match start {
         TrainStart::New { options, .. } => (initial_state(options.clone()), None),
         TrainStart::Resume {
             dir,
@@ -124,7 +124,6 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
             (state, Some(dir.clone()))
         }
     };
-    let mut state = state;
     let device = open_device(&state.options.device)?;
     let precision = resolve_precision(&device, state.options.precision)?;
     state.options.precision = Some(precision);

@@ -17,6 +17,8 @@ use super::microkernel::{MR, NR};
 #[cfg(target_arch = "x86_64")]
 use super::pack;
 use super::scratch::{with_scratch, COLUMNS, PARTIALS};
+#[cfg(target_arch = "x86_64")]
+use super::shallow;
 use crate::{reference, Conv2dShape};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -47,6 +49,10 @@ fn degenerate(s: &Conv2dShape) -> bool {
 pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
     if degenerate(s) {
         return reference::conv2d_forward(s, x, w, b, y);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if shallow::applies(Kernel::detect(), s) {
+        return shallow::forward(s, x, w, b, y);
     }
     convolve(s, x, w, Some(b), y)
 }
@@ -167,6 +173,10 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
     if degenerate(s) {
         return reference::conv2d_backward_weight(s, x, dy, dw, db);
     }
+    #[cfg(target_arch = "x86_64")]
+    if shallow::applies(Kernel::detect(), s) {
+        return shallow::backward_weight(s, x, dy, dw, db);
+    }
     let image_len = s.in_channels * s.height * s.width;
     let out_len = s.out_channels * s.out_height() * s.out_width();
     let plane = s.out_height() * s.out_width();
@@ -221,12 +231,12 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
     });
 }
 
-fn padded_len(s: &Conv2dShape) -> usize {
+pub(super) fn padded_len(s: &Conv2dShape) -> usize {
     s.in_channels * (s.height + 2 * s.padding) * (s.width + 2 * s.padding)
 }
 
 /// Copies one image `[in, h, w]` into the middle of a zero border `padding` wide.
-fn pad(kernel: Kernel, s: &Conv2dShape, image: &[f32], padded: &mut [f32]) {
+pub(super) fn pad(kernel: Kernel, s: &Conv2dShape, image: &[f32], padded: &mut [f32]) {
     let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
     padded.fill(0.0);
     let planes = padded

@@ -217,6 +217,28 @@ impl PackB for Matrix<'_> {
             ..
         } = self.layout;
         if col_stride == 1 {
+            #[cfg(target_arch = "x86_64")]
+            if kernel.vector_packing() {
+                let src = self.data[depth.start * row_stride + col..].as_ptr();
+                // SAFETY: the CPU has AVX-512F; the rows lie in the matrix (checked by
+                // Matrix::new) and the panel holds NR floats per depth row.
+                unsafe {
+                    pack::copy_rows(
+                        src,
+                        row_stride,
+                        panel.as_mut_ptr(),
+                        NR,
+                        depth.len(),
+                        NR.min(width),
+                    )
+                };
+                if width < NR {
+                    for out in panel.chunks_exact_mut(NR) {
+                        out[width..].fill(0.0);
+                    }
+                }
+                return;
+            }
             for (p, out) in depth.zip(panel.chunks_exact_mut(NR)) {
                 out[..width].copy_from_slice(&self.data[p * row_stride + col..][..width]);
                 out[width..].fill(0.0);

@@ -3,7 +3,8 @@
 //! Convolutions and linear layers are products on [`gemm`], a packed SGEMM with an AVX-512
 //! micro-kernel (chosen at run time; portable loops elsewhere): convolutions one per image,
 //! images split across threads, their patches packed straight from the image; linear layers one
-//! product each, split along the output. The rest are single passes over memory in parallel
+//! product each, split along the output. Convolutions too shallow for a product (conv1: one input
+//! channel, nine taps) are computed straight from the image instead (`shallow.rs`). The rest are single passes over memory in parallel
 //! chunks. All threads are rayon's global pool, set up by [`init_threads`], which every op calls
 //! first.
 //!
@@ -21,6 +22,8 @@ mod microkernel;
 mod pack;
 mod pool;
 mod scratch;
+#[cfg(target_arch = "x86_64")]
+mod shallow;
 
 use crate::{reference, AdamHyper, Conv2dShape, LinearShape, Pool2dShape, XentShape};
 use std::sync::Once;

@@ -4,16 +4,29 @@
 use super::microkernel::NR;
 use std::arch::x86_64::*;
 
-/// Copies `len` floats from `src` to `dst`, 16 at a time, the last ones masked.
+/// Copies `len` floats from `src` to `dst`, 16 at a time; a tail under 16 is the last 16 again
+/// when there are that many, else masked.
 ///
 /// # Safety
 /// The CPU must have AVX-512F; `src` and `dst` must be valid for `len` floats.
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn copy(src: *const f32, dst: *mut f32, len: usize) {
-    for t in (0..len).step_by(16) {
-        let mask = ((1u32 << (len - t).min(16)) - 1) as __mmask16;
-        _mm512_mask_storeu_ps(dst.add(t), mask, _mm512_maskz_loadu_ps(mask, src.add(t)));
+    let full = len / 16 * 16;
+    for t in (0..full).step_by(16) {
+        _mm512_storeu_ps(dst.add(t), _mm512_loadu_ps(src.add(t)));
+    }
+    if full < len && len >= 16 {
+        // The last 16 again, overlapping: an unmasked store beats a masked one.
+        let t = len - 16;
+        _mm512_storeu_ps(dst.add(t), _mm512_loadu_ps(src.add(t)));
+    } else if full < len {
+        let mask = ((1u32 << (len - full)) - 1) as __mmask16;
+        _mm512_mask_storeu_ps(
+            dst.add(full),
+            mask,
+            _mm512_maskz_loadu_ps(mask, src.add(full)),
+        );
     }
 }
 

@@ -32,16 +32,14 @@ pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
                 let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
                 for (j, ((y, argmax), (top, bottom))) in outputs.zip(windows).enumerate() {
                     // Candidates in reading order, each replacing the best only if strictly
-                    // greater, so ties keep the first.
+                    // greater, so ties keep the first. Selects, not branches: which of four
+                    // pixels wins is a coin toss the branch predictor would lose.
                     let (mut best, mut at) = (top[0], 0);
-                    if top[1] > best {
-                        (best, at) = (top[1], 1);
-                    }
-                    if bottom[0] > best {
-                        (best, at) = (bottom[0], width);
-                    }
-                    if bottom[1] > best {
-                        (best, at) = (bottom[1], width + 1);
+                    for (value, offset) in [(top[1], 1), (bottom[0], width), (bottom[1], width + 1)]
+                    {
+                        let greater = value > best;
+                        best = if greater { value } else { best };
+                        at = if greater { offset } else { at };
                     }
                     *y = if best > 0.0 { best } else { 0.0 };
                     *argmax = row_start + 2 * j as u32 + at;
@@ -68,10 +66,10 @@ pub fn backward(s: &Pool2dShape, argmax: &[u32], y: &[f32], dy: &[f32], dx: &mut
         .for_each(|(plane, (((dx, dy), argmax), y))| {
             dx.fill(0.0);
             let offset = plane * plane_len;
-            for (i, (&k, &g)) in argmax.iter().zip(dy).enumerate() {
-                if y[i].is_nan() || y[i] <= 0.0 {
-                    continue; // ReLU's mask: no gradient where the output was clamped to 0
-                }
+            for ((&k, &g), &y) in argmax.iter().zip(dy).zip(y) {
+                // ReLU's mask: no gradient where the output was clamped to 0 (or is NaN). A
+                // select, not a branch, and a zero written where the mask is off.
+                let g = if y > 0.0 { g } else { 0.0 };
                 // The forward pass only ever picks from the window's own plane.
                 dx[k as usize - offset] = g;
             }

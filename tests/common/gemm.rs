@@ -15,7 +15,7 @@ use super::{
 };
 
 /// Convolutions checked in both precisions.
-pub const CONV_SHAPES: [Conv2dShape; 16] = [
+pub const CONV_SHAPES: [Conv2dShape; 19] = [
     // The network's two layers, with small batches.
     conv(1, 1, 32, 28, 28, 3, 1, 1),
     conv(3, 1, 32, 28, 28, 3, 1, 1),
@@ -37,6 +37,11 @@ pub const CONV_SHAPES: [Conv2dShape; 16] = [
     // Enough input channels for the cpu device to compute the input gradient as a convolution.
     conv(3, 10, 3, 8, 13, 5, 1, 2),
     conv(2, 8, 17, 5, 6, 3, 1, 0),
+    // Shallow enough (in·k·k ≤ 9, stride 1) for the cpu device's direct convolution: rows of
+    // 16 and of more than 16, output channels not a multiple of its blocks.
+    conv(2, 1, 9, 20, 37, 3, 1, 1),
+    conv(2, 2, 3, 6, 17, 2, 1, 0),
+    conv(3, 9, 5, 5, 4, 1, 1, 0),
 ];
 
 /// A shape with every size random: batches, channels and sides that are multiples of nothing.

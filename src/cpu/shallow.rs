@@ -1,0 +1,260 @@
+//! Convolutions too shallow for a GEMM: at most [`MAX_TAPS`] taps (in·k·k), stride 1, computed
+//! straight from the zero-padded image with AVX-512.
+//!
+//! conv1 has one input channel and a 3x3 kernel: its product has a depth of 9, so every 8x32
+//! GEMM tile would load and store its 16 accumulators for nine steps of FMAs, and its patches
+//! would be packed for almost no use. Here instead, for 16 output positions of one row, the nine
+//! shifted input vectors stay in registers and every output channel is nine FMAs on them:
+//!
+//! ```text
+//! y[o, oy, ox..ox+16] = b[o] + Σ_t w[o, t] · padded[taps[t] + oy·pw + ox..][..16]
+//! ```
+//!
+//! where tap t = (c, di, dj) lies at `taps[t] = c·ph·pw + di·pw + dj` in the padded image. The
+//! weight gradient is the same sum the other way round: each tap's shifted vector times the
+//! output gradient, summed over positions and images, in registers until the images are done.
+//! Shapes with fewer taps run as nine, the extra ones with a zero weight (forward) or a sum that
+//! is dropped (weight gradient).
+
+use super::conv::{pad, padded_len};
+use super::gemm::Kernel;
+use super::scratch::{with_scratch, COLUMNS, PARTIALS};
+use crate::Conv2dShape;
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+
+/// The most taps a shallow convolution has: one input channel under a 3x3 kernel.
+pub const MAX_TAPS: usize = 9;
+
+/// Whether [`forward`] and [`backward_weight`] take this shape on this kernel.
+pub fn applies(kernel: Kernel, s: &Conv2dShape) -> bool {
+    kernel == Kernel::Avx512
+        && s.stride == 1
+        && s.in_channels * s.kernel * s.kernel <= MAX_TAPS
+        && s.out_width() > 0
+        && s.out_height() > 0
+}
+
+/// Offsets of the taps in the padded image, padded to [`MAX_TAPS`] with tap 0 (always a valid
+/// offset) for the taps a shape lacks.
+fn tap_offsets(s: &Conv2dShape) -> ([usize; MAX_TAPS], usize) {
+    let (ph, pw, k) = (s.height + 2 * s.padding, s.width + 2 * s.padding, s.kernel);
+    let taps = s.in_channels * k * k;
+    let mut offsets = [0; MAX_TAPS];
+    for (t, offset) in offsets.iter_mut().enumerate().take(taps) {
+        *offset = (t / (k * k)) * ph * pw + (t / k % k) * pw + t % k;
+    }
+    (offsets, taps)
+}
+
+/// Where the 16-wide vectors of an output row start: every 16, then (rows of at least 16) the
+/// last 16 again, overlapping, so that only rows under 16 need a mask.
+fn row_vectors(ow: usize) -> impl Iterator<Item = (usize, __mmask16)> {
+    let full = ow / 16 * 16;
+    let tail = match ow - full {
+        0 => None,
+        _ if ow >= 16 => Some((ow - 16, 0xffff)),
+        rest => Some((0, ((1u32 << rest) - 1) as __mmask16)),
+    };
+    (0..full).step_by(16).map(|x| (x, 0xffff)).chain(tail)
+}
+
+/// The weight as `[out, MAX_TAPS]`, zero past the shape's taps.
+fn weight_rows(s: &Conv2dShape, w: &[f32], taps: usize) -> Vec<[f32; MAX_TAPS]> {
+    let mut rows = vec![[0.0; MAX_TAPS]; s.out_channels];
+    for (row, w) in rows.iter_mut().zip(w.chunks_exact(taps)) {
+        row[..taps].copy_from_slice(w);
+    }
+    rows
+}
+
+/// Output channels computed together: eight independent chains of FMAs keep both FMA units busy.
+const OUT_BLOCK: usize = 8;
+
+/// y = w ∗ x + b, images split across threads.
+pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
+    let kernel = Kernel::Avx512;
+    let (offsets, taps) = tap_offsets(s);
+    let w = weight_rows(s, w, taps);
+    let image_len = s.in_channels * s.height * s.width;
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let plane = oh * ow;
+    let pw = s.width + 2 * s.padding;
+    y.par_chunks_mut(s.out_channels * plane)
+        .zip(x.par_chunks(image_len))
+        .for_each(|(y, x)| {
+            with_scratch(&COLUMNS, padded_len(s), |padded| {
+                pad(kernel, s, x, padded);
+                // A block of channels at a time, row after row: its planes are written as a
+                // few sequential streams, and the input taps are reloaded from L1 per block.
+                for block in (0..s.out_channels).step_by(OUT_BLOCK) {
+                    // A short last block repeats its last channel: same value, same place.
+                    let o = std::array::from_fn(|i| (block + i).min(s.out_channels - 1));
+                    for oy in 0..oh {
+                        for (ox, mask) in row_vectors(ow) {
+                            let at = oy * pw + ox;
+                            let first = oy * ow + ox;
+                            // SAFETY: the CPU has AVX-512F (`applies`); the lanes `mask` keeps
+                            // are output positions of this row, whose taps lie in the padded
+                            // image and whose outputs lie in this image's channels.
+                            unsafe {
+                                let inputs = load_taps(padded[at..].as_ptr(), &offsets, mask);
+                                let y = y[first..].as_mut_ptr();
+                                forward_vector(&inputs, &w, b, o, y, plane, mask);
+                            }
+                        }
+                    }
+                }
+            })
+        });
+}
+
+/// The nine shifted input vectors under one output vector, zero in the lanes `mask` drops
+/// (which are not read).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_taps(
+    at: *const f32,
+    offsets: &[usize; MAX_TAPS],
+    mask: __mmask16,
+) -> [__m512; MAX_TAPS] {
+    offsets.map(|offset| _mm512_maskz_loadu_ps(mask, at.add(offset)))
+}
+
+/// One output vector of the channels `o`: `y[o·plane..][..16]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn forward_vector(
+    inputs: &[__m512; MAX_TAPS],
+    w: &[[f32; MAX_TAPS]],
+    b: &[f32],
+    o: [usize; OUT_BLOCK],
+    y: *mut f32,
+    plane: usize,
+    mask: __mmask16,
+) {
+    let mut acc = o.map(|o| _mm512_set1_ps(b[o]));
+    for (t, &input) in inputs.iter().enumerate() {
+        for (acc, &o) in acc.iter_mut().zip(&o) {
+            *acc = _mm512_fmadd_ps(_mm512_set1_ps(w[o][t]), input, *acc);
+        }
+    }
+    for (acc, &o) in acc.iter().zip(&o) {
+        let y = y.add(o * plane);
+        _mm512_mask_storeu_ps(y, mask, *acc);
+        // The next block's output, at the same place, fetched for writing: short planes leave
+        // the hardware prefetcher too little time to find them.
+        _mm_prefetch::<_MM_HINT_ET0>(y.wrapping_add(OUT_BLOCK * plane).cast());
+    }
+}
+
+/// Output channels whose tap sums are held in registers at once: 2 x 9 sums, 2 bias sums, 9
+/// inputs and 2 output gradients fill 31 of the 32 vector registers.
+const GRAD_BLOCK: usize = 2;
+
+/// dw[o, t] = Σ_{n,oy,ox} dy[n, o, oy, ox]·padded_n[taps[t] + oy·pw + ox] and db[o] = Σ dy, each
+/// thread over its share of the images into its own sums, which are added at the end.
+pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) {
+    let kernel = Kernel::Avx512;
+    let (offsets, taps) = tap_offsets(s);
+    let image_len = s.in_channels * s.height * s.width;
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let plane = oh * ow;
+    // Per thread and per block of channels: GRAD_BLOCK x (MAX_TAPS + 1) vectors of 16 lanes.
+    let blocks = s.out_channels.div_ceil(GRAD_BLOCK);
+    let block_len = GRAD_BLOCK * (MAX_TAPS + 1) * 16;
+    let sums_len = blocks * block_len;
+    let groups = rayon::current_num_threads().clamp(1, s.batch);
+    with_scratch(&PARTIALS, groups * sums_len, |partials| {
+        partials
+            .par_chunks_mut(sums_len)
+            .enumerate()
+            .for_each(|(group, sums)| {
+                sums.fill(0.0);
+                let images = group * s.batch / groups..(group + 1) * s.batch / groups;
+                with_scratch(&COLUMNS, padded_len(s), |padded| {
+                    for n in images {
+                        pad(kernel, s, &x[n * image_len..][..image_len], padded);
+                        let dy = &dy[n * s.out_channels * plane..][..s.out_channels * plane];
+                        for (block, sums) in sums.chunks_exact_mut(block_len).enumerate() {
+                            let o = std::array::from_fn(|i| {
+                                (block * GRAD_BLOCK + i).min(s.out_channels - 1)
+                            });
+                            // SAFETY: the CPU has AVX-512F (`applies`); reads are masked to the
+                            // output positions of each row (as in `forward`), and `sums` holds
+                            // one block.
+                            unsafe {
+                                let dy = o.map(|o| dy[o * plane..].as_ptr());
+                                grad_block(s, padded.as_ptr(), &offsets, dy, sums);
+                            }
+                        }
+                    }
+                })
+            });
+        // Lane sums of the first thread's partials, then the others' added in thread order.
+        dw.fill(0.0);
+        db.fill(0.0);
+        for sums in partials.chunks_exact(sums_len) {
+            for (block, sums) in sums.chunks_exact(block_len).enumerate() {
+                for (i, sums) in sums.chunks_exact(block_len / GRAD_BLOCK).enumerate() {
+                    let o = block * GRAD_BLOCK + i;
+                    if o >= s.out_channels {
+                        continue; // A repeat of the last channel in a short block.
+                    }
+                    let lanes = |t: usize| sums[t * 16..][..16].iter().sum::<f32>();
+                    for t in 0..taps {
+                        dw[o * taps + t] += lanes(t);
+                    }
+                    db[o] += lanes(MAX_TAPS);
+                }
+            }
+        }
+    });
+}
+
+/// One image's contribution to one block of channels' sums: `sums` holds, per channel, the
+/// MAX_TAPS tap sums then the bias sum, 16 lanes each.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_block(
+    s: &Conv2dShape,
+    padded: *const f32,
+    offsets: &[usize; MAX_TAPS],
+    dy: [*const f32; GRAD_BLOCK],
+    sums: &mut [f32],
+) {
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let pw = s.width + 2 * s.padding;
+    let ahead = GRAD_BLOCK * oh * ow;
+    let stride = (MAX_TAPS + 1) * 16;
+    let mut acc: [[__m512; MAX_TAPS + 1]; GRAD_BLOCK] = std::array::from_fn(|i| {
+        std::array::from_fn(|t| _mm512_loadu_ps(sums[i * stride + t * 16..].as_ptr()))
+    });
+    let full = ow / 16 * 16;
+    for oy in 0..oh {
+        // Every vector of the row once: the tail masked, so that no position counts twice.
+        let vectors = (0..full).step_by(16).map(|x| (x, 0xffff));
+        let tail = (full < ow).then(|| (full, ((1u32 << (ow - full)) - 1) as __mmask16));
+        for (ox, mask) in vectors.chain(tail) {
+            let inputs = load_taps(padded.add(oy * pw + ox), offsets, mask);
+            let at = oy * ow + ox;
+            let grads = dy.map(|dy| _mm512_maskz_loadu_ps(mask, dy.add(at)));
+            // The next block's output gradient, at the same place: short planes leave the
+            // hardware prefetcher too little time to find them.
+            for dy in dy {
+                _mm_prefetch::<_MM_HINT_T0>(dy.wrapping_add(at + ahead).cast());
+            }
+            for (acc, &grad) in acc.iter_mut().zip(&grads) {
+                for (acc, &input) in acc.iter_mut().zip(&inputs) {
+                    *acc = _mm512_fmadd_ps(grad, input, *acc);
+                }
+                acc[MAX_TAPS] = _mm512_add_ps(acc[MAX_TAPS], grad);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (t, &sum) in acc.iter().enumerate() {
+            _mm512_storeu_ps(sums[i * stride + t * 16..].as_mut_ptr(), sum);
+        }
+    }
+}

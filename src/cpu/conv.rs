@@ -12,7 +12,7 @@
 //! on patches, and writes each pixel of dx once instead of scattering columns back (col2im),
 //! which only strided convolutions still do.
 
-use super::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, PackB, PackedA, A};
+use super::gemm::{gemm_with, Epilogue, InPlace, Kernel, Layout, Matrix, PackB, PackedA, A};
 use super::microkernel::{MR, NR};
 #[cfg(target_arch = "x86_64")]
 use super::pack;
@@ -75,8 +75,9 @@ fn convolve(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f
     let wide = s.stride == 1;
     let offsets = PatchOffsets::new(s, wide);
     let positions = offsets.pixels.len();
-    // The extra positions of the last row read up to k−1 floats past the image.
-    let padded_len = padded_len(s) + if wide { s.kernel - 1 } else { 0 };
+    // The extra positions of the last row read up to k−1 floats past the image, and the tile
+    // reading the patches in place up to NR past the last position.
+    let padded_len = padded_len(s) + if wide { s.kernel - 1 + NR } else { 0 };
     let wide_len = if wide { s.out_channels * positions } else { 0 };
     let (pw, ow) = (s.width + 2 * s.padding, s.out_width());
     y.par_chunks_mut(out_len)
@@ -267,6 +268,8 @@ struct PatchOffsets {
     taps: Vec<usize>,
     /// Offset of each output position's top-left tap: the columns.
     pixels: Vec<usize>,
+    /// Whether `pixels[q] = q`: every row of the columns is then one run of the padded image.
+    wide: bool,
 }
 
 impl PatchOffsets {
@@ -286,7 +289,7 @@ impl PatchOffsets {
                 .map(|q| (q / ow) * s.stride * pw + (q % ow) * s.stride)
                 .collect()
         };
-        PatchOffsets { taps, pixels }
+        PatchOffsets { taps, pixels, wide }
     }
 }
 
@@ -296,6 +299,7 @@ struct Patches<'a> {
     padded: &'a [f32],
     taps: &'a [usize],
     pixels: &'a [usize],
+    wide: bool,
     transposed: bool,
 }
 
@@ -305,12 +309,22 @@ impl<'a> Patches<'a> {
             padded,
             taps: &offsets.taps,
             pixels: &offsets.pixels,
+            wide: offsets.wide,
             transposed,
         }
     }
 }
 
 impl PackB for Patches<'_> {
+    /// Wide patches are read in place: tap t's row of the columns is `padded[taps[t]..]`, the
+    /// NR floats past its end being the slack `convolve` leaves after the image.
+    fn in_place(&self) -> Option<InPlace<'_>> {
+        (self.wide && !self.transposed).then_some(InPlace {
+            data: self.padded,
+            row_offsets: self.taps,
+        })
+    }
+
     fn shape(&self) -> (usize, usize) {
         let shape = (self.taps.len(), self.pixels.len());
         if self.transposed {

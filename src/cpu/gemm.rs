@@ -182,8 +182,21 @@ impl A<'_> {
     }
 }
 
+/// A right-hand operand read in place, unpacked: element (p, j) at `data[row_offsets[p] + j]`,
+/// with NR floats past the last column still inside `data` (read, then dropped).
+pub struct InPlace<'a> {
+    pub data: &'a [f32],
+    pub row_offsets: &'a [usize],
+}
+
 /// A right-hand operand that packs its own panels.
 pub trait PackB: Sync {
+    /// Its rows as they lie, when they are contiguous runs the AVX-512 tile can read in place
+    /// (copying them into panels would cost more than it saves). None by default.
+    fn in_place(&self) -> Option<InPlace<'_>> {
+        None
+    }
+
     /// (depth, columns).
     fn shape(&self) -> (usize, usize);
     /// Writes `panel[p·NR + j]` = element (depth.start + p, col + j) for `j < width`, zero for
@@ -482,6 +495,20 @@ impl<B: PackB> Product<'_, B> {
             A::Matrix(_) => mc_max * kc_max,
             A::Packed(_) => 0,
         };
+        // B in place: only on the AVX-512 tile, every row's last panel within its slice.
+        let in_place = match self.b.in_place() {
+            Some(b) if self.kernel == Kernel::Avx512 => {
+                let last = b.row_offsets.iter().max().copied().unwrap_or(0);
+                // The last panel starts at a multiple of NR past the first and reads NR.
+                let end = cols.start + (cols.len() - 1) / NR * NR + NR;
+                assert!(
+                    b.row_offsets.len() == k && last + end <= b.data.len(),
+                    "gemm: B in place too short"
+                );
+                Some(b)
+            }
+            _ => None,
+        };
         with_scratch(&PACKED_A, scratch_a, |scratch_a| {
             with_scratch(&PACKED_B, KC * NR, |packed_b| {
                 for depth in depth_blocks(k) {
@@ -500,8 +527,10 @@ impl<B: PackB> Product<'_, B> {
                         for col in cols.clone().step_by(NR) {
                             let width = (cols.end - col).min(NR);
                             let packed_b = &mut packed_b[..depth.len() * NR];
-                            self.b
-                                .pack_b(self.kernel, depth.clone(), col, width, packed_b);
+                            if in_place.is_none() {
+                                self.b
+                                    .pack_b(self.kernel, depth.clone(), col, width, packed_b);
+                            }
                             let a_panels = packed_a.chunks_exact(depth.len() * MR);
                             for (a_panel, row) in a_panels.zip(block.clone().step_by(MR)) {
                                 let store = Store {
@@ -520,8 +549,18 @@ impl<B: PackB> Product<'_, B> {
                                     },
                                     relu: last && e.relu,
                                 };
-                                let (a, b) = (a_panel.as_ptr(), packed_b.as_ptr());
-                                self.kernel.tile(depth.len(), a, b, store);
+                                let a = a_panel.as_ptr();
+                                match &in_place {
+                                    #[cfg(target_arch = "x86_64")]
+                                    Some(b) => microkernel::avx512_tile_in_place(
+                                        depth.len(),
+                                        a,
+                                        b.data.as_ptr().add(col),
+                                        b.row_offsets[depth.clone()].as_ptr(),
+                                        store,
+                                    ),
+                                    _ => self.kernel.tile(depth.len(), a, packed_b.as_ptr(), store),
+                                }
                             }
                         }
                     }

@@ -112,14 +112,45 @@ pub unsafe fn avx2_tile(depth: usize, a: *const f32, b: *const f32, store: Store
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn avx512_tile(depth: usize, a: *const f32, b: *const f32, store: Store) {
+    avx512_tile_rows(depth, a, |p| b.add(p * NR), store)
+}
+
+/// [`avx512_tile`] on a B read in place: depth row p's NR columns start at `b + offsets[p]`.
+///
+/// # Safety
+/// As [`portable_tile`], but with `offsets` valid for `depth` values and NR floats readable at
+/// `b + offsets[p]` for every p (the columns past `store.cols` are read, then dropped).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn avx512_tile_in_place(
+    depth: usize,
+    a: *const f32,
+    b: *const f32,
+    offsets: *const usize,
+    store: Store,
+) {
+    avx512_tile_rows(depth, a, |p| b.add(*offsets.add(p)), store)
+}
+
+/// The AVX-512 tile with B's depth row p at `b_row(p)`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_tile_rows(
+    depth: usize,
+    a: *const f32,
+    b_row: impl Fn(usize) -> *const f32,
+    store: Store,
+) {
     use std::arch::x86_64::*;
     let Store {
         c, ldc, rows, cols, ..
     } = store;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     for p in 0..depth {
-        let b0 = _mm512_loadu_ps(b.add(p * NR));
-        let b1 = _mm512_loadu_ps(b.add(p * NR + 16));
+        let b = b_row(p);
+        let b0 = _mm512_loadu_ps(b);
+        let b1 = _mm512_loadu_ps(b.add(16));
         for (i, acc) in acc.iter_mut().enumerate() {
             let a = _mm512_set1_ps(*a.add(p * MR + i));
             acc[0] = _mm512_fmadd_ps(a, b0, acc[0]);

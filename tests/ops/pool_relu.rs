@@ -9,7 +9,7 @@ use rand::SeedableRng;
 
 use crate::common::{assert_exact, coarse, devices, download, nan_buffer, pool, random, upload};
 
-const SHAPES: [Pool2dShape; 9] = [
+const SHAPES: [Pool2dShape; 11] = [
     // The network's two pools, at a small batch and whole.
     pool(2, 32, 28, 28),
     pool(64, 32, 28, 28),
@@ -19,6 +19,9 @@ const SHAPES: [Pool2dShape; 9] = [
     pool(3, 5, 7, 9),
     pool(1, 1, 5, 7),
     pool(7, 5, 9, 4),
+    // Rows of more than 16 windows, even and odd.
+    pool(2, 3, 4, 70),
+    pool(1, 2, 5, 67),
     // One row: no window, every dx is 0.
     pool(2, 3, 1, 3),
     pool(2, 4, 1, 5),

@@ -36,6 +36,16 @@ pub struct Conv2dShape {
 }
 
 impl Conv2dShape {
+    /// The 2x2 max-pool over this convolution's output.
+    pub fn pool2x2(&self) -> Pool2dShape {
+        Pool2dShape {
+            batch: self.batch,
+            channels: self.out_channels,
+            height: self.out_height(),
+            width: self.out_width(),
+        }
+    }
+
     /// Stride and kernel at least 1, the kernel within the padded input, every operand within
     /// [`MAX_ELEMENTS`].
     pub fn check(&self, op: &'static str) -> Result<()> {

@@ -50,62 +50,118 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) 
     if degenerate(s) {
         return reference::conv2d_forward(s, x, w, b, y);
     }
-    #[cfg(target_arch = "x86_64")]
-    if shallow::applies(Kernel::detect(), s) {
-        return shallow::forward(s, x, w, b, y);
-    }
-    convolve(s, x, w, Some(b), y)
+    let conv = ImageConv::new(s, w, Some(b));
+    let (image_len, out_len) = (s.input_len() / s.batch, s.output_len() / s.batch);
+    y.par_chunks_mut(out_len)
+        .zip(x.par_chunks(image_len))
+        .for_each(|(y, x)| conv.image(x, y));
 }
 
 /// y = w ∗ x (+ b), one GEMM per image with the bias added as the tiles are stored.
 fn convolve(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
-    let kernel = Kernel::detect();
-    let image_len = s.in_channels * s.height * s.width;
-    let out_len = s.out_channels * s.out_height() * s.out_width();
-    // Every image multiplies the same weight: pack it once.
-    let w = PackedA::new(Matrix::new(w, weight_layout(s)));
-    let epilogue = Epilogue {
-        row_bias: b,
-        ..Epilogue::default()
-    };
-    // At stride 1 the output is computed a whole padded row wide, (oy, ox) for ox < pw, so that
-    // a tap's columns are one stretch of the padded image, packed with one copy per panel row.
-    // The k−1 extra positions per row cost nothing where the last panel had room for them
-    // (14 rows of 16 fill 7 panels of 32, as 14 of 14 do) and are dropped after.
-    let wide = s.stride == 1;
-    let offsets = PatchOffsets::new(s, wide);
-    let positions = offsets.pixels.len();
-    // The extra positions of the last row read up to k−1 floats past the image, and the tile
-    // reading the patches in place up to NR past the last position.
-    let padded_len = padded_len(s) + if wide { s.kernel - 1 + NR } else { 0 };
-    let wide_len = if wide { s.out_channels * positions } else { 0 };
-    let (pw, ow) = (s.width + 2 * s.padding, s.out_width());
+    let conv = Convolution::new(s, w, b);
+    let (image_len, out_len) = (s.input_len() / s.batch, s.output_len() / s.batch);
     y.par_chunks_mut(out_len)
         .zip(x.par_chunks(image_len))
-        .for_each(|(y, x)| {
-            with_scratch(&COLUMNS, padded_len + wide_len, |scratch| {
-                let (padded, wide_out) = scratch.split_at_mut(padded_len);
-                pad(kernel, s, x, padded);
-                let patches = Patches::new(&offsets, padded, false);
-                let out = if wide { &mut *wide_out } else { &mut *y };
-                let out_layout = Layout::row_major(s.out_channels, positions);
-                gemm_with(kernel, out, out_layout, A::Packed(&w), &patches, epilogue);
-                if !wide {
-                    return;
-                }
-                #[cfg(target_arch = "x86_64")]
-                if kernel.vector_packing() {
-                    let rows = s.out_channels * s.out_height();
-                    let (src, dst) = (wide_out.as_ptr(), y.as_mut_ptr());
-                    // SAFETY: the CPU has AVX-512F; `rows` rows of `pw` (source) and of `ow`
-                    // (destination) are what the two hold.
-                    return unsafe { pack::copy_rows(src, pw, dst, ow, rows, ow) };
-                }
-                for (y_row, wide_row) in y.chunks_exact_mut(ow).zip(wide_out.chunks_exact(pw)) {
-                    y_row.copy_from_slice(&wide_row[..ow]);
-                }
-            })
-        });
+        .for_each(|(y, x)| conv.image(x, y));
+}
+
+/// A convolution's weight prepared once for all its images, one image at a time: straight from
+/// the image where the shape is shallow enough, else as a product on its patches.
+pub(super) enum ImageConv<'a> {
+    #[cfg(target_arch = "x86_64")]
+    Shallow(shallow::Shallow<'a>),
+    Product(Convolution<'a>),
+}
+
+impl<'a> ImageConv<'a> {
+    /// For a shape that is not [`degenerate`].
+    pub(super) fn new(s: &'a Conv2dShape, w: &'a [f32], b: Option<&'a [f32]>) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(b) = b.filter(|_| shallow::applies(Kernel::detect(), s)) {
+            return ImageConv::Shallow(shallow::Shallow::new(s, w, b));
+        }
+        ImageConv::Product(Convolution::new(s, w, b))
+    }
+
+    /// One image `[in, h, w]` into its output `[out, out_h, out_w]`, on the calling thread.
+    pub(super) fn image(&self, x: &[f32], y: &mut [f32]) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            ImageConv::Shallow(conv) => conv.image(x, y),
+            ImageConv::Product(conv) => conv.image(x, y),
+        }
+    }
+}
+
+/// A convolution as one GEMM per image: y = w ∗ x (+ b), the bias added as the tiles are stored.
+pub(super) struct Convolution<'a> {
+    s: &'a Conv2dShape,
+    kernel: Kernel,
+    /// Every image multiplies the same weight: packed once.
+    w: PackedA,
+    epilogue: Epilogue<'a>,
+    offsets: PatchOffsets,
+    /// At stride 1 the output is computed a whole padded row wide, (oy, ox) for ox < pw, so
+    /// that a tap's columns are one stretch of the padded image, read in place. The k−1 extra
+    /// positions per row cost nothing where the last panel had room for them (14 rows of 16
+    /// fill 7 panels of 32, as 14 of 14 do) and are dropped after.
+    wide: bool,
+}
+
+impl<'a> Convolution<'a> {
+    fn new(s: &'a Conv2dShape, w: &[f32], b: Option<&'a [f32]>) -> Self {
+        let wide = s.stride == 1;
+        Convolution {
+            s,
+            kernel: Kernel::detect(),
+            w: PackedA::new(Matrix::new(w, weight_layout(s))),
+            epilogue: Epilogue {
+                row_bias: b,
+                ..Epilogue::default()
+            },
+            offsets: PatchOffsets::new(s, wide),
+            wide,
+        }
+    }
+
+    fn image(&self, x: &[f32], y: &mut [f32]) {
+        let (s, kernel) = (self.s, self.kernel);
+        let positions = self.offsets.pixels.len();
+        // The extra positions of the last row read up to k−1 floats past the image, and the
+        // tile reading the patches in place up to NR past the last position.
+        let wide_slack = if self.wide { s.kernel - 1 + NR } else { 0 };
+        let padded_len = padded_len(s) + wide_slack;
+        let wide_len = if self.wide {
+            s.out_channels * positions
+        } else {
+            0
+        };
+        let (pw, ow) = (s.width + 2 * s.padding, s.out_width());
+        with_scratch(&COLUMNS, padded_len + wide_len, |scratch| {
+            let (padded, wide_out) = scratch.split_at_mut(padded_len);
+            pad(kernel, s, x, padded);
+            let patches = Patches::new(&self.offsets, padded, false);
+            let out = if self.wide { &mut *wide_out } else { &mut *y };
+            let out_layout = Layout::row_major(s.out_channels, positions);
+            let w = A::Packed(&self.w);
+            gemm_with(kernel, out, out_layout, w, &patches, self.epilogue);
+            if !self.wide {
+                return;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if kernel.vector_packing() {
+                let rows = s.out_channels * s.out_height();
+                let (src, dst) = (wide_out.as_ptr(), y.as_mut_ptr());
+                // SAFETY: the CPU has AVX-512F; `rows` rows of `pw` (source) and of `ow`
+                // (destination) are what the two hold.
+                return unsafe { pack::copy_rows(src, pw, dst, ow, rows, ow) };
+            }
+            for (y_row, wide_row) in y.chunks_exact_mut(ow).zip(wide_out.chunks_exact(pw)) {
+                y_row.copy_from_slice(&wide_row[..ow]);
+            }
+        })
+    }
 }
 
 pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {

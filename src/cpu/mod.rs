@@ -13,6 +13,7 @@
 //! [`gemm::gemm`] takes an [`gemm::Epilogue`] (accumulate, bias per row or column, ReLU).
 
 mod conv;
+mod conv_pool;
 mod elementwise;
 mod fused;
 pub mod gemm;
@@ -85,6 +86,40 @@ pub fn conv2d_backward_weight(
 ) {
     init_threads();
     conv::backward_weight(s, x, dy, dw, db)
+}
+
+/// conv2d, then max-pool and ReLU, image by image (see `conv_pool.rs`): y and argmax as
+/// [`maxpool2d_relu_forward`] gives them on [`conv2d_forward`]'s output, which is written to
+/// `conv_out` only where the shape has nothing to fuse.
+#[allow(clippy::too_many_arguments)] // the op's operands
+pub fn conv2d_maxpool2d_relu_forward(
+    s: &Conv2dShape,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    conv_out: &mut [f32],
+    y: &mut [f32],
+    argmax: &mut [u32],
+) {
+    init_threads();
+    conv_pool::forward(s, (x, w, b), conv_out, y, argmax)
+}
+
+/// The gradients of [`conv2d_maxpool2d_relu_forward`]: dw, db, and dx where asked for;
+/// `dconv`, the gradient to the convolution's output, is written only where the pass is not
+/// fused.
+#[allow(clippy::too_many_arguments)] // the op's operands
+pub fn maxpool2d_relu_conv2d_backward(
+    s: &Conv2dShape,
+    (x, w): (&[f32], &[f32]),
+    (argmax, y, dy): (&[u32], &[f32], &[f32]),
+    dconv: &mut [f32],
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    init_threads();
+    conv_pool::backward(s, (x, w), (argmax, y, dy), dconv, dx, dw, db)
 }
 
 /// Max-pool then ReLU in one pass: negative maxima set to 0 (the argmax is the pool's).

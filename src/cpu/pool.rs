@@ -26,16 +26,46 @@ pub fn forward(s: &Pool2dShape, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
         .zip(argmax.par_chunks_mut(per_task * out_plane))
         .zip(x.par_chunks(per_task * plane_len))
         .enumerate()
-        .for_each(|(task, ((y, argmax), x))| {
-            let planes = y
-                .chunks_exact_mut(out_plane)
-                .zip(argmax.chunks_exact_mut(out_plane))
-                .zip(x.chunks_exact(plane_len));
-            for (p, ((y, argmax), x)) in planes.enumerate() {
-                let offset = ((task * per_task + p) * plane_len) as u32;
-                forward_plane(x, (s.height, s.width), offset, y, argmax);
-            }
-        });
+        .for_each(|(task, ((y, argmax), x))| forward_planes(s, task * per_task, x, y, argmax));
+}
+
+/// Consecutive planes of [`forward`], the first being plane `first` of the batch (argmax counts
+/// from the batch's start).
+pub(super) fn forward_planes(
+    s: &Pool2dShape,
+    first: usize,
+    x: &[f32],
+    y: &mut [f32],
+    argmax: &mut [u32],
+) {
+    let (plane_len, out_plane) = (s.height * s.width, s.out_height() * s.out_width());
+    let planes = y
+        .chunks_exact_mut(out_plane)
+        .zip(argmax.chunks_exact_mut(out_plane))
+        .zip(x.chunks_exact(plane_len));
+    for (p, ((y, argmax), x)) in planes.enumerate() {
+        let offset = ((first + p) * plane_len) as u32;
+        forward_plane(x, (s.height, s.width), offset, y, argmax);
+    }
+}
+
+/// Consecutive planes of [`backward`], the first being plane `first` of the batch.
+pub(super) fn backward_planes(
+    s: &Pool2dShape,
+    first: usize,
+    (argmax, y, dy): (&[u32], &[f32], &[f32]),
+    dx: &mut [f32],
+) {
+    let (plane_len, out_plane) = (s.height * s.width, s.out_height() * s.out_width());
+    let planes = dx
+        .chunks_exact_mut(plane_len)
+        .zip(argmax.chunks_exact(out_plane))
+        .zip(y.chunks_exact(out_plane))
+        .zip(dy.chunks_exact(out_plane));
+    for (p, (((dx, argmax), y), dy)) in planes.enumerate() {
+        let offset = ((first + p) * plane_len) as u32;
+        backward_plane((argmax, y, dy), offset, dx);
+    }
 }
 
 /// One plane of [`forward`]; `offset` is the plane's first index in x.
@@ -88,15 +118,7 @@ pub fn backward(s: &Pool2dShape, argmax: &[u32], y: &[f32], dy: &[f32], dx: &mut
         .zip(y.par_chunks(per_task * out_plane))
         .enumerate()
         .for_each(|(task, (((dx, dy), argmax), y))| {
-            let planes = dx
-                .chunks_exact_mut(plane_len)
-                .zip(argmax.chunks_exact(out_plane))
-                .zip(y.chunks_exact(out_plane))
-                .zip(dy.chunks_exact(out_plane));
-            for (p, (((dx, argmax), y), dy)) in planes.enumerate() {
-                let offset = ((task * per_task + p) * plane_len) as u32;
-                backward_plane((argmax, y, dy), offset, dx);
-            }
+            backward_planes(s, task * per_task, (argmax, y, dy), dx)
         });
 }
 

@@ -11,6 +11,8 @@ thread_local! {
     pub(super) static PACKED_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// The GEMM's packed panel of B.
     pub(super) static PACKED_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// One image's convolution output, or its gradient, between a convolution and its pool.
+    pub(super) static CONV_OUT: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Working floats of the calling thread for one op: the per-thread partial sums of a weight
     /// gradient (which that thread reduces), or a convolution's flipped weight.
     pub(super) static PARTIALS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };

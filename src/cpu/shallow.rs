@@ -71,42 +71,56 @@ fn weight_rows(s: &Conv2dShape, w: &[f32], taps: usize) -> Vec<[f32; MAX_TAPS]> 
 /// Output channels computed together: eight independent chains of FMAs keep both FMA units busy.
 const OUT_BLOCK: usize = 8;
 
-/// y = w ∗ x + b, images split across threads.
-pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
-    let kernel = Kernel::Avx512;
-    let (offsets, taps) = tap_offsets(s);
-    let w = weight_rows(s, w, taps);
-    let image_len = s.in_channels * s.height * s.width;
-    let (oh, ow) = (s.out_height(), s.out_width());
-    let plane = oh * ow;
-    let pw = s.width + 2 * s.padding;
-    y.par_chunks_mut(s.out_channels * plane)
-        .zip(x.par_chunks(image_len))
-        .for_each(|(y, x)| {
-            with_scratch(&COLUMNS, padded_len(s), |padded| {
-                pad(kernel, s, x, padded);
-                // A block of channels at a time, row after row: its planes are written as a
-                // few sequential streams, and the input taps are reloaded from L1 per block.
-                for block in (0..s.out_channels).step_by(OUT_BLOCK) {
-                    // A short last block repeats its last channel: same value, same place.
-                    let o = std::array::from_fn(|i| (block + i).min(s.out_channels - 1));
-                    for oy in 0..oh {
-                        for (ox, mask) in row_vectors(ow) {
-                            let at = oy * pw + ox;
-                            let first = oy * ow + ox;
-                            // SAFETY: the CPU has AVX-512F (`applies`); the lanes `mask` keeps
-                            // are output positions of this row, whose taps lie in the padded
-                            // image and whose outputs lie in this image's channels.
-                            unsafe {
-                                let inputs = load_taps(padded[at..].as_ptr(), &offsets, mask);
-                                let y = y[first..].as_mut_ptr();
-                                forward_vector(&inputs, &w, b, o, y, plane, mask);
-                            }
+/// A shallow convolution's weight and tap offsets, prepared once for all its images.
+pub struct Shallow<'a> {
+    s: &'a Conv2dShape,
+    offsets: [usize; MAX_TAPS],
+    w: Vec<[f32; MAX_TAPS]>,
+    b: &'a [f32],
+}
+
+impl<'a> Shallow<'a> {
+    /// For a shape [`applies`] takes.
+    pub fn new(s: &'a Conv2dShape, w: &[f32], b: &'a [f32]) -> Self {
+        let (offsets, taps) = tap_offsets(s);
+        Shallow {
+            s,
+            offsets,
+            w: weight_rows(s, w, taps),
+            b,
+        }
+    }
+
+    /// One image `[in, h, w]` into its output `[out, out_h, out_w]`: y = w ∗ x + b.
+    pub fn image(&self, x: &[f32], y: &mut [f32]) {
+        let s = self.s;
+        let (oh, ow) = (s.out_height(), s.out_width());
+        let plane = oh * ow;
+        let pw = s.width + 2 * s.padding;
+        with_scratch(&COLUMNS, padded_len(s), |padded| {
+            pad(Kernel::Avx512, s, x, padded);
+            // A block of channels at a time, row after row: its planes are written as a few
+            // sequential streams, and the input taps are reloaded from L1 per block.
+            for block in (0..s.out_channels).step_by(OUT_BLOCK) {
+                // A short last block repeats its last channel: same value, same place.
+                let o = std::array::from_fn(|i| (block + i).min(s.out_channels - 1));
+                for oy in 0..oh {
+                    for (ox, mask) in row_vectors(ow) {
+                        let at = oy * pw + ox;
+                        let first = oy * ow + ox;
+                        // SAFETY: the CPU has AVX-512F (`applies`); the lanes `mask` keeps are
+                        // output positions of this row, whose taps lie in the padded image and
+                        // whose outputs lie in this image's channels.
+                        unsafe {
+                            let inputs = load_taps(padded[at..].as_ptr(), &self.offsets, mask);
+                            let y = y[first..].as_mut_ptr();
+                            forward_vector(&inputs, &self.w, self.b, o, y, plane, mask);
                         }
                     }
                 }
-            })
-        });
+            }
+        })
+    }
 }
 
 /// The nine shifted input vectors under one output vector, zero in the lanes `mask` drops
@@ -155,61 +169,99 @@ const GRAD_BLOCK: usize = 2;
 /// dw[o, t] = Σ_{n,oy,ox} dy[n, o, oy, ox]·padded_n[taps[t] + oy·pw + ox] and db[o] = Σ dy, each
 /// thread over its share of the images into its own sums, which are added at the end.
 pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) {
-    let kernel = Kernel::Avx512;
-    let (offsets, taps) = tap_offsets(s);
-    let image_len = s.in_channels * s.height * s.width;
-    let (oh, ow) = (s.out_height(), s.out_width());
-    let plane = oh * ow;
-    // Per thread and per block of channels: GRAD_BLOCK x (MAX_TAPS + 1) vectors of 16 lanes.
-    let blocks = s.out_channels.div_ceil(GRAD_BLOCK);
-    let block_len = GRAD_BLOCK * (MAX_TAPS + 1) * 16;
-    let sums_len = blocks * block_len;
-    let groups = rayon::current_num_threads().clamp(1, s.batch);
-    with_scratch(&PARTIALS, groups * sums_len, |partials| {
-        partials
-            .par_chunks_mut(sums_len)
-            .enumerate()
-            .for_each(|(group, sums)| {
-                sums.fill(0.0);
-                let images = group * s.batch / groups..(group + 1) * s.batch / groups;
-                with_scratch(&COLUMNS, padded_len(s), |padded| {
-                    for n in images {
-                        pad(kernel, s, &x[n * image_len..][..image_len], padded);
-                        let dy = &dy[n * s.out_channels * plane..][..s.out_channels * plane];
-                        for (block, sums) in sums.chunks_exact_mut(block_len).enumerate() {
-                            let o = std::array::from_fn(|i| {
-                                (block * GRAD_BLOCK + i).min(s.out_channels - 1)
-                            });
-                            // SAFETY: the CPU has AVX-512F (`applies`); reads are masked to the
-                            // output positions of each row (as in `forward`), and `sums` holds
-                            // one block.
-                            unsafe {
-                                let dy = o.map(|o| dy[o * plane..].as_ptr());
-                                grad_block(s, padded.as_ptr(), &offsets, dy, sums);
-                            }
-                        }
-                    }
-                })
-            });
-        // Lane sums of the first thread's partials, then the others' added in thread order.
-        dw.fill(0.0);
-        db.fill(0.0);
-        for sums in partials.chunks_exact(sums_len) {
-            for (block, sums) in sums.chunks_exact(block_len).enumerate() {
-                for (i, sums) in sums.chunks_exact(block_len / GRAD_BLOCK).enumerate() {
-                    let o = block * GRAD_BLOCK + i;
-                    if o >= s.out_channels {
-                        continue; // A repeat of the last channel in a short block.
-                    }
-                    let lanes = |t: usize| sums[t * 16..][..16].iter().sum::<f32>();
-                    for t in 0..taps {
-                        dw[o * taps + t] += lanes(t);
-                    }
-                    db[o] += lanes(MAX_TAPS);
-                }
-            }
+    let grad = ShallowGrad::new(s);
+    let (image_len, out_len) = (s.input_len() / s.batch, s.output_len() / s.batch);
+    grad.sum_images(dw, db, |images, sums| {
+        for n in images {
+            grad.add_image(
+                &x[n * image_len..][..image_len],
+                &dy[n * out_len..][..out_len],
+                sums,
+            );
         }
     });
+}
+
+/// The weight gradient of a shallow convolution, summed image by image.
+pub struct ShallowGrad<'a> {
+    s: &'a Conv2dShape,
+    offsets: [usize; MAX_TAPS],
+    taps: usize,
+}
+
+/// Per block of channels: GRAD_BLOCK x (MAX_TAPS + 1) vectors of 16 lanes.
+const BLOCK_SUMS: usize = GRAD_BLOCK * (MAX_TAPS + 1) * 16;
+
+impl<'a> ShallowGrad<'a> {
+    /// For a shape [`applies`] takes.
+    pub fn new(s: &'a Conv2dShape) -> Self {
+        let (offsets, taps) = tap_offsets(s);
+        ShallowGrad { s, offsets, taps }
+    }
+
+    fn sums_len(&self) -> usize {
+        self.s.out_channels.div_ceil(GRAD_BLOCK) * BLOCK_SUMS
+    }
+
+    /// Splits the images into one run per thread, has `add` sum each run into its thread's
+    /// sums (zeroed first), then writes dw and db: the lanes of each thread's sums, the threads
+    /// added in order.
+    pub fn sum_images(
+        &self,
+        dw: &mut [f32],
+        db: &mut [f32],
+        add: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+    ) {
+        let (s, sums_len) = (self.s, self.sums_len());
+        let groups = rayon::current_num_threads().clamp(1, s.batch);
+        with_scratch(&PARTIALS, groups * sums_len, |partials| {
+            partials
+                .par_chunks_mut(sums_len)
+                .enumerate()
+                .for_each(|(group, sums)| {
+                    sums.fill(0.0);
+                    add(
+                        group * s.batch / groups..(group + 1) * s.batch / groups,
+                        sums,
+                    );
+                });
+            dw.fill(0.0);
+            db.fill(0.0);
+            for sums in partials.chunks_exact(sums_len) {
+                for (block, sums) in sums.chunks_exact(BLOCK_SUMS).enumerate() {
+                    for (i, sums) in sums.chunks_exact(BLOCK_SUMS / GRAD_BLOCK).enumerate() {
+                        let o = block * GRAD_BLOCK + i;
+                        if o >= s.out_channels {
+                            continue; // A repeat of the last channel in a short block.
+                        }
+                        let lanes = |t: usize| sums[t * 16..][..16].iter().sum::<f32>();
+                        for t in 0..self.taps {
+                            dw[o * self.taps + t] += lanes(t);
+                        }
+                        db[o] += lanes(MAX_TAPS);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Adds one image's gradient, x `[in, h, w]` and dy `[out, out_h, out_w]`, to `sums`.
+    pub fn add_image(&self, x: &[f32], dy: &[f32], sums: &mut [f32]) {
+        let s = self.s;
+        let plane = s.out_height() * s.out_width();
+        with_scratch(&COLUMNS, padded_len(s), |padded| {
+            pad(Kernel::Avx512, s, x, padded);
+            for (block, sums) in sums.chunks_exact_mut(BLOCK_SUMS).enumerate() {
+                let o = std::array::from_fn(|i| (block * GRAD_BLOCK + i).min(s.out_channels - 1));
+                // SAFETY: the CPU has AVX-512F (`applies`); reads are masked to the output
+                // positions of each row (as in `Shallow::image`), and `sums` holds one block.
+                unsafe {
+                    let dy = o.map(|o| dy[o * plane..].as_ptr());
+                    grad_block(s, padded.as_ptr(), &self.offsets, dy, sums);
+                }
+            }
+        })
+    }
 }
 
 /// One image's contribution to one block of channels' sums: `sums` holds, per channel, the

@@ -181,6 +181,112 @@ impl Device {
         Ok(())
     }
 
+    /// [`Device::conv2d_forward`], then [`Device::maxpool2d_relu_forward`] on its output, as one
+    /// op: y = relu(maxpool(w ∗ x + b)), argmax indexing the convolution's output `conv_out`.
+    /// The kernels run the two ops through `conv_out`; the cpu device pools each image's
+    /// convolution while it is still in cache and leaves `conv_out` unwritten where it can
+    /// (its contents after the call are unspecified).
+    #[allow(clippy::too_many_arguments)] // the op's operands, each checked and named
+    pub fn conv2d_maxpool2d_relu_forward(
+        &self,
+        s: &Conv2dShape,
+        precision: Precision,
+        x: &Buffer<f32>,
+        w: &Buffer<f32>,
+        b: &Buffer<f32>,
+        conv_out: &mut Buffer<f32>,
+        y: &mut Buffer<f32>,
+        argmax: &mut Buffer<u32>,
+    ) -> Result<()> {
+        let op = "conv2d_maxpool2d_relu_forward";
+        let p = s.pool2x2();
+        s.check(op)?;
+        p.check(op)?;
+        self.check_precision(op, precision)?;
+        self.expect(op, "x", x, s.input_len())?;
+        self.expect(op, "weight", w, s.weight_len())?;
+        self.expect(op, "bias", b, s.out_channels)?;
+        self.expect(op, "conv_out", conv_out, s.output_len())?;
+        self.expect(op, "y", y, p.output_len())?;
+        self.expect(op, "argmax", argmax, p.output_len())?;
+        match self {
+            Device::Cpu => cpu::conv2d_maxpool2d_relu_forward(
+                s,
+                x.host()?,
+                w.host()?,
+                b.host()?,
+                conv_out.host_mut()?,
+                y.host_mut()?,
+                argmax.host_mut()?,
+            ),
+            Device::Emulated | Device::Cuda(_) => {
+                self.conv2d_forward(s, precision, x, w, b, conv_out)?;
+                self.maxpool2d_relu_forward(&p, conv_out, y, argmax)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradients of [`Device::conv2d_maxpool2d_relu_forward`]: dw and db, and dx where asked
+    /// for (a first layer, whose input is data, needs none). `dconv` is the gradient to the
+    /// convolution's output, through which the kernels run the pool's backward and the
+    /// convolution's; the cpu device rebuilds it image by image in cache where it can, leaving
+    /// `dconv` unwritten (its contents after the call are unspecified).
+    #[allow(clippy::too_many_arguments)] // the op's operands, each checked and named
+    pub fn maxpool2d_relu_conv2d_backward(
+        &self,
+        s: &Conv2dShape,
+        precision: Precision,
+        x: &Buffer<f32>,
+        w: &Buffer<f32>,
+        argmax: &Buffer<u32>,
+        y: &Buffer<f32>,
+        dy: &Buffer<f32>,
+        dconv: &mut Buffer<f32>,
+        dx: Option<&mut Buffer<f32>>,
+        dw: &mut Buffer<f32>,
+        db: &mut Buffer<f32>,
+    ) -> Result<()> {
+        let op = "maxpool2d_relu_conv2d_backward";
+        let p = s.pool2x2();
+        s.check(op)?;
+        p.check(op)?;
+        self.check_precision(op, precision)?;
+        self.expect(op, "x", x, s.input_len())?;
+        self.expect(op, "weight", w, s.weight_len())?;
+        self.expect(op, "argmax", argmax, p.output_len())?;
+        self.expect(op, "y", y, p.output_len())?;
+        self.expect(op, "dy", dy, p.output_len())?;
+        self.expect(op, "dconv", dconv, s.output_len())?;
+        if let Some(dx) = &dx {
+            self.expect(op, "dx", dx, s.input_len())?;
+        }
+        self.expect(op, "dweight", dw, s.weight_len())?;
+        self.expect(op, "dbias", db, s.out_channels)?;
+        match self {
+            Device::Cpu => cpu::maxpool2d_relu_conv2d_backward(
+                s,
+                (x.host()?, w.host()?),
+                (argmax.host()?, y.host()?, dy.host()?),
+                dconv.host_mut()?,
+                match dx {
+                    Some(dx) => Some(dx.host_mut()?),
+                    None => None,
+                },
+                dw.host_mut()?,
+                db.host_mut()?,
+            ),
+            Device::Emulated | Device::Cuda(_) => {
+                self.maxpool2d_relu_backward(&p, argmax, y, dy, dconv)?;
+                self.conv2d_backward_weight(s, precision, x, dconv, dw, db)?;
+                if let Some(dx) = dx {
+                    self.conv2d_backward_input(s, precision, w, dconv, dx)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// dx = dy where the ReLU's output y > 0, else 0: the backward of a [`Device::linear_forward`]
     /// with [`Activation::Relu`] (whose forward is fused into the product; this pass is not).
     pub fn relu_backward(

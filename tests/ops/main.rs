@@ -10,6 +10,7 @@
 //!   GEMM-shaped ops' harness and shapes in `tests/common/gemm.rs`, and what is particular to
 //!   each; `gemm.rs`: their split sums, bit-identical from run to run;
 //! - `pool_relu.rs`: max-pool with ReLU, forward and backward, and ReLU's backward;
+//! - `conv_pool.rs`: a convolution and the pool after it as one op, equal to the two;
 //! - `loss.rs`: softmax cross-entropy, forward and backward fused, padding rows included;
 //! - `adam.rs`: Adam over many tensors at once;
 //! - `data.rs`: gathering batches of images and labels, filling with zeros, copying;
@@ -20,6 +21,7 @@ mod common;
 
 mod adam;
 mod conv2d;
+mod conv_pool;
 mod data;
 mod gemm;
 mod graph;

@@ -155,10 +155,8 @@ impl ConvNet {
                 ),
             });
         }
-        let x = self.conv1.forward(x.view())?;
-        let x = self.pool1.forward(x)?;
-        let x = self.conv2.forward(x)?;
-        let x = self.pool2.forward(x)?;
+        let x = self.conv1.forward_pooled(x.view(), &mut self.pool1)?;
+        let x = self.conv2.forward_pooled(x, &mut self.pool2)?;
         let x = self.flatten.forward(x)?;
         let x = self.fc1.forward(x)?;
         let x = self.fc2.forward(x)?;
@@ -177,11 +175,13 @@ impl ConvNet {
         let fc1_input = self.flatten.output(&self.pool2.output().data);
         let d = self.fc1.backward(fc1_input, d)?;
         let d = self.flatten.backward(d)?;
-        let d = self.pool2.backward(d)?;
-        let d = self.conv2.backward(self.pool1.output().view(), d)?;
-        let d = self.pool1.backward(d)?;
+        let conv2_input = self.pool1.output().view();
+        let d = self
+            .conv2
+            .backward_pooled(conv2_input, &mut self.pool2, d)?;
         // conv1's input is the data: nothing upstream wants its gradient.
-        self.conv1.backward_params(x.view(), d)
+        self.conv1
+            .backward_params_pooled(x.view(), &mut self.pool1, d)
     }
 
     /// Every parameter, in state_dict order.

@@ -3,6 +3,7 @@
 use kernels::{Conv2dShape, Device, Precision};
 use rand::rngs::StdRng;
 
+use super::MaxPool2dRelu;
 use crate::error::expect_shape;
 use crate::{init, Error, Param, Result, Tensor, TensorView};
 
@@ -108,6 +109,89 @@ impl Conv2d {
         let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
         self.device
             .conv2d_backward_weight(&s, self.precision, x.data, dy.data, dw, db)?;
+        Ok(())
+    }
+
+    /// This convolution then `pool` (max-pool and ReLU), as one device op: x `[N, in_channels,
+    /// H, W]` → `pool`'s output `[N, out_channels, H'/2, W'/2]`. The convolution's own output
+    /// is the op's scratch (the cpu device leaves it unwritten where it fuses the two).
+    pub fn forward_pooled<'p>(
+        &mut self,
+        x: TensorView,
+        pool: &'p mut MaxPool2dRelu,
+    ) -> Result<TensorView<'p>> {
+        let s = self.op_shape(x.shape)?;
+        self.input_shape.clear();
+        self.input_shape.extend_from_slice(x.shape);
+        let y_shape = [s.batch, s.out_channels, s.out_height(), s.out_width()];
+        self.output.resize(&self.device, &y_shape)?;
+        pool.prepare(s.pool2x2())?;
+        let (w, b) = (&self.weight.value.data, &self.bias.value.data);
+        self.device.conv2d_maxpool2d_relu_forward(
+            &s,
+            self.precision,
+            x.data,
+            w,
+            b,
+            &mut self.output.data,
+            &mut pool.output.data,
+            &mut pool.argmax,
+        )?;
+        Ok(pool.output.view())
+    }
+
+    /// The backward of [`Conv2d::forward_pooled`], from the gradient to `pool`'s output: fills
+    /// the weight and bias gradients and returns the gradient to x.
+    pub fn backward_pooled(
+        &mut self,
+        x: TensorView,
+        pool: &mut MaxPool2dRelu,
+        dy: TensorView,
+    ) -> Result<TensorView<'_>> {
+        self.pooled_backward(x, pool, dy, true)?;
+        Ok(self.input_grad.view())
+    }
+
+    /// [`Conv2d::backward_pooled`] without the gradient to x: all a first layer needs, whose
+    /// input is data (and which the cpu device then computes without leaving the cache).
+    pub fn backward_params_pooled(
+        &mut self,
+        x: TensorView,
+        pool: &mut MaxPool2dRelu,
+        dy: TensorView,
+    ) -> Result<()> {
+        self.pooled_backward(x, pool, dy, false)
+    }
+
+    fn pooled_backward(
+        &mut self,
+        x: TensorView,
+        pool: &mut MaxPool2dRelu,
+        dy: TensorView,
+        input_grad: bool,
+    ) -> Result<()> {
+        expect_shape(&self.name, "x", x.shape, &self.input_shape)?;
+        expect_shape(&pool.name, "dy", dy.shape, &pool.output.shape)?;
+        let s = self.op_shape(x.shape)?;
+        pool.input_grad.resize(&self.device, &self.output.shape)?;
+        if input_grad {
+            self.input_grad.resize(&self.device, x.shape)?;
+        }
+        let dx = input_grad.then_some(&mut self.input_grad.data);
+        let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
+        self.device.maxpool2d_relu_conv2d_backward(
+            &s,
+            self.precision,
+            x.data,
+            &self.weight.value.data,
+            &pool.argmax,
+            &pool.output.data,
+            dy.data,
+            &mut pool.input_grad.data,
+            dx,
+            dw,
+            db,
+        )?;
         Ok(())
     }
 

@@ -9,15 +9,15 @@ use crate::{Error, Result, Tensor, TensorView};
 
 pub struct MaxPool2dRelu {
     device: Device,
-    name: String,
-    shape: Pool2dShape,
+    pub(super) name: String,
+    pub(super) shape: Pool2dShape,
     /// For each output, the index into x of the maximum it took: only that input receives
     /// gradient, so backward needs the positions, not x itself.
-    argmax: Buffer<u32>,
+    pub(super) argmax: Buffer<u32>,
     /// The output, which the backward also reads: the ReLU passes gradient only where it is
     /// positive.
-    output: Tensor,
-    input_grad: Tensor,
+    pub(super) output: Tensor,
+    pub(super) input_grad: Tensor,
 }
 
 impl MaxPool2dRelu {
@@ -57,17 +57,21 @@ impl MaxPool2dRelu {
             height,
             width,
         };
-        self.shape = s;
-        self.output.resize(
-            &self.device,
-            &[batch, channels, s.out_height(), s.out_width()],
-        )?;
-        if self.argmax.len() != s.output_len() {
-            self.argmax = self.device.zeros(s.output_len())?;
-        }
+        self.prepare(s)?;
         let (y, argmax) = (&mut self.output.data, &mut self.argmax);
         self.device.maxpool2d_relu_forward(&s, x.data, y, argmax)?;
         Ok(self.output.view())
+    }
+
+    /// Sizes the output and argmax for a forward of shape `s`.
+    pub(super) fn prepare(&mut self, s: Pool2dShape) -> Result<()> {
+        self.shape = s;
+        let shape = [s.batch, s.channels, s.out_height(), s.out_width()];
+        self.output.resize(&self.device, &shape)?;
+        if self.argmax.len() != s.output_len() {
+            self.argmax = self.device.zeros(s.output_len())?;
+        }
+        Ok(())
     }
 
     /// Routes each output's gradient to the input that was its maximum, where the output is

@@ -12,7 +12,9 @@
 //! on patches, and writes each pixel of dx once instead of scattering columns back (col2im),
 //! which only strided convolutions still do.
 
-use super::gemm::{gemm_with, Epilogue, InPlace, Kernel, Layout, Matrix, PackB, PackedA, A};
+use super::gemm::{
+    gemm_on_this_thread, Epilogue, InPlace, Kernel, Layout, Matrix, PackB, PackedA, A,
+};
 use super::microkernel::{MR, NR};
 #[cfg(target_arch = "x86_64")]
 use super::pack;
@@ -145,7 +147,7 @@ impl<'a> Convolution<'a> {
             let out = if self.wide { &mut *wide_out } else { &mut *y };
             let out_layout = Layout::row_major(s.out_channels, positions);
             let w = A::Packed(&self.w);
-            gemm_with(kernel, out, out_layout, w, &patches, self.epilogue);
+            gemm_on_this_thread(kernel, out, out_layout, w, &patches, self.epilogue);
             if !self.wide {
                 return;
             }
@@ -210,7 +212,7 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
                 |scratch| {
                     let (padded, dcol) = scratch.split_at_mut(padded_len(s));
                     let dy = Matrix::new(dy, output_layout(s));
-                    gemm_with(
+                    gemm_on_this_thread(
                         kernel,
                         dcol,
                         columns,
@@ -262,7 +264,7 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
                         // dw[o, (c,di,dj)] += Σ_pixels dy[o, pixel]·columns[(c,di,dj), pixel]
                         let dy_matrix = Matrix::new(dy, output_layout(s));
                         let patches = Patches::new(&offsets, padded, true);
-                        gemm_with(
+                        gemm_on_this_thread(
                             kernel,
                             pdw,
                             weight_layout(s),

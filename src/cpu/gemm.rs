@@ -383,8 +383,7 @@ impl Kernel {
 }
 
 /// C = relu?(C? + bias + A·B) for C row-major-like (`col_stride` 1) of `c_layout`, with the
-/// kernel [`Kernel::detect`] picks. Split across the thread pool when large, unless called from
-/// inside the pool (one image of a convolution), where it stays on its thread.
+/// kernel [`Kernel::detect`] picks, split across the thread pool when large.
 pub fn gemm(c: &mut [f32], c_layout: Layout, a: A, b: &impl PackB, epilogue: Epilogue) {
     gemm_with(Kernel::detect(), c, c_layout, a, b, epilogue)
 }
@@ -401,6 +400,30 @@ pub fn gemm_with(
     a: A,
     b: &impl PackB,
     epilogue: Epilogue,
+) {
+    multiply(kernel, c, c_layout, (a, b), epilogue, true)
+}
+
+/// [`gemm_with`] on the calling thread alone: one image's product, inside a loop that already
+/// gives each thread its own images.
+pub(super) fn gemm_on_this_thread(
+    kernel: Kernel,
+    c: &mut [f32],
+    c_layout: Layout,
+    a: A,
+    b: &impl PackB,
+    epilogue: Epilogue,
+) {
+    multiply(kernel, c, c_layout, (a, b), epilogue, false)
+}
+
+fn multiply(
+    kernel: Kernel,
+    c: &mut [f32],
+    c_layout: Layout,
+    (a, b): (A, &impl PackB),
+    epilogue: Epilogue,
+    may_split: bool,
 ) {
     let (m, n, k) = (c_layout.rows, c_layout.cols, a.layout().cols);
     assert!(
@@ -433,8 +456,7 @@ pub fn gemm_with(
     };
 
     let threads = rayon::current_num_threads();
-    let inside_pool = rayon::current_thread_index().is_some();
-    if threads == 1 || inside_pool || 2 * m * n * k < PARALLEL_FLOPS {
+    if threads == 1 || !may_split || 2 * m * n * k < PARALLEL_FLOPS {
         // SAFETY: the whole of C, checked in bounds above.
         return unsafe { product.run(0..m, 0..n) };
     }

@@ -30,7 +30,8 @@ use crate::{reference, AdamHyper, Conv2dShape, LinearShape, Pool2dShape, XentSha
 use std::sync::Once;
 
 /// Sets flush-to-zero and denormals-are-zero on the calling thread, and once per process builds
-/// rayon's global pool with every worker set the same way.
+/// rayon's global pool with every worker set the same way (the main thread one of them, when it
+/// is the first to call).
 ///
 /// Why: Adam's first moment of a weight that sees no gradient decays by β1 each step and turns
 /// subnormal after a few hundred steps; arithmetic on subnormals is many times slower, enough to
@@ -40,9 +41,15 @@ pub fn init_threads() {
     static POOL: Once = Once::new();
     flush_denormals();
     POOL.call_once(|| {
-        let built = rayon::ThreadPoolBuilder::new()
-            .start_handler(|_| flush_denormals())
-            .build_global();
+        let mut pool = rayon::ThreadPoolBuilder::new().start_handler(|_| flush_denormals());
+        // The program's main thread, which runs the training loop, joins the pool as one of its
+        // threads: each op then starts its parallel work as a `join` whose other half the
+        // second thread steals, instead of handing it in from outside and sleeping until it is
+        // done (a wake-up more per op). Other threads (a test harness's) stay outside it.
+        if std::thread::current().name() == Some("main") {
+            pool = pool.use_current_thread();
+        }
+        let built = pool.build_global();
         if built.is_err() {
             // Someone built the global pool first: set its workers now instead.
             rayon::broadcast(|_| flush_denormals());

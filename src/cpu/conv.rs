@@ -59,15 +59,6 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) 
         .for_each(|(y, x)| conv.image(x, y));
 }
 
-/// y = w ∗ x (+ b), one GEMM per image with the bias added as the tiles are stored.
-fn convolve(s: &Conv2dShape, x: &[f32], w: &[f32], b: Option<&[f32]>, y: &mut [f32]) {
-    let conv = Convolution::new(s, w, b);
-    let (image_len, out_len) = (s.input_len() / s.batch, s.output_len() / s.batch);
-    y.par_chunks_mut(out_len)
-        .zip(x.par_chunks(image_len))
-        .for_each(|(y, x)| conv.image(x, y));
-}
-
 /// A convolution's weight prepared once for all its images, one image at a time: straight from
 /// the image where the shape is shallow enough, else as a product on its patches.
 pub(super) enum ImageConv<'a> {
@@ -98,7 +89,7 @@ impl<'a> ImageConv<'a> {
 
 /// A convolution as one GEMM per image: y = w ∗ x (+ b), the bias added as the tiles are stored.
 pub(super) struct Convolution<'a> {
-    s: &'a Conv2dShape,
+    s: Conv2dShape,
     kernel: Kernel,
     /// Every image multiplies the same weight: packed once.
     w: PackedA,
@@ -112,10 +103,10 @@ pub(super) struct Convolution<'a> {
 }
 
 impl<'a> Convolution<'a> {
-    fn new(s: &'a Conv2dShape, w: &[f32], b: Option<&'a [f32]>) -> Self {
+    fn new(s: &Conv2dShape, w: &[f32], b: Option<&'a [f32]>) -> Self {
         let wide = s.stride == 1;
         Convolution {
-            s,
+            s: *s,
             kernel: Kernel::detect(),
             w: PackedA::new(Matrix::new(w, weight_layout(s))),
             epilogue: Epilogue {
@@ -128,7 +119,7 @@ impl<'a> Convolution<'a> {
     }
 
     fn image(&self, x: &[f32], y: &mut [f32]) {
-        let (s, kernel) = (self.s, self.kernel);
+        let (s, kernel) = (&self.s, self.kernel);
         let positions = self.offsets.pixels.len();
         // The extra positions of the last row read up to k−1 floats past the image, and the
         // tile reading the patches in place up to NR past the last position.
@@ -170,22 +161,44 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     if degenerate(s) {
         return reference::conv2d_backward_input(s, w, dy, dx);
     }
-    // As a convolution, the GEMM's rows are the input channels: too few fill no tile.
-    if s.stride == 1 && s.padding < s.kernel && s.in_channels >= MR {
-        // dx[c, y, x] = Σ_{o,di,dj} w[o, c, di, dj]·dy[o, y+p−di, x+p−dj]; with di' = k−1−di
-        // that is a convolution of dy padded by k−1−p with w'[c, o, di', dj'].
+    let grad = InputGrad::new(s, w);
+    let (image_len, out_len) = (s.input_len() / s.batch, s.output_len() / s.batch);
+    dx.par_chunks_mut(image_len)
+        .zip(dy.par_chunks(out_len))
+        .for_each(|(dx, dy)| grad.image(dy, dx));
+}
+
+/// The input gradient of a convolution, one image at a time.
+pub(super) enum InputGrad<'a> {
+    /// The input gradient of a stride-1 convolution with enough input channels to fill the
+    /// GEMM's rows, as a convolution itself:
+    /// dx[c, y, x] = Σ_{o,di,dj} w[o, c, di, dj]·dy[o, y+p−di, x+p−dj]; with di' = k−1−di that
+    /// is a convolution of dy padded by k−1−p with w'[c, o, di', dj'].
+    Transposed(Convolution<'a>),
+    /// Else the columns dcol = wᵀ·dy, added back onto the pixels they came from (col2im).
+    Columns {
+        s: &'a Conv2dShape,
+        kernel: Kernel,
+        w_t: PackedA,
+    },
+}
+
+impl<'a> InputGrad<'a> {
+    /// For a shape that is not [`degenerate`].
+    pub(super) fn new(s: &'a Conv2dShape, w: &[f32]) -> Self {
         let k = s.kernel;
-        let transposed = Conv2dShape {
-            batch: s.batch,
-            in_channels: s.out_channels,
-            out_channels: s.in_channels,
-            height: s.out_height(),
-            width: s.out_width(),
-            kernel: k,
-            stride: 1,
-            padding: k - 1 - s.padding,
-        };
-        return with_scratch(&PARTIALS, w.len(), |flipped| {
+        if s.stride == 1 && s.padding < k && s.in_channels >= MR {
+            let transposed = Conv2dShape {
+                batch: s.batch,
+                in_channels: s.out_channels,
+                out_channels: s.in_channels,
+                height: s.out_height(),
+                width: s.out_width(),
+                kernel: k,
+                stride: 1,
+                padding: k - 1 - s.padding,
+            };
+            let mut flipped = vec![0.0; w.len()];
             for (tap, &value) in w.iter().enumerate() {
                 let (o, c, di, dj) = (
                     tap / (s.in_channels * k * k),
@@ -195,99 +208,148 @@ pub fn backward_input(s: &Conv2dShape, w: &[f32], dy: &[f32], dx: &mut [f32]) {
                 );
                 flipped[((c * s.out_channels + o) * k + k - 1 - di) * k + k - 1 - dj] = value;
             }
-            convolve(&transposed, dy, flipped, None, dx)
-        });
+            return InputGrad::Transposed(Convolution::new(&transposed, &flipped, None));
+        }
+        InputGrad::Columns {
+            s,
+            kernel: Kernel::detect(),
+            w_t: PackedA::new(Matrix::new(w, weight_layout(s).t())),
+        }
     }
-    let kernel = Kernel::detect();
-    let image_len = s.in_channels * s.height * s.width;
-    let out_len = s.out_channels * s.out_height() * s.out_width();
-    let columns = columns_layout(s);
-    let w_t = PackedA::new(Matrix::new(w, weight_layout(s).t()));
-    dx.par_chunks_mut(image_len)
-        .zip(dy.par_chunks(out_len))
-        .for_each(|(dx, dy)| {
-            with_scratch(
-                &COLUMNS,
-                padded_len(s) + columns.rows * columns.cols,
-                |scratch| {
-                    let (padded, dcol) = scratch.split_at_mut(padded_len(s));
-                    let dy = Matrix::new(dy, output_layout(s));
-                    gemm_on_this_thread(
-                        kernel,
-                        dcol,
-                        columns,
-                        A::Packed(&w_t),
-                        &dy,
-                        Epilogue::default(),
-                    );
-                    col2im(s, dcol, padded, dx);
-                },
-            )
-        });
+
+    /// One image: dy `[out, out_h, out_w]` → dx `[in, h, w]`.
+    pub(super) fn image(&self, dy: &[f32], dx: &mut [f32]) {
+        let (s, kernel, w_t) = match self {
+            InputGrad::Transposed(conv) => return conv.image(dy, dx),
+            InputGrad::Columns { s, kernel, w_t } => (*s, *kernel, w_t),
+        };
+        let columns = columns_layout(s);
+        let len = padded_len(s) + columns.rows * columns.cols;
+        with_scratch(&COLUMNS, len, |scratch| {
+            let (padded, dcol) = scratch.split_at_mut(padded_len(s));
+            let dy = Matrix::new(dy, output_layout(s));
+            let w_t = A::Packed(w_t);
+            gemm_on_this_thread(kernel, dcol, columns, w_t, &dy, Epilogue::default());
+            col2im(s, dcol, padded, dx);
+        })
+    }
 }
 
-/// Each thread sums its share of the images' gradients into its own partial; the partials are
-/// added at the end, so no two threads write the same memory.
 pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) {
     if degenerate(s) {
         return reference::conv2d_backward_weight(s, x, dy, dw, db);
     }
-    #[cfg(target_arch = "x86_64")]
-    if shallow::applies(Kernel::detect(), s) {
-        return shallow::backward_weight(s, x, dy, dw, db);
-    }
-    let image_len = s.in_channels * s.height * s.width;
-    let out_len = s.out_channels * s.out_height() * s.out_width();
-    let plane = s.out_height() * s.out_width();
-    let kernel = Kernel::detect();
-    let partial_len = dw.len() + db.len();
-    let groups = rayon::current_num_threads().clamp(1, s.batch.max(1));
-    let accumulate = Epilogue {
-        accumulate: true,
-        ..Epilogue::default()
-    };
-    let offsets = PatchOffsets::new(s, false);
-    with_scratch(&PARTIALS, groups * partial_len, |partials| {
-        partials
-            .par_chunks_mut(partial_len)
-            .enumerate()
-            .for_each(|(group, partial)| {
-                let (pdw, pdb) = partial.split_at_mut(dw.len());
-                pdw.fill(0.0);
-                pdb.fill(0.0);
-                let images = group * s.batch / groups..(group + 1) * s.batch / groups;
-                with_scratch(&COLUMNS, padded_len(s), |padded| {
-                    for n in images {
-                        let x = &x[n * image_len..][..image_len];
-                        let dy = &dy[n * out_len..][..out_len];
-                        pad(kernel, s, x, padded);
-                        // dw[o, (c,di,dj)] += Σ_pixels dy[o, pixel]·columns[(c,di,dj), pixel]
-                        let dy_matrix = Matrix::new(dy, output_layout(s));
-                        let patches = Patches::new(&offsets, padded, true);
-                        gemm_on_this_thread(
-                            kernel,
-                            pdw,
-                            weight_layout(s),
-                            A::Matrix(dy_matrix),
-                            &patches,
-                            accumulate,
-                        );
-                        for (sum, plane) in pdb.iter_mut().zip(dy.chunks_exact(plane)) {
-                            *sum += sum_of(plane);
-                        }
-                    }
-                })
-            });
-        let (first, rest) = partials.split_at(partial_len);
-        let (dw_sum, db_sum) = first.split_at(dw.len());
-        dw.copy_from_slice(dw_sum);
-        db.copy_from_slice(db_sum);
-        for partial in rest.chunks_exact(partial_len) {
-            let (pdw, pdb) = partial.split_at(dw.len());
-            dw.iter_mut().zip(pdw).for_each(|(d, p)| *d += p);
-            db.iter_mut().zip(pdb).for_each(|(d, p)| *d += p);
+    let grad = WeightGrad::new(s);
+    let (image_len, out_len) = (s.input_len() / s.batch, s.output_len() / s.batch);
+    grad.sum_images(dw, db, |images, sums| {
+        for n in images {
+            let (x, dy) = (
+                &x[n * image_len..][..image_len],
+                &dy[n * out_len..][..out_len],
+            );
+            grad.add_image(x, dy, sums);
         }
     });
+}
+
+/// The weight and bias gradients of a convolution, summed image by image: each thread sums a
+/// run of images into its own partial sums, which are added at the end in thread order, so no
+/// two threads write the same memory and the result does not depend on timing.
+pub(super) enum WeightGrad<'a> {
+    #[cfg(target_arch = "x86_64")]
+    Shallow(shallow::ShallowGrad<'a>),
+    /// dw[o, (c,di,dj)] += Σ_pixels dy[o, pixel]·columns[(c,di,dj), pixel], one product per image.
+    Product {
+        s: &'a Conv2dShape,
+        kernel: Kernel,
+        offsets: PatchOffsets,
+    },
+}
+
+impl<'a> WeightGrad<'a> {
+    /// For a shape that is not [`degenerate`].
+    pub(super) fn new(s: &'a Conv2dShape) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if shallow::applies(Kernel::detect(), s) {
+            return WeightGrad::Shallow(shallow::ShallowGrad::new(s));
+        }
+        WeightGrad::Product {
+            s,
+            kernel: Kernel::detect(),
+            offsets: PatchOffsets::new(s, false),
+        }
+    }
+
+    /// Splits the images into one run per thread, has `add` sum each run into its thread's
+    /// partial sums (zeroed first, then given to [`WeightGrad::add_image`]), and writes their
+    /// total to dw and db.
+    pub(super) fn sum_images(
+        &self,
+        dw: &mut [f32],
+        db: &mut [f32],
+        add: impl Fn(Range<usize>, &mut [f32]) + Sync,
+    ) {
+        let s = match self {
+            #[cfg(target_arch = "x86_64")]
+            WeightGrad::Shallow(grad) => return grad.sum_images(dw, db, add),
+            WeightGrad::Product { s, .. } => s,
+        };
+        let partial_len = dw.len() + db.len();
+        let groups = rayon::current_num_threads().clamp(1, s.batch.max(1));
+        with_scratch(&PARTIALS, groups * partial_len, |partials| {
+            partials
+                .par_chunks_mut(partial_len)
+                .enumerate()
+                .for_each(|(group, partial)| {
+                    partial.fill(0.0);
+                    add(
+                        group * s.batch / groups..(group + 1) * s.batch / groups,
+                        partial,
+                    );
+                });
+            let (first, rest) = partials.split_at(partial_len);
+            let (dw_sum, db_sum) = first.split_at(dw.len());
+            dw.copy_from_slice(dw_sum);
+            db.copy_from_slice(db_sum);
+            for partial in rest.chunks_exact(partial_len) {
+                let (pdw, pdb) = partial.split_at(dw.len());
+                dw.iter_mut().zip(pdw).for_each(|(d, p)| *d += p);
+                db.iter_mut().zip(pdb).for_each(|(d, p)| *d += p);
+            }
+        });
+    }
+
+    /// Adds one image's gradients, x `[in, h, w]` and dy `[out, out_h, out_w]`, to a thread's
+    /// partial sums.
+    pub(super) fn add_image(&self, x: &[f32], dy: &[f32], partial: &mut [f32]) {
+        let (s, kernel, offsets) = match self {
+            #[cfg(target_arch = "x86_64")]
+            WeightGrad::Shallow(grad) => return grad.add_image(x, dy, partial),
+            WeightGrad::Product { s, kernel, offsets } => (*s, *kernel, offsets),
+        };
+        let accumulate = Epilogue {
+            accumulate: true,
+            ..Epilogue::default()
+        };
+        let plane = s.out_height() * s.out_width();
+        let (pdw, pdb) = partial.split_at_mut(s.weight_len());
+        with_scratch(&COLUMNS, padded_len(s), |padded| {
+            pad(kernel, s, x, padded);
+            let dy_matrix = A::Matrix(Matrix::new(dy, output_layout(s)));
+            let patches = Patches::new(offsets, padded, true);
+            gemm_on_this_thread(
+                kernel,
+                pdw,
+                weight_layout(s),
+                dy_matrix,
+                &patches,
+                accumulate,
+            );
+        });
+        for (sum, plane) in pdb.iter_mut().zip(dy.chunks_exact(plane)) {
+            *sum += sum_of(plane);
+        }
+    }
 }
 
 pub(super) fn padded_len(s: &Conv2dShape) -> usize {
@@ -321,7 +383,7 @@ pub(super) fn pad(kernel: Kernel, s: &Conv2dShape, image: &[f32], padded: &mut [
 
 /// Where a shape's im2col entries lie in its zero-padded image: entry (tap, pixel) is
 /// `padded[taps[tap] + pixels[pixel]]`. Computed once per op, shared by its images.
-struct PatchOffsets {
+pub(super) struct PatchOffsets {
     /// Offset of tap (c, di, dj): the rows of the columns.
     taps: Vec<usize>,
     /// Offset of each output position's top-left tap: the columns.

@@ -7,13 +7,9 @@
 //! there from the pooled one, so neither ever leaves the cache. Same arithmetic, same order:
 //! the results are those of the two ops, bit for bit.
 
-use super::conv::{self, ImageConv};
-#[cfg(target_arch = "x86_64")]
-use super::gemm::Kernel;
+use super::conv::{self, ImageConv, InputGrad, WeightGrad};
 use super::pool;
 use super::scratch::{with_scratch, CONV_OUT};
-#[cfg(target_arch = "x86_64")]
-use super::shallow::{self, ShallowGrad};
 use crate::Conv2dShape;
 use rayon::prelude::*;
 
@@ -52,9 +48,10 @@ pub fn forward(
         });
 }
 
-/// The gradients of [`forward`]: dw and db, and dx where asked for. `dconv` (as long as the
-/// convolution's output) is written only where the pass is not fused: it is fused for a
-/// shallow convolution whose input gradient is not asked for (a first layer, conv1).
+/// The gradients of [`forward`]: dw and db, and dx where asked for, each image's gradient to the
+/// convolution's output rebuilt in cache from the pooled one (for the input gradient, a second
+/// time: cheaper than keeping a batch of them). `dconv` (as long as the convolution's output) is
+/// written only where the shape has nothing to fuse.
 #[allow(clippy::too_many_arguments)] // the op's operands, as in `forward`
 pub fn backward(
     s: &Conv2dShape,
@@ -66,25 +63,40 @@ pub fn backward(
     db: &mut [f32],
 ) {
     let p = s.pool2x2();
-    #[cfg(target_arch = "x86_64")]
-    if dx.is_none() && fusable(s) && shallow::applies(Kernel::detect(), s) {
-        let grad = ShallowGrad::new(s);
-        let (image_len, out_len) = (s.input_len() / s.batch, s.output_len() / s.batch);
-        let pooled_len = p.output_len() / s.batch;
-        return grad.sum_images(dw, db, |images, sums| {
-            with_scratch(&CONV_OUT, out_len, |dconv| {
-                for n in images {
-                    let image = n * pooled_len..(n + 1) * pooled_len;
-                    let outputs = (&argmax[image.clone()], &y[image.clone()], &dy[image]);
-                    pool::backward_planes(&p, n * s.out_channels, outputs, dconv);
-                    grad.add_image(&x[n * image_len..][..image_len], dconv, sums);
-                }
-            })
-        });
+    if !fusable(s) {
+        pool::backward(&p, argmax, y, dy, dconv);
+        conv::backward_weight(s, x, dconv, dw, db);
+        if let Some(dx) = dx {
+            conv::backward_input(s, w, dconv, dx);
+        }
+        return;
     }
-    pool::backward(&p, argmax, y, dy, dconv);
-    conv::backward_weight(s, x, dconv, dw, db);
+    let (image_len, out_len) = (s.input_len() / s.batch, s.output_len() / s.batch);
+    let pooled_len = p.output_len() / s.batch;
+    // Image n's gradient to the convolution's output, into `dconv`.
+    let unpool = |n: usize, dconv: &mut [f32]| {
+        let image = n * pooled_len..(n + 1) * pooled_len;
+        let outputs = (&argmax[image.clone()], &y[image.clone()], &dy[image]);
+        pool::backward_planes(&p, n * s.out_channels, outputs, dconv);
+    };
+    let grad = WeightGrad::new(s);
+    grad.sum_images(dw, db, |images, sums| {
+        with_scratch(&CONV_OUT, out_len, |dconv| {
+            for n in images {
+                unpool(n, dconv);
+                grad.add_image(&x[n * image_len..][..image_len], dconv, sums);
+            }
+        })
+    });
     if let Some(dx) = dx {
-        conv::backward_input(s, w, dconv, dx);
+        let input = InputGrad::new(s, w);
+        dx.par_chunks_mut(image_len)
+            .enumerate()
+            .for_each(|(n, dx)| {
+                with_scratch(&CONV_OUT, out_len, |dconv| {
+                    unpool(n, dconv);
+                    input.image(dconv, dx);
+                })
+            });
     }
 }

@@ -166,23 +166,8 @@ unsafe fn forward_vector(
 /// inputs and 2 output gradients fill 31 of the 32 vector registers.
 const GRAD_BLOCK: usize = 2;
 
-/// dw[o, t] = Σ_{n,oy,ox} dy[n, o, oy, ox]·padded_n[taps[t] + oy·pw + ox] and db[o] = Σ dy, each
-/// thread over its share of the images into its own sums, which are added at the end.
-pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], db: &mut [f32]) {
-    let grad = ShallowGrad::new(s);
-    let (image_len, out_len) = (s.input_len() / s.batch, s.output_len() / s.batch);
-    grad.sum_images(dw, db, |images, sums| {
-        for n in images {
-            grad.add_image(
-                &x[n * image_len..][..image_len],
-                &dy[n * out_len..][..out_len],
-                sums,
-            );
-        }
-    });
-}
-
-/// The weight gradient of a shallow convolution, summed image by image.
+/// The weight gradient of a shallow convolution, summed image by image:
+/// dw[o, t] = Σ_{n,oy,ox} dy[n, o, oy, ox]·padded_n[taps[t] + oy·pw + ox] and db[o] = Σ dy.
 pub struct ShallowGrad<'a> {
     s: &'a Conv2dShape,
     offsets: [usize; MAX_TAPS],

@@ -232,6 +232,73 @@ fn conv_benches(c: &mut Criterion, device: &Device) {
     family.finish();
 }
 
+/// Each convolution with the pool after it, one op each way, as the network runs them: conv1's
+/// backward without the gradient to its input (the data), conv2's with it.
+fn conv_pool_benches(c: &mut Criterion, device: &Device) {
+    let mut family = Family::new(c, device, "conv2d_pool");
+    for batch in BATCHES {
+        for (precision, suffix) in precisions(device) {
+            for (name, s, input_grad) in [
+                ("conv1", conv1(batch), false),
+                ("conv2", conv2(batch), true),
+            ] {
+                let p = s.pool2x2();
+                let x = upload(device, &filled(s.input_len(), 1.0));
+                let w = upload(device, &filled(s.weight_len(), 0.1));
+                let b = upload(device, &filled(s.out_channels, 0.1));
+                let dy = upload(device, &filled(p.output_len(), 0.01));
+                let mut scratch = zeros(device, s.output_len());
+                let (mut y, mut argmax) =
+                    (zeros(device, p.output_len()), zeros(device, p.output_len()));
+                let mut dx = zeros(device, s.input_len());
+                let (mut dw, mut db) =
+                    (zeros(device, s.weight_len()), zeros(device, s.out_channels));
+                let flops = s.forward_flops();
+                let pr = precision;
+                family.bench(
+                    id(format!("{name}_forward{suffix}"), batch),
+                    &Flops(flops),
+                    || {
+                        device.conv2d_maxpool2d_relu_forward(
+                            &s,
+                            pr,
+                            &x,
+                            &w,
+                            &b,
+                            &mut scratch,
+                            &mut y,
+                            &mut argmax,
+                        )
+                    },
+                );
+                let passes = if input_grad { 2 } else { 1 };
+                let backward = Flops(passes * flops);
+                family.bench(
+                    id(format!("{name}_backward{suffix}"), batch),
+                    &backward,
+                    || {
+                        let dx = input_grad.then_some(&mut dx);
+                        device.maxpool2d_relu_conv2d_backward(
+                            &s,
+                            pr,
+                            &x,
+                            &w,
+                            &argmax,
+                            &y,
+                            &dy,
+                            &mut scratch,
+                            dx,
+                            &mut dw,
+                            &mut db,
+                        )
+                    },
+                );
+            }
+        }
+    }
+    family.finish();
+}
+
 /// Max-pool with the ReLU after it, fused, as the network runs them.
 fn maxpool_relu_benches(c: &mut Criterion, device: &Device) {
     let mut family = Family::new(c, device, "maxpool2d_relu");
@@ -386,6 +453,7 @@ fn gather_benches(c: &mut Criterion, device: &Device) {
 fn every_op_on_every_device(c: &mut Criterion) {
     for device in devices() {
         conv_benches(c, &device);
+        conv_pool_benches(c, &device);
         maxpool_relu_benches(c, &device);
         relu_benches(c, &device);
         linear_benches(c, &device);

@@ -13,7 +13,7 @@
 //! which only strided convolutions still do.
 
 use super::gemm::{
-    gemm_on_this_thread, Epilogue, InPlace, Kernel, Layout, Matrix, PackB, PackedA, A,
+    gemm_on_this_thread, Epilogue, InPlace, Kernel, Layout, Matrix, PackB, PackedA, Rows, A,
 };
 use super::microkernel::{MR, NR};
 #[cfg(target_arch = "x86_64")]
@@ -441,7 +441,7 @@ impl PackB for Patches<'_> {
     fn in_place(&self) -> Option<InPlace<'_>> {
         (self.wide && !self.transposed).then_some(InPlace {
             data: self.padded,
-            row_offsets: self.taps,
+            rows: Rows::Offsets(self.taps),
         })
     }
 

@@ -28,6 +28,10 @@ fn depth_blocks(k: usize) -> impl Iterator<Item = Range<usize>> + Clone {
 }
 /// Bytes of packed A per block: stays in L2.
 const A_BLOCK_BYTES: usize = 512 << 10;
+/// The most rows of C for which B is read in place ([`PackB::in_place`]): a panel read in place
+/// costs strided loads, from L2 where its rows alias in L1, at every tile that reads it, and a
+/// packed one a copy; eight tiles a panel are about where the copy stops paying.
+const IN_PLACE_ROWS: usize = 8 * MR;
 /// Below this many flops a product runs on one thread: splitting it costs more than it saves.
 const PARALLEL_FLOPS: usize = 1 << 21;
 
@@ -182,11 +186,31 @@ impl A<'_> {
     }
 }
 
-/// A right-hand operand read in place, unpacked: element (p, j) at `data[row_offsets[p] + j]`,
-/// with NR floats past the last column still inside `data` (read, then dropped).
+/// A right-hand operand read in place, unpacked: element (p, j) at `data[rows.offset(p) + j]`.
+/// Used only where the last panel's NR floats still lie inside `data` (those past the last
+/// column are read, then dropped).
 pub struct InPlace<'a> {
     pub data: &'a [f32],
-    pub row_offsets: &'a [usize],
+    pub rows: Rows<'a>,
+}
+
+/// Where the depth rows of an operand read in place start.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    /// Row p at `offsets[p]`.
+    Offsets(&'a [usize]),
+    /// Row p at `p·stride`.
+    Stride(usize),
+}
+
+impl Rows<'_> {
+    /// The offset of the last of `k` rows, the largest for a stride.
+    fn last(&self, k: usize) -> usize {
+        match self {
+            Rows::Offsets(offsets) => offsets.iter().max().copied().unwrap_or(0),
+            Rows::Stride(stride) => k.saturating_sub(1) * stride,
+        }
+    }
 }
 
 /// A right-hand operand that packs its own panels.
@@ -212,6 +236,14 @@ pub trait PackB: Sync {
 }
 
 impl PackB for Matrix<'_> {
+    /// Rows contiguous along the columns (`col_stride` 1) are read where they lie.
+    fn in_place(&self) -> Option<InPlace<'_>> {
+        (self.layout.col_stride == 1).then_some(InPlace {
+            data: self.data,
+            rows: Rows::Stride(self.layout.row_stride),
+        })
+    }
+
     fn shape(&self) -> (usize, usize) {
         (self.layout.rows, self.layout.cols)
     }
@@ -517,20 +549,19 @@ impl<B: PackB> Product<'_, B> {
             A::Matrix(_) => mc_max * kc_max,
             A::Packed(_) => 0,
         };
-        // B in place: only on the AVX-512 tile, every row's last panel within its slice.
-        let in_place = match self.b.in_place() {
-            Some(b) if self.kernel == Kernel::Avx512 => {
-                let last = b.row_offsets.iter().max().copied().unwrap_or(0);
-                // The last panel starts at a multiple of NR past the first and reads NR.
-                let end = cols.start + (cols.len() - 1) / NR * NR + NR;
-                assert!(
-                    b.row_offsets.len() == k && last + end <= b.data.len(),
-                    "gemm: B in place too short"
-                );
-                Some(b)
-            }
-            _ => None,
-        };
+        // B in place: only on the AVX-512 tile, for at most IN_PLACE_ROWS rows of C, and where
+        // every row's last panel (which starts a multiple of NR past the first and reads NR)
+        // lies inside the slice; else packed.
+        let end = cols.start + (cols.len() - 1) / NR * NR + NR;
+        let few_rows = rows.len() <= IN_PLACE_ROWS;
+        let in_place = self.b.in_place().filter(|b| {
+            let rows_fit = match b.rows {
+                Rows::Offsets(offsets) => offsets.len() == k,
+                Rows::Stride(_) => true,
+            };
+            let inside = b.rows.last(k) + end <= b.data.len();
+            self.kernel == Kernel::Avx512 && few_rows && rows_fit && inside
+        });
         with_scratch(&PACKED_A, scratch_a, |scratch_a| {
             with_scratch(&PACKED_B, KC * NR, |packed_b| {
                 for depth in depth_blocks(k) {
@@ -572,16 +603,26 @@ impl<B: PackB> Product<'_, B> {
                                     relu: last && e.relu,
                                 };
                                 let a = a_panel.as_ptr();
-                                match &in_place {
+                                let depth_len = depth.len();
+                                match in_place
+                                    .as_ref()
+                                    .map(|b| (b.data.as_ptr().add(col), b.rows))
+                                {
                                     #[cfg(target_arch = "x86_64")]
-                                    Some(b) => microkernel::avx512_tile_in_place(
-                                        depth.len(),
-                                        a,
-                                        b.data.as_ptr().add(col),
-                                        b.row_offsets[depth.clone()].as_ptr(),
-                                        store,
-                                    ),
-                                    _ => self.kernel.tile(depth.len(), a, packed_b.as_ptr(), store),
+                                    Some((b, Rows::Offsets(offsets))) => {
+                                        let offsets = offsets[depth.clone()].as_ptr();
+                                        microkernel::avx512_tile_rows_at(
+                                            depth_len, a, b, offsets, store,
+                                        )
+                                    }
+                                    #[cfg(target_arch = "x86_64")]
+                                    Some((b, Rows::Stride(stride))) => {
+                                        let b = b.add(depth.start * stride);
+                                        microkernel::avx512_tile_strided(
+                                            depth_len, a, b, stride, store,
+                                        )
+                                    }
+                                    _ => self.kernel.tile(depth_len, a, packed_b.as_ptr(), store),
                                 }
                             }
                         }

@@ -122,7 +122,7 @@ pub unsafe fn avx512_tile(depth: usize, a: *const f32, b: *const f32, store: Sto
 /// `b + offsets[p]` for every p (the columns past `store.cols` are read, then dropped).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub unsafe fn avx512_tile_in_place(
+pub unsafe fn avx512_tile_rows_at(
     depth: usize,
     a: *const f32,
     b: *const f32,
@@ -130,6 +130,22 @@ pub unsafe fn avx512_tile_in_place(
     store: Store,
 ) {
     avx512_tile_rows(depth, a, |p| b.add(*offsets.add(p)), store)
+}
+
+/// [`avx512_tile`] on a B read in place: depth row p's NR columns start at `b + p·stride`.
+///
+/// # Safety
+/// As [`avx512_tile_rows_at`], for the offsets `p·stride`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn avx512_tile_strided(
+    depth: usize,
+    a: *const f32,
+    b: *const f32,
+    stride: usize,
+    store: Store,
+) {
+    avx512_tile_rows(depth, a, |p| b.add(p * stride), store)
 }
 
 /// The AVX-512 tile with B's depth row p at `b_row(p)`.

@@ -12,6 +12,8 @@
 //! on patches, and writes each pixel of dx once instead of scattering columns back (col2im),
 //! which only strided convolutions still do.
 
+#[cfg(target_arch = "x86_64")]
+use super::gemm::gemm_a_in_place;
 use super::gemm::{
     gemm_on_this_thread, Epilogue, InPlace, Kernel, Layout, Matrix, PackB, PackedA, Rows, A,
 };
@@ -258,6 +260,14 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
 pub(super) enum WeightGrad<'a> {
     #[cfg(target_arch = "x86_64")]
     Shallow(shallow::ShallowGrad<'a>),
+    /// At stride 1 on AVX-512: dwᵀ[(c,di,dj), o] += Σ_q patches[(c,di,dj), q]·dy[o, q] over the
+    /// wide positions q (dy zero past each row's end), the patches read in place as A, a row
+    /// per tap, so nothing is gathered; the partial sums hold dwᵀ, transposed at the end.
+    #[cfg(target_arch = "x86_64")]
+    Wide {
+        s: &'a Conv2dShape,
+        taps: Vec<usize>,
+    },
     /// dw[o, (c,di,dj)] += Σ_pixels dy[o, pixel]·columns[(c,di,dj), pixel], one product per image.
     Product {
         s: &'a Conv2dShape,
@@ -272,6 +282,11 @@ impl<'a> WeightGrad<'a> {
         #[cfg(target_arch = "x86_64")]
         if shallow::applies(Kernel::detect(), s) {
             return WeightGrad::Shallow(shallow::ShallowGrad::new(s));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if s.stride == 1 && Kernel::detect() == Kernel::Avx512 {
+            let taps = PatchOffsets::new(s, true).taps;
+            return WeightGrad::Wide { s, taps };
         }
         WeightGrad::Product {
             s,
@@ -292,8 +307,15 @@ impl<'a> WeightGrad<'a> {
         let s = match self {
             #[cfg(target_arch = "x86_64")]
             WeightGrad::Shallow(grad) => return grad.sum_images(dw, db, add),
+            #[cfg(target_arch = "x86_64")]
+            WeightGrad::Wide { s, .. } => s,
             WeightGrad::Product { s, .. } => s,
         };
+        #[cfg(target_arch = "x86_64")]
+        let transposed = matches!(self, WeightGrad::Wide { .. });
+        #[cfg(not(target_arch = "x86_64"))]
+        let transposed = false;
+        let taps = s.in_channels * s.kernel * s.kernel;
         let partial_len = dw.len() + db.len();
         let groups = rayon::current_num_threads().clamp(1, s.batch.max(1));
         with_scratch(&PARTIALS, groups * partial_len, |partials| {
@@ -307,13 +329,20 @@ impl<'a> WeightGrad<'a> {
                         partial,
                     );
                 });
-            let (first, rest) = partials.split_at(partial_len);
-            let (dw_sum, db_sum) = first.split_at(dw.len());
-            dw.copy_from_slice(dw_sum);
-            db.copy_from_slice(db_sum);
-            for partial in rest.chunks_exact(partial_len) {
+            dw.fill(0.0);
+            db.fill(0.0);
+            for partial in partials.chunks_exact(partial_len) {
                 let (pdw, pdb) = partial.split_at(dw.len());
-                dw.iter_mut().zip(pdw).for_each(|(d, p)| *d += p);
+                if transposed {
+                    // pdw is dwᵀ: [taps, out].
+                    for (o, dw) in dw.chunks_exact_mut(taps).enumerate() {
+                        for (t, d) in dw.iter_mut().enumerate() {
+                            *d += pdw[t * s.out_channels + o];
+                        }
+                    }
+                } else {
+                    dw.iter_mut().zip(pdw).for_each(|(d, p)| *d += p);
+                }
                 db.iter_mut().zip(pdb).for_each(|(d, p)| *d += p);
             }
         });
@@ -325,6 +354,8 @@ impl<'a> WeightGrad<'a> {
         let (s, kernel, offsets) = match self {
             #[cfg(target_arch = "x86_64")]
             WeightGrad::Shallow(grad) => return grad.add_image(x, dy, partial),
+            #[cfg(target_arch = "x86_64")]
+            WeightGrad::Wide { s, taps } => return add_wide_image(s, taps, x, dy, partial),
             WeightGrad::Product { s, kernel, offsets } => (*s, *kernel, offsets),
         };
         let accumulate = Epilogue {
@@ -349,6 +380,36 @@ impl<'a> WeightGrad<'a> {
         for (sum, plane) in pdb.iter_mut().zip(dy.chunks_exact(plane)) {
             *sum += sum_of(plane);
         }
+    }
+}
+
+/// [`WeightGrad::add_image`] at stride 1 on AVX-512: dwᵀ += patches·dyᵀ over the wide positions.
+#[cfg(target_arch = "x86_64")]
+fn add_wide_image(s: &Conv2dShape, taps: &[usize], x: &[f32], dy: &[f32], partial: &mut [f32]) {
+    let (ow, pw) = (s.out_width(), s.width + 2 * s.padding);
+    let positions = s.out_height() * pw;
+    // The last row's extra positions read k−1 floats past the image.
+    let padded_len = padded_len(s) + s.kernel - 1;
+    let (pdw_t, pdb) = partial.split_at_mut(s.weight_len());
+    with_scratch(
+        &COLUMNS,
+        padded_len + s.out_channels * positions,
+        |scratch| {
+            let (padded, dy_wide) = scratch.split_at_mut(padded_len);
+            pad(Kernel::Avx512, s, x, padded);
+            // dy in the wide layout: each output row, then zeros to the padded width.
+            for (wide, row) in dy_wide.chunks_exact_mut(pw).zip(dy.chunks_exact(ow)) {
+                wide[..ow].copy_from_slice(row);
+                wide[ow..].fill(0.0);
+            }
+            let dy_t = Matrix::new(dy_wide, Layout::row_major(s.out_channels, positions).t());
+            let taps_layout = Layout::row_major(taps.len(), s.out_channels);
+            gemm_a_in_place(pdw_t, taps_layout, (padded, taps), &dy_t);
+        },
+    );
+    let plane = s.out_height() * ow;
+    for (sum, plane) in pdb.iter_mut().zip(dy.chunks_exact(plane)) {
+        *sum += sum_of(plane);
     }
 }
 

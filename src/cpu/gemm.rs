@@ -512,6 +512,71 @@ fn multiply(
     });
 }
 
+/// C += A·B on the calling thread with the AVX-512 tile, A read in place: row i of A is
+/// `a[a_rows[i]..]`, its depth contiguous (a stride-1 convolution's patches, a row per tap,
+/// which packing would have to transpose). A short last panel of rows repeats row 0's pointer;
+/// those rows are dropped at the store.
+///
+/// # Panics
+/// If a row's depth runs past `a`, the shapes disagree or C is too short: bugs in the caller.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn gemm_a_in_place(
+    c: &mut [f32],
+    c_layout: Layout,
+    (a, a_rows): (&[f32], &[usize]),
+    b: &impl PackB,
+) {
+    let (m, n, ldc) = (c_layout.rows, c_layout.cols, c_layout.row_stride);
+    let k = b.shape().0;
+    assert!(
+        a_rows.len() == m && b.shape().1 == n && c_layout.col_stride == 1,
+        "gemm_a_in_place shapes"
+    );
+    assert!(c.len() >= c_layout.extent(), "gemm: c too short");
+    assert!(
+        is_x86_feature_detected!("avx512f"),
+        "gemm: AVX-512 unavailable"
+    );
+    let last = a_rows.iter().max().copied().unwrap_or(0);
+    assert!(m == 0 || last + k <= a.len(), "gemm: A in place too short");
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let kernel = Kernel::Avx512;
+    with_scratch(&PACKED_B, KC * NR, |packed_b| {
+        for depth in depth_blocks(k) {
+            let packed_b = &mut packed_b[..depth.len() * NR];
+            for col in (0..n).step_by(NR) {
+                let width = (n - col).min(NR);
+                b.pack_b(kernel, depth.clone(), col, width, packed_b);
+                for row in (0..m).step_by(MR) {
+                    let height = (m - row).min(MR);
+                    let rows = std::array::from_fn(|i| {
+                        let r = if i < height { row + i } else { row };
+                        a[a_rows[r] + depth.start..].as_ptr()
+                    });
+                    let store = Store {
+                        c: c[row * ldc + col..].as_mut_ptr(),
+                        ldc,
+                        rows: height,
+                        cols: width,
+                        load: true,
+                        row_bias: std::ptr::null(),
+                        col_bias: std::ptr::null(),
+                        relu: false,
+                    };
+                    // SAFETY: the CPU has AVX-512F (checked above); every row pointer has the block's depth in `a` (checked above), the panel holds it,
+                    // and the tile's corner lies in C.
+                    unsafe {
+                        let b = packed_b.as_ptr();
+                        microkernel::avx512_tile_a_in_place(depth.len(), rows, b, store)
+                    }
+                }
+            }
+        }
+    })
+}
+
 /// The operands of one product, shareable between the threads that compute its parts.
 struct Product<'a, B> {
     kernel: Kernel,

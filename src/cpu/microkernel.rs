@@ -112,7 +112,23 @@ pub unsafe fn avx2_tile(depth: usize, a: *const f32, b: *const f32, store: Store
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn avx512_tile(depth: usize, a: *const f32, b: *const f32, store: Store) {
-    avx512_tile_rows(depth, a, |p| b.add(p * NR), store)
+    avx512_tile_rows(depth, |p, i| *a.add(p * MR + i), |p| b.add(p * NR), store)
+}
+
+/// [`avx512_tile`] on an A read in place: row i's depth runs from `a_rows[i]` on, contiguous.
+///
+/// # Safety
+/// As [`portable_tile`], with `depth` floats readable from each of the MR row pointers (rows
+/// past `store.rows` may repeat any readable row: they are computed, then dropped).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn avx512_tile_a_in_place(
+    depth: usize,
+    a_rows: [*const f32; MR],
+    b: *const f32,
+    store: Store,
+) {
+    avx512_tile_rows(depth, |p, i| *a_rows[i].add(p), |p| b.add(p * NR), store)
 }
 
 /// [`avx512_tile`] on a B read in place: depth row p's NR columns start at `b + offsets[p]`.
@@ -129,7 +145,12 @@ pub unsafe fn avx512_tile_rows_at(
     offsets: *const usize,
     store: Store,
 ) {
-    avx512_tile_rows(depth, a, |p| b.add(*offsets.add(p)), store)
+    avx512_tile_rows(
+        depth,
+        |p, i| *a.add(p * MR + i),
+        |p| b.add(*offsets.add(p)),
+        store,
+    )
 }
 
 /// [`avx512_tile`] on a B read in place: depth row p's NR columns start at `b + p·stride`.
@@ -145,16 +166,21 @@ pub unsafe fn avx512_tile_strided(
     stride: usize,
     store: Store,
 ) {
-    avx512_tile_rows(depth, a, |p| b.add(p * stride), store)
+    avx512_tile_rows(
+        depth,
+        |p, i| *a.add(p * MR + i),
+        |p| b.add(p * stride),
+        store,
+    )
 }
 
-/// The AVX-512 tile with B's depth row p at `b_row(p)`.
+/// The AVX-512 tile with A's element (i, p) `a_at(p, i)` and B's depth row p at `b_row(p)`.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512_tile_rows(
     depth: usize,
-    a: *const f32,
+    a_at: impl Fn(usize, usize) -> f32,
     b_row: impl Fn(usize) -> *const f32,
     store: Store,
 ) {
@@ -168,7 +194,7 @@ unsafe fn avx512_tile_rows(
         let b0 = _mm512_loadu_ps(b);
         let b1 = _mm512_loadu_ps(b.add(16));
         for (i, acc) in acc.iter_mut().enumerate() {
-            let a = _mm512_set1_ps(*a.add(p * MR + i));
+            let a = _mm512_set1_ps(a_at(p, i));
             acc[0] = _mm512_fmadd_ps(a, b0, acc[0]);
             acc[1] = _mm512_fmadd_ps(a, b1, acc[1]);
         }

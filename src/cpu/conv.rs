@@ -317,18 +317,7 @@ impl<'a> WeightGrad<'a> {
         let transposed = false;
         let taps = s.in_channels * s.kernel * s.kernel;
         let partial_len = dw.len() + db.len();
-        let groups = rayon::current_num_threads().clamp(1, s.batch.max(1));
-        with_scratch(&PARTIALS, groups * partial_len, |partials| {
-            partials
-                .par_chunks_mut(partial_len)
-                .enumerate()
-                .for_each(|(group, partial)| {
-                    partial.fill(0.0);
-                    add(
-                        group * s.batch / groups..(group + 1) * s.batch / groups,
-                        partial,
-                    );
-                });
+        sum_per_thread(s.batch, partial_len, add, |partials| {
             dw.fill(0.0);
             db.fill(0.0);
             for partial in partials.chunks_exact(partial_len) {
@@ -381,6 +370,31 @@ impl<'a> WeightGrad<'a> {
             *sum += sum_of(plane);
         }
     }
+}
+
+/// Splits `batch` images into one run per thread; `add(images, partial)` sums a run into that
+/// thread's `partial_len` floats (zeroed first); then `total` reads the partials, one after the
+/// other in thread order, so the result does not depend on which thread finished first.
+pub(super) fn sum_per_thread(
+    batch: usize,
+    partial_len: usize,
+    add: impl Fn(Range<usize>, &mut [f32]) + Sync,
+    total: impl FnOnce(&[f32]),
+) {
+    let groups = rayon::current_num_threads().clamp(1, batch.max(1));
+    with_scratch(&PARTIALS, groups * partial_len, |partials| {
+        partials
+            .par_chunks_mut(partial_len)
+            .enumerate()
+            .for_each(|(group, partial)| {
+                partial.fill(0.0);
+                add(
+                    group * batch / groups..(group + 1) * batch / groups,
+                    partial,
+                );
+            });
+        total(partials)
+    })
 }
 
 /// [`WeightGrad::add_image`] at stride 1 on AVX-512: dwᵀ += patches·dyᵀ over the wide positions.

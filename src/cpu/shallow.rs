@@ -16,11 +16,10 @@
 //! Shapes with fewer taps run as nine, the extra ones with a zero weight (forward) or a sum that
 //! is dropped (weight gradient).
 
-use super::conv::{pad, padded_len};
+use super::conv::{pad, padded_len, sum_per_thread};
 use super::gemm::Kernel;
-use super::scratch::{with_scratch, COLUMNS, PARTIALS};
+use super::scratch::{with_scratch, COLUMNS};
 use crate::Conv2dShape;
-use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 /// The most taps a shallow convolution has: one input channel under a 3x3 kernel.
@@ -198,18 +197,7 @@ impl<'a> ShallowGrad<'a> {
         add: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
     ) {
         let (s, sums_len) = (self.s, self.sums_len());
-        let groups = rayon::current_num_threads().clamp(1, s.batch);
-        with_scratch(&PARTIALS, groups * sums_len, |partials| {
-            partials
-                .par_chunks_mut(sums_len)
-                .enumerate()
-                .for_each(|(group, sums)| {
-                    sums.fill(0.0);
-                    add(
-                        group * s.batch / groups..(group + 1) * s.batch / groups,
-                        sums,
-                    );
-                });
+        sum_per_thread(s.batch, sums_len, add, |partials| {
             dw.fill(0.0);
             db.fill(0.0);
             for sums in partials.chunks_exact(sums_len) {

@@ -1,6 +1,13 @@
-//! Fully connected layers: each pass is one GEMM, split across threads by [`gemm`].
+//! Fully connected layers: each pass is one GEMM, split across threads by [`gemm`] (the forward
+//! pass of a layer with more outputs than the batch turned over, see [`forward`]).
 
 use super::gemm::{gemm, Epilogue, Layout, Matrix, A};
+#[cfg(target_arch = "x86_64")]
+use super::{
+    gemm::{gemm_a_in_place, Kernel},
+    microkernel::MR,
+    scratch::{with_scratch, PARTIALS},
+};
 use crate::LinearShape;
 
 /// x `[batch, in]`, W `[out, in]`, y `[batch, out]`.
@@ -15,6 +22,13 @@ fn layouts(s: &LinearShape) -> (Layout, Layout, Layout) {
 /// y = x·Wᵀ + b, clamped at zero when `relu`: the bias and the ReLU are applied as each tile of
 /// y leaves the registers, so y is written once.
 pub fn forward(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bool, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Kernel::detect() == Kernel::Avx512
+        && s.batch * s.in_features * s.out_features > 0
+        && s.out_features >= s.batch
+    {
+        return forward_transposed(s, x, w, b, relu, y);
+    }
     let (x_layout, w_layout, y_layout) = layouts(s);
     let epilogue = Epilogue {
         col_bias: Some(b),
@@ -47,4 +61,38 @@ pub fn backward_weight(s: &LinearShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
             db.iter_mut().zip(row).for_each(|(sum, g)| *sum += g);
         }
     }
+}
+
+/// [`forward`] turned over where W has at least as many rows as x (fc1, fc2): yᵀ = W·xᵀ, so
+/// that W, the larger operand, is read in place as A, a pointer per row, instead of transposed
+/// into panels, and only x is packed; then y = relu?(yᵀᵀ + b), the bias added to the whole sum.
+#[cfg(target_arch = "x86_64")]
+fn forward_transposed(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bool, y: &mut [f32]) {
+    use rayon::prelude::*;
+    let (batch, out) = (s.batch, s.out_features);
+    let rows: Vec<usize> = (0..out).map(|o| o * s.in_features).collect();
+    let x_t = Matrix::new(x, Layout::row_major(batch, s.in_features).t());
+    with_scratch(&PARTIALS, out * batch, |y_t| {
+        y_t.fill(0.0);
+        let threads = rayon::current_num_threads();
+        let per_part = out.div_ceil(threads).next_multiple_of(MR);
+        y_t.par_chunks_mut(per_part * batch)
+            .enumerate()
+            .for_each(|(part, c)| {
+                let first = part * per_part;
+                let n = c.len() / batch;
+                gemm_a_in_place(
+                    c,
+                    Layout::row_major(n, batch),
+                    (w, &rows[first..first + n]),
+                    &x_t,
+                );
+            });
+        for (n, y) in y.chunks_exact_mut(out).enumerate() {
+            for (o, y) in y.iter_mut().enumerate() {
+                let v = y_t[o * batch + n] + b[o];
+                *y = if !relu || v > 0.0 { v } else { 0.0 };
+            }
+        }
+    })
 }

@@ -1,5 +1,5 @@
-//! Fully connected layers: each pass is one GEMM, split across threads by [`gemm`] (the forward
-//! pass of a layer with more outputs than the batch turned over, see [`forward`]).
+//! Fully connected layers: each pass is one GEMM, split across threads by [`gemm`] (fc1's forward
+//! pass turned over, see `forward_transposed`).
 
 use super::gemm::{gemm, Epilogue, Layout, Matrix, A};
 #[cfg(target_arch = "x86_64")]
@@ -26,6 +26,7 @@ pub fn forward(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bool, y: 
     if Kernel::detect() == Kernel::Avx512
         && s.batch * s.in_features * s.out_features > 0
         && s.out_features >= s.batch
+        && !s.in_features.is_multiple_of(ALIASING_FLOATS)
     {
         return forward_transposed(s, x, w, b, relu, y);
     }
@@ -63,9 +64,15 @@ pub fn backward_weight(s: &LinearShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
     }
 }
 
-/// [`forward`] turned over where W has at least as many rows as x (fc1, fc2): yᵀ = W·xᵀ, so
-/// that W, the larger operand, is read in place as A, a pointer per row, instead of transposed
-/// into panels, and only x is packed; then y = relu?(yᵀᵀ + b), the bias added to the whole sum.
+/// Rows a multiple of this many floats (4 KB) apart fall in the same L1 sets: eight of them, read
+/// side by side as an A panel in place, evict each other.
+#[cfg(target_arch = "x86_64")]
+const ALIASING_FLOATS: usize = 1024;
+
+/// [`forward`] turned over where W has at least as many rows as x (fc1): yᵀ = W·xᵀ, so that W,
+/// the larger operand, is read in place as A, a pointer per row, instead of transposed into
+/// panels, and only x is packed; then y = relu?(yᵀᵀ + b), the bias added to the whole sum. Not
+/// where W's rows are a multiple of 4 KB long (fc2): see [`ALIASING_FLOATS`].
 #[cfg(target_arch = "x86_64")]
 fn forward_transposed(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bool, y: &mut [f32]) {
     use rayon::prelude::*;

@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 /// The most taps a shallow convolution has: one input channel under a 3x3 kernel.
 pub const MAX_TAPS: usize = 9;
 
-/// Whether [`forward`] and [`backward_weight`] take this shape on this kernel.
+/// Whether [`Shallow`] and [`ShallowGrad`] take this shape on this kernel.
 pub fn applies(kernel: Kernel, s: &Conv2dShape) -> bool {
     kernel == Kernel::Avx512
         && s.stride == 1
@@ -166,7 +166,7 @@ unsafe fn forward_vector(
 const GRAD_BLOCK: usize = 2;
 
 /// The weight gradient of a shallow convolution, summed image by image:
-/// dw[o, t] = Σ_{n,oy,ox} dy[n, o, oy, ox]·padded_n[taps[t] + oy·pw + ox] and db[o] = Σ dy.
+/// `dw[o, t] = Σ_{n,oy,ox} dy[n, o, oy, ox]·padded_n[taps[t] + oy·pw + ox]` and `db[o] = Σ dy`.
 pub struct ShallowGrad<'a> {
     s: &'a Conv2dShape,
     offsets: [usize; MAX_TAPS],

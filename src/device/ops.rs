@@ -632,7 +632,7 @@ pub struct TensorTable {
     tensors: Vec<(u64, u64, usize)>,
     params: Buffer<u64>,
     grads: Buffer<u64>,
-    /// offsets[t] = the elements of tensors before t; offsets[tensors] = all of them.
+    /// `offsets[t]` = the elements of tensors before t; `offsets[tensors]` = all of them.
     offsets: Buffer<u32>,
 }
 

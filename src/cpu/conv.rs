@@ -285,8 +285,10 @@ impl<'a> WeightGrad<'a> {
         }
         #[cfg(target_arch = "x86_64")]
         if s.stride == 1 && Kernel::detect() == Kernel::Avx512 {
-            let taps = PatchOffsets::new(s, true).taps;
-            return WeightGrad::Wide { s, taps };
+            return WeightGrad::Wide {
+                s,
+                taps: tap_offsets(s),
+            };
         }
         WeightGrad::Product {
             s,
@@ -418,7 +420,7 @@ fn add_wide_image(s: &Conv2dShape, taps: &[usize], x: &[f32], dy: &[f32], partia
             }
             let dy_t = Matrix::new(dy_wide, Layout::row_major(s.out_channels, positions).t());
             let taps_layout = Layout::row_major(taps.len(), s.out_channels);
-            gemm_a_in_place(pdw_t, taps_layout, (padded, taps), &dy_t);
+            gemm_a_in_place(pdw_t, taps_layout, (padded, Rows::Offsets(taps)), &dy_t);
         },
     );
     let plane = s.out_height() * ow;
@@ -471,11 +473,8 @@ impl PatchOffsets {
     /// `wide` (stride 1 only): output positions (oy, ox) for every ox < pw, so that position
     /// oy·pw + ox lies at that very offset.
     fn new(s: &Conv2dShape, wide: bool) -> Self {
-        let (ph, pw) = (s.height + 2 * s.padding, s.width + 2 * s.padding);
-        let k = s.kernel;
-        let taps = (0..s.in_channels * k * k)
-            .map(|tap| (tap / (k * k)) * ph * pw + (tap / k % k) * pw + tap % k)
-            .collect();
+        let pw = s.width + 2 * s.padding;
+        let taps = tap_offsets(s);
         let ow = s.out_width();
         let pixels = if wide {
             (0..s.out_height() * pw).collect()
@@ -486,6 +485,15 @@ impl PatchOffsets {
         };
         PatchOffsets { taps, pixels, wide }
     }
+}
+
+/// Where each tap (c, di, dj) of a shape lies in its zero-padded image, in weight order:
+/// `c·ph·pw + di·pw + dj`.
+pub(super) fn tap_offsets(s: &Conv2dShape) -> Vec<usize> {
+    let (ph, pw, k) = (s.height + 2 * s.padding, s.width + 2 * s.padding, s.kernel);
+    (0..s.in_channels * k * k)
+        .map(|tap| (tap / (k * k)) * ph * pw + (tap / k % k) * pw + tap % k)
+        .collect()
 }
 
 /// An image's im2col columns `[in·k·k, out_h·out_w]` (or, transposed, `[out_h·out_w, in·k·k]`),

@@ -204,6 +204,22 @@ pub enum Rows<'a> {
 }
 
 impl Rows<'_> {
+    /// Where row `r` starts.
+    fn offset(&self, r: usize) -> usize {
+        match self {
+            Rows::Offsets(offsets) => offsets[r],
+            Rows::Stride(stride) => r * stride,
+        }
+    }
+
+    /// Whether there are `k` rows (a stride has any number).
+    fn has(&self, k: usize) -> bool {
+        match self {
+            Rows::Offsets(offsets) => offsets.len() == k,
+            Rows::Stride(_) => true,
+        }
+    }
+
     /// The offset of the last of `k` rows, the largest for a stride.
     fn last(&self, k: usize) -> usize {
         match self {
@@ -513,9 +529,9 @@ fn multiply(
 }
 
 /// C += A·B on the calling thread with the AVX-512 tile, A read in place: row i of A is
-/// `a[a_rows[i]..]`, its depth contiguous (a stride-1 convolution's patches, a row per tap,
-/// which packing would have to transpose). A short last panel of rows repeats row 0's pointer;
-/// those rows are dropped at the store.
+/// `a[a_rows.offset(i)..]`, its depth contiguous (a stride-1 convolution's patches, a row per
+/// tap; a row-major weight), which packing would have to transpose. A short last panel of rows
+/// repeats its first row's pointer; those rows are dropped at the store.
 ///
 /// # Panics
 /// If a row's depth runs past `a`, the shapes disagree or C is too short: bugs in the caller.
@@ -523,13 +539,13 @@ fn multiply(
 pub(super) fn gemm_a_in_place(
     c: &mut [f32],
     c_layout: Layout,
-    (a, a_rows): (&[f32], &[usize]),
+    (a, a_rows): (&[f32], Rows),
     b: &impl PackB,
 ) {
     let (m, n, ldc) = (c_layout.rows, c_layout.cols, c_layout.row_stride);
     let k = b.shape().0;
     assert!(
-        a_rows.len() == m && b.shape().1 == n && c_layout.col_stride == 1,
+        a_rows.has(m) && b.shape().1 == n && c_layout.col_stride == 1,
         "gemm_a_in_place shapes"
     );
     assert!(c.len() >= c_layout.extent(), "gemm: c too short");
@@ -537,8 +553,10 @@ pub(super) fn gemm_a_in_place(
         is_x86_feature_detected!("avx512f"),
         "gemm: AVX-512 unavailable"
     );
-    let last = a_rows.iter().max().copied().unwrap_or(0);
-    assert!(m == 0 || last + k <= a.len(), "gemm: A in place too short");
+    assert!(
+        m == 0 || a_rows.last(m) + k <= a.len(),
+        "gemm: A in place too short"
+    );
     if m == 0 || n == 0 || k == 0 {
         return;
     }
@@ -553,7 +571,7 @@ pub(super) fn gemm_a_in_place(
                     let height = (m - row).min(MR);
                     let rows = std::array::from_fn(|i| {
                         let r = if i < height { row + i } else { row };
-                        a[a_rows[r] + depth.start..].as_ptr()
+                        a[a_rows.offset(r) + depth.start..].as_ptr()
                     });
                     let store = Store {
                         c: c[row * ldc + col..].as_mut_ptr(),
@@ -565,8 +583,9 @@ pub(super) fn gemm_a_in_place(
                         col_bias: std::ptr::null(),
                         relu: false,
                     };
-                    // SAFETY: the CPU has AVX-512F (checked above); every row pointer has the block's depth in `a` (checked above), the panel holds it,
-                    // and the tile's corner lies in C.
+                    // SAFETY: the CPU has AVX-512F and every row has the block's depth in
+                    // `a` (both checked above), the panel holds that depth, and the tile's
+                    // corner lies in C.
                     unsafe {
                         let b = packed_b.as_ptr();
                         microkernel::avx512_tile_a_in_place(depth.len(), rows, b, store)
@@ -620,12 +639,8 @@ impl<B: PackB> Product<'_, B> {
         let end = cols.start + (cols.len() - 1) / NR * NR + NR;
         let few_rows = rows.len() <= IN_PLACE_ROWS;
         let in_place = self.b.in_place().filter(|b| {
-            let rows_fit = match b.rows {
-                Rows::Offsets(offsets) => offsets.len() == k,
-                Rows::Stride(_) => true,
-            };
             let inside = b.rows.last(k) + end <= b.data.len();
-            self.kernel == Kernel::Avx512 && few_rows && rows_fit && inside
+            self.kernel == Kernel::Avx512 && few_rows && b.rows.has(k) && inside
         });
         with_scratch(&PACKED_A, scratch_a, |scratch_a| {
             with_scratch(&PACKED_B, KC * NR, |packed_b| {

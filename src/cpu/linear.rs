@@ -4,7 +4,7 @@
 use super::gemm::{gemm, Epilogue, Layout, Matrix, A};
 #[cfg(target_arch = "x86_64")]
 use super::{
-    gemm::{gemm_a_in_place, Kernel},
+    gemm::{gemm_a_in_place, Kernel, Rows},
     microkernel::MR,
     scratch::{with_scratch, PARTIALS},
 };
@@ -77,7 +77,6 @@ const ALIASING_FLOATS: usize = 1024;
 fn forward_transposed(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bool, y: &mut [f32]) {
     use rayon::prelude::*;
     let (batch, out) = (s.batch, s.out_features);
-    let rows: Vec<usize> = (0..out).map(|o| o * s.in_features).collect();
     let x_t = Matrix::new(x, Layout::row_major(batch, s.in_features).t());
     with_scratch(&PARTIALS, out * batch, |y_t| {
         y_t.fill(0.0);
@@ -86,12 +85,13 @@ fn forward_transposed(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bo
         y_t.par_chunks_mut(per_part * batch)
             .enumerate()
             .for_each(|(part, c)| {
-                let first = part * per_part;
-                let n = c.len() / batch;
+                // This part's rows of W, one after the other.
+                let w = &w[part * per_part * s.in_features..];
+                let rows = Rows::Stride(s.in_features);
                 gemm_a_in_place(
                     c,
-                    Layout::row_major(n, batch),
-                    (w, &rows[first..first + n]),
+                    Layout::row_major(c.len() / batch, batch),
+                    (w, rows),
                     &x_t,
                 );
             });

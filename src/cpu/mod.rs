@@ -1,11 +1,13 @@
 //! Fast CPU ops: the `cpu` device. Same contracts as [`crate::reference`], f32 only.
 //!
-//! Convolutions and linear layers are products on [`gemm`], a packed SGEMM with an AVX-512
-//! micro-kernel (chosen at run time; portable loops elsewhere): convolutions one per image,
-//! images split across threads, their patches packed straight from the image; linear layers one
-//! product each, split along the output. Convolutions too shallow for a product (conv1: one input
-//! channel, nine taps) are computed straight from the image instead (`shallow.rs`). The rest are single passes over memory in parallel
-//! chunks. All threads are rayon's global pool, set up by [`init_threads`], which every op calls
+//! Convolutions and linear layers are products on [`gemm`], an SGEMM with an AVX-512
+//! micro-kernel (chosen at run time; portable loops elsewhere) that packs its operands into
+//! panels or, where they already lie in runs it can read, reads them in place: convolutions one
+//! per image, images split across threads, their patches taken straight from the image; linear
+//! layers one product each, split along the output. Convolutions too shallow for a product
+//! (conv1: one input channel, nine taps) are computed straight from the image (`shallow.rs`),
+//! and each convolution with the pool after it image by image (`conv_pool.rs`). The rest are
+//! single passes over memory in parallel chunks. All threads are rayon's global pool, set up by [`init_threads`], which every op calls
 //! first.
 //!
 //! For fused ops: [`linear_relu_forward`] is the linear forward with ReLU in the GEMM's

@@ -16,7 +16,7 @@
 //! Shapes with fewer taps run as nine, the extra ones with a zero weight (forward) or a sum that
 //! is dropped (weight gradient).
 
-use super::conv::{pad, padded_len, sum_per_thread};
+use super::conv::{self, pad, padded_len, sum_per_thread};
 use super::gemm::Kernel;
 use super::scratch::{with_scratch, COLUMNS};
 use crate::Conv2dShape;
@@ -37,13 +37,10 @@ pub fn applies(kernel: Kernel, s: &Conv2dShape) -> bool {
 /// Offsets of the taps in the padded image, padded to [`MAX_TAPS`] with tap 0 (always a valid
 /// offset) for the taps a shape lacks.
 fn tap_offsets(s: &Conv2dShape) -> ([usize; MAX_TAPS], usize) {
-    let (ph, pw, k) = (s.height + 2 * s.padding, s.width + 2 * s.padding, s.kernel);
-    let taps = s.in_channels * k * k;
+    let taps = conv::tap_offsets(s);
     let mut offsets = [0; MAX_TAPS];
-    for (t, offset) in offsets.iter_mut().enumerate().take(taps) {
-        *offset = (t / (k * k)) * ph * pw + (t / k % k) * pw + t % k;
-    }
-    (offsets, taps)
+    offsets[..taps.len()].copy_from_slice(&taps);
+    (offsets, taps.len())
 }
 
 /// Where the 16-wide vectors of an output row start: every 16, then (rows of at least 16) the

@@ -194,7 +194,10 @@ impl<'a> Family<'a> {
 fn precisions(device: &Device) -> Vec<(Precision, &'static str)> {
     match device {
         Device::Cpu => vec![(Precision::Fp32, "")],
-        _ => vec![(Precision::Fp32, "_fp32"), (Precision::Tf32, "_tf32")],
+        _ => [(Precision::Fp32, "_fp32"), (Precision::Tf32, "_tf32")]
+            .into_iter()
+            .filter(|(precision, _)| device.check_precision(*precision).is_ok())
+            .collect(),
     }
 }
 

@@ -140,11 +140,13 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     forward<SimtEngine>(x, w, bias, y, CONV_SHAPE);
 }
 
+#if __CUDA_ARCH__ >= 800
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     conv2d_forward_tf32(const float* x, const float* w, const float* bias, float* y,
                         CONV_SIZE_PARAMS) {
     forward<Tf32Engine>(x, w, bias, y, CONV_SHAPE);
 }
+#endif
 
 // dx = the gradient of the input: C[in_channels, batch·height·width], each column an input
 // pixel, summing over the output pixels and taps that read it. Every dx element is written.
@@ -166,10 +168,12 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     backward_input<SimtEngine>(w, dy, dx, CONV_SHAPE);
 }
 
+#if __CUDA_ARCH__ >= 800
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     conv2d_backward_input_tf32(const float* w, const float* dy, float* dx, CONV_SIZE_PARAMS) {
     backward_input<Tf32Engine>(w, dy, dx, CONV_SHAPE);
 }
+#endif
 
 // Stores element (o, d) of the weight gradient's C[out_channels, D + 1]: columns [0, D) are dW,
 // column D is db.
@@ -199,11 +203,13 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     backward_weight<SimtEngine>(x, dy, dw, db, parts, CONV_SHAPE);
 }
 
+#if __CUDA_ARCH__ >= 800
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     conv2d_backward_weight_tf32(const float* x, const float* dy, float* dw, float* db,
                                 float* parts, CONV_SIZE_PARAMS) {
     backward_weight<Tf32Engine>(x, dy, dw, db, parts, CONV_SHAPE);
 }
+#endif
 
 // The split weight gradient's second pass: adds the `splits` partial [out_channels, D + 1]
 // products in parts, in order. One thread per element.

@@ -2,14 +2,22 @@
 // engines that multiply the staged slices: exact fp32 on the SIMT cores, or TF32 on the tensor
 // cores.
 //
-// A pass computes C[m, n] = Σ_d A(i, d)·B(j, d). A and B are "views": small structs that say
-// where element (row, d) lives, so an op supplies only its views and how a finished element is
-// stored. A block of 256 threads owns a 64x64 tile of C and walks the depth in slices of 16:
-//   stage slice s + 1 into the other shared buffer   (cp.async where the view is a plain load)
+// A pass computes C[i, j] = Σ_d A(i, d)·B(j, d) for C of m rows and n columns. A and B are
+// "views": small structs that say where element (row, d) lives, so an op supplies only its views
+// and how a finished element is stored. A block of 256 threads owns a 64x64 tile of C and walks
+// the depth in slices of 16:
+//   start loading slice s + 1                         (cp.async into the other shared buffer
+//                                                      where the view is a plain load and the
+//                                                      GPU has cp.async; else into registers)
 //   wait for slice s, __syncthreads
 //   multiply slice s into the accumulators            (the engine)
+//   store the registers of slice s + 1 into the other buffer
 //   __syncthreads                                     (slice s's buffer is refilled next)
-// so loading the next slice overlaps the arithmetic on this one.
+// so the global loads of the next slice are in flight while this one is multiplied.
+//
+// Architectures: cp.async and the TF32 mma exist from sm_80 (Ampere) on. Compiled for Turing
+// (sm_75) every operand is staged through registers and the TF32 engine is left out, so the
+// _tf32 kernels exist only from sm_80 (their files put them under `#if __CUDA_ARCH__ >= 800`).
 //
 // A long sum over few tiles is split across gridDim.z blocks: split z writes its partial tile to
 // parts[z][m][n] and a second kernel (sum_parts) adds the parts in z order, so results never
@@ -22,7 +30,8 @@
 // ---- The PTX instructions the TF32 engine uses. The emulator's cuda_emulator.h defines the same
 // functions for the CPU, so g++ never sees the asm. ------------------------------------------
 
-#ifdef __CUDA_ARCH__
+#ifdef __CUDACC__
+#if __CUDA_ARCH__ >= 800
 // x rounded to TF32 (10 mantissa bits), to nearest with ties away from zero; the low 13 bits of
 // the result are zero.
 __device__ __forceinline__ unsigned cvt_rna_tf32(float x) {
@@ -62,6 +71,14 @@ template <int Pending> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(Pending) : "memory");
 }
 #endif
+#endif
+
+// Whether plain-load operands are staged with cp.async (sm_80 on) or through registers.
+#if __CUDA_ARCH__ >= 800
+#define GEMM_CP_ASYNC 1
+#else
+#define GEMM_CP_ASYNC 0
+#endif
 
 // ---- Staging ----------------------------------------------------------------------------------
 
@@ -78,24 +95,73 @@ struct Rows {
     __device__ const float* address(int row, int d) const { return &p[row * depth + d]; }
 };
 
-// Copies rows [row0, row0 + 64) x depth [d0, d0 + 16) of an operand into slice[d][r], zero
-// outside [rows, depth].
-template <int Pad, typename View>
-__device__ __forceinline__ void stage_slice(float (*slice)[GEMM_TILE + Pad], const View& view,
-                                            int rows, int depth, int row0, int d0) {
-    for (int e = threadIdx.x; e < GEMM_TILE * GEMM_DEPTH; e += GEMM_THREADS) {
-        int d = View::depth_contiguous ? e % GEMM_DEPTH : e / GEMM_TILE;
-        int r = View::depth_contiguous ? e / GEMM_DEPTH : e % GEMM_TILE;
-        int row = row0 + r, k = d0 + d;
-        bool inside = row < rows && k < depth;
-        if constexpr (View::addressable) {
-            // Outside, a zero-filling copy from an address that is certainly valid.
-            cp_async_4(&slice[d][r], inside ? view.address(row, k) : view.address(0, 0),
-                       inside ? 4u : 0u);
-        } else {
-            slice[d][r] = inside ? view(row, k) : 0.0f;
+// Elements of a 64x16 slice each thread stages.
+#define GEMM_STAGED (GEMM_TILE * GEMM_DEPTH / GEMM_THREADS)
+
+// Where element i of this thread's share of a slice lies: row r, depth d within the slice. The
+// same for every slice, so whatever a view derives from the row alone stays loop-invariant.
+template <typename View> __device__ __forceinline__ void staged_element(int i, int& r, int& d) {
+    int e = (int)threadIdx.x + i * GEMM_THREADS;
+    d = View::depth_contiguous ? e % GEMM_DEPTH : e / GEMM_TILE;
+    r = View::depth_contiguous ? e / GEMM_DEPTH : e % GEMM_TILE;
+}
+
+// Brings rows [row0, row0 + 64) x depth [d0, d0 + 16) of an operand into slice[d][r], zero outside
+// [rows, depth]: `load` starts it (cp.async copies, or loads into registers), `store` finishes it
+// (writes the registers; cp.async copies land at their wait instead).
+template <typename View> struct Staging {
+    static constexpr bool async = View::addressable && GEMM_CP_ASYNC;
+    float values[GEMM_STAGED];
+
+    template <int Pad>
+    __device__ __forceinline__ void load(float (*slice)[GEMM_TILE + Pad], const View& view,
+                                         int rows, int depth, int row0, int d0) {
+#pragma unroll
+        for (int i = 0; i < GEMM_STAGED; ++i) {
+            int r, d;
+            staged_element<View>(i, r, d);
+            int row = row0 + r, k = d0 + d;
+            bool inside = row < rows && k < depth;
+            if constexpr (async) {
+#if GEMM_CP_ASYNC
+                // Outside, a zero-filling copy from an address that is certainly valid.
+                cp_async_4(&slice[d][r], inside ? view.address(row, k) : view.address(0, 0),
+                           inside ? 4u : 0u);
+#endif
+            } else if constexpr (View::addressable) {
+                (void)slice;  // written by store
+                values[i] = inside ? *view.address(row, k) : 0.0f;
+            } else {
+                (void)slice;
+                values[i] = inside ? view(row, k) : 0.0f;
+            }
         }
     }
+
+    template <int Pad> __device__ __forceinline__ void store(float (*slice)[GEMM_TILE + Pad]) {
+        if constexpr (!async) {
+#pragma unroll
+            for (int i = 0; i < GEMM_STAGED; ++i) {
+                int r, d;
+                staged_element<View>(i, r, d);
+                slice[d][r] = values[i];
+            }
+        }
+    }
+};
+
+// cp.async's group bookkeeping, nothing where the GPU has no cp.async.
+__device__ __forceinline__ void staging_commit() {
+#if GEMM_CP_ASYNC
+    cp_async_commit();
+#endif
+}
+
+// Waits until this thread's copies of every slice but the newest have landed.
+__device__ __forceinline__ void staging_wait_all_but_newest() {
+#if GEMM_CP_ASYNC
+    cp_async_wait<1>();
+#endif
 }
 
 // This block's share [begin, end) of the depth: part blockIdx.z of gridDim.z, in whole slices.
@@ -108,7 +174,8 @@ __device__ __forceinline__ void depth_range(int depth, int& begin, int& end) {
 
 // ---- Engines: each holds 16 accumulators per thread and multiplies one staged slice --------
 
-// fp32 on the SIMT cores, exact products and sums in depth order. Thread (tx, ty) of a 16x16 grid
+// fp32 on the SIMT cores: each step one fused multiply-add (fmaf, rounded once, on the GPU and on
+// the emulator alike), in depth order. Thread (tx, ty) of a 16x16 grid
 // owns rows ty + 16·i and columns tx + 16·j: a half-warp reads 16 consecutive floats of a B slice
 // and stores 16 consecutive elements of a row of C.
 struct SimtEngine {
@@ -137,7 +204,7 @@ struct SimtEngine {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] += a_frag[i] * b_frag[j];
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a_frag[i], b_frag[j], acc[i][j]);
             }
         }
     }
@@ -153,6 +220,7 @@ struct SimtEngine {
     }
 };
 
+#if __CUDA_ARCH__ >= 800
 // TF32 on the tensor cores. Warp w (of 8) owns rows 16·(w / 2) .. + 16 and columns
 // 32·(w % 2) .. + 32 of the tile: four m16n8k8 products per step of 8 along the depth. With
 // g = lane / 4 and t = lane % 4, the PTX fragments are
@@ -205,10 +273,11 @@ struct Tf32Engine {
         }
     }
 };
+#endif
 
 // ---- The tile loop ----------------------------------------------------------------------------
 
-// Computes this block's tile of C[m, n] = Σ_d A(i, d)·B(j, d) over its share of the depth and
+// Computes this block's tile of C[i, j] = Σ_d A(i, d)·B(j, d) over its share of the depth and
 // hands each element inside C to store(row, col, value); a split's partial sums go to
 // parts[blockIdx.z][m][n] instead. Every thread of the block must call it (it has barriers).
 template <typename Engine, typename A, typename B, typename Store>
@@ -222,21 +291,31 @@ __device__ __forceinline__ void gemm_tile(const A& a, const B& b, int m, int n, 
     engine.zero();
     int begin, end;
     depth_range(depth, begin, end);
+    Staging<A> a_staging;
+    Staging<B> b_staging;
     if (begin < end) {
-        stage_slice<pad>(a_slices[0], a, m, depth, row0, begin);
-        stage_slice<pad>(b_slices[0], b, n, depth, col0, begin);
+        a_staging.template load<pad>(a_slices[0], a, m, depth, row0, begin);
+        b_staging.template load<pad>(b_slices[0], b, n, depth, col0, begin);
+        a_staging.template store<pad>(a_slices[0]);
+        b_staging.template store<pad>(b_slices[0]);
     }
-    cp_async_commit();
+    staging_commit();
     for (int d0 = begin, s = 0; d0 < end; d0 += GEMM_DEPTH, s ^= 1) {
-        if (d0 + GEMM_DEPTH < end) {
-            stage_slice<pad>(a_slices[s ^ 1], a, m, depth, row0, d0 + GEMM_DEPTH);
-            stage_slice<pad>(b_slices[s ^ 1], b, n, depth, col0, d0 + GEMM_DEPTH);
+        bool next = d0 + GEMM_DEPTH < end;
+        if (next) {
+            a_staging.template load<pad>(a_slices[s ^ 1], a, m, depth, row0, d0 + GEMM_DEPTH);
+            b_staging.template load<pad>(b_slices[s ^ 1], b, n, depth, col0, d0 + GEMM_DEPTH);
         }
-        cp_async_commit();    // possibly empty: one group per step keeps the count simple
-        cp_async_wait<1>();   // this step's slice has landed (the next may still be in flight)
-        __syncthreads();      // ... for every thread's copies, not only this one's
+        staging_commit();               // possibly empty: one group per step keeps counts simple
+        staging_wait_all_but_newest();  // this step's slice has landed (the next may be in flight)
+        __syncthreads();                // ... for every thread's copies, not only this one's
         engine.multiply(a_slices[s], b_slices[s]);
-        __syncthreads();      // the buffer just read is refilled next step
+        if (next) {
+            // Buffer s ^ 1 was last read before the previous step's closing barrier.
+            a_staging.template store<pad>(a_slices[s ^ 1]);
+            b_staging.template store<pad>(b_slices[s ^ 1]);
+        }
+        __syncthreads();                // the buffer just read is refilled next step
     }
     bool split = gridDim.z > 1;
     engine.for_each([&](int r, int c, float value) {

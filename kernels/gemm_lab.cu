@@ -64,7 +64,9 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     lab_gemm<SimtEngine>(a, b, c, m, n, k);
 }
 
+#if __CUDA_ARCH__ >= 800
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     gemm_lab_tf32(const float* a, const float* b, float* c, int m, int n, int k) {
     lab_gemm<Tf32Engine>(a, b, c, m, n, k);
 }
+#endif

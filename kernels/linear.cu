@@ -52,11 +52,13 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     forward<SimtEngine>(x, w, bias, y, parts, batch, in_features, out_features, relu);
 }
 
+#if __CUDA_ARCH__ >= 800
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     linear_forward_tf32(const float* x, const float* w, const float* bias, float* y, float* parts,
                         int batch, int in_features, int out_features, int relu) {
     forward<Tf32Engine>(x, w, bias, y, parts, batch, in_features, out_features, relu);
 }
+#endif
 
 // dx[batch, in] = dy·W.
 // Grid: (⌈in / 64⌉, ⌈batch / 64⌉, splits of out) blocks of 256 threads.
@@ -76,11 +78,13 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     backward_input<SimtEngine>(w, dy, dx, parts, batch, in_features, out_features);
 }
 
+#if __CUDA_ARCH__ >= 800
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     linear_backward_input_tf32(const float* w, const float* dy, float* dx, float* parts,
                                int batch, int in_features, int out_features) {
     backward_input<Tf32Engine>(w, dy, dx, parts, batch, in_features, out_features);
 }
+#endif
 
 // dW[out, in] = dyᵀ·x: the sum over the batch runs along the depth.
 // Grid: (⌈in / 64⌉, ⌈out / 64⌉, splits of batch) blocks of 256 threads.
@@ -100,11 +104,13 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     backward_weight<SimtEngine>(x, dy, dw, parts, batch, in_features, out_features);
 }
 
+#if __CUDA_ARCH__ >= 800
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
     linear_backward_weight_tf32(const float* x, const float* dy, float* dw, float* parts,
                                 int batch, int in_features, int out_features) {
     backward_weight<Tf32Engine>(x, dy, dw, parts, batch, in_features, out_features);
 }
+#endif
 
 // The second pass of any split linear product C [rows, cols]: adds the `splits` partial products
 // in parts, in order, then stores as the first pass would have (bias and relu: the forward's

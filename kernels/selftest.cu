@@ -135,8 +135,10 @@ extern "C" __global__ void selftest_shared_read_before_write(float* __restrict__
     read_before_write<2>(out);
 }
 
-// The tensor-core and cp.async wrappers of the GEMM kernels.
+// The tensor-core and cp.async wrappers of the GEMM kernels, which exist from sm_80 on.
 #include "gemm.cuh"
+
+#if __CUDA_ARCH__ >= 800
 
 // One mma.sync m16n8k8 TF32 by one warp: D = A·B + C with A [16][8], B [8][8] (k, n) and C, D
 // [16][8], row-major. Each lane loads its fragments as the PTX ISA lays them out, from the raw
@@ -193,8 +195,9 @@ extern "C" __global__ void selftest_cp_async(const float* __restrict__ x, float*
 }
 
 // Deliberately wrong, for the emulator only (a race on a GPU): out[i] = a copy's destination
-// read before any wait. The emulator performs copies only at a wait that covers them, so it
-// reads the -1 stored first, and a kernel that forgets its wait fails its tests there.
+// read before any wait. The emulator performs copies only at a wait that covers them and holds
+// NaN in their destinations until then, so it reads NaN, and a kernel that forgets its wait
+// fails its tests there.
 extern "C" __global__ void selftest_cp_async_unwaited(const float* __restrict__ x,
                                                       float* __restrict__ out) {
     __shared__ float staged[32];
@@ -206,3 +209,28 @@ extern "C" __global__ void selftest_cp_async_unwaited(const float* __restrict__ 
     out[i] = staged[i];
     cp_async_wait<0>();
 }
+
+// cp.async double-buffered as the GEMM tile loop does it, one block of 32 threads, x of 32·steps
+// floats: at step s each thread copies x[32 (s + 1) + i] into the other buffer, waits for step
+// s's copies, and reads its neighbour's: out[32 s + i] = x[32 s + (i + 1) % 32]. Bit 0 of
+// `barriers` puts the __syncthreads after the wait, bit 1 the one after the read. With either
+// missing the kernel is deliberately wrong (a race on a GPU), for the emulator to catch: a
+// neighbour's copy read before its wait, or a buffer refilled while a neighbour still reads it,
+// reads NaN there.
+extern "C" __global__ void selftest_cp_async_pipeline(const float* __restrict__ x,
+                                                      float* __restrict__ out, int steps,
+                                                      int barriers) {
+    __shared__ float staged[2][32];
+    unsigned i = threadIdx.x;
+    cp_async_4(&staged[0][i], &x[i], 4);
+    cp_async_commit();
+    for (int s = 0; s < steps; ++s) {
+        if (s + 1 < steps) cp_async_4(&staged[(s + 1) % 2][i], &x[32 * (s + 1) + i], 4);
+        cp_async_commit();
+        cp_async_wait<1>();
+        if (barriers & 1) __syncthreads();
+        out[32 * s + i] = staged[s % 2][(i + 1) % 32];
+        if (barriers & 2) __syncthreads();
+    }
+}
+#endif

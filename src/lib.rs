@@ -19,13 +19,15 @@ mod device;
 mod emulator;
 mod error;
 pub mod gemm_lab;
+pub mod gpu_arch;
 pub mod launch;
 pub mod reference;
 mod shapes;
 
 pub use cuda::Gpu;
-pub use device::{Buffer, Device, Element, Graph, TensorTable};
+pub use device::{Buffer, Device, Element, Graph, TensorTable, EMULATED_CC_VARIABLE};
 pub use error::{Error, Result};
+pub use gpu_arch::ComputeCapability;
 pub use shapes::{
     Activation, AdamHyper, AdamStep, Conv2dShape, LinearShape, Pool2dShape, Precision, XentShape,
     IGNORE_LABEL, PAD_INDEX,

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{assert_close, kernel_device, random, widen};
+use kernels::gpu_arch::ComputeCapability;
 use kernels::launch::{KernelArg, Launch};
 use kernels::{Buffer, Device, Element};
 use rand::rngs::StdRng;
@@ -265,6 +266,25 @@ fn tiled_matmul_with_barriers_in_a_loop() {
 }
 
 /// One warp's launch of `kernel`.
+/// The kernel device where it has TF32 tensor cores and cp.async (compute capability 8.0 on),
+/// whose self-tests exist only there; None, with a note, on Turing.
+fn ampere_device() -> Option<Device> {
+    let dev = kernel_device();
+    let ampere = dev.capability().is_some_and(|cc| cc.has_tf32());
+    if !ampere {
+        eprintln!(
+            "skipped: {} has no TF32 tensor cores or cp.async",
+            dev.name()
+        );
+    }
+    ampere.then_some(dev)
+}
+
+/// The emulated device as a GPU with cp.async, for the deliberately wrong kernels.
+fn emulated_ampere() -> Device {
+    Device::Emulated(ComputeCapability::EMULATED_DEFAULT)
+}
+
 fn one_warp(kernel: &'static str, args: Vec<KernelArg>) -> Launch {
     Launch::linear(kernel, 32, 32, args)
 }
@@ -296,7 +316,7 @@ fn identity8() -> Vec<f32> {
 /// not matter.)
 #[test]
 fn mma_tf32_fragments_follow_the_ptx_layout() {
-    let dev = kernel_device();
+    let Some(dev) = ampere_device() else { return };
     // A[m][k] = 8·m + k + 1: distinct, and exact in TF32.
     let a: Vec<f32> = (0..128).map(|e| e as f32 + 1.0).collect();
     let (d, lanes) = mma(&dev, &a, &identity8(), &[0.0; 128]);
@@ -322,7 +342,7 @@ fn mma_tf32_fragments_follow_the_ptx_layout() {
 /// so only the fp32 accumulation may differ, by a few ulps of Σ|a·b| + |c|.
 #[test]
 fn mma_tf32_computes_a_times_b_plus_c() {
-    let dev = kernel_device();
+    let Some(dev) = ampere_device() else { return };
     let mut rng = StdRng::seed_from_u64(9);
     // Multiples of 2^-8 in (-4, 4): 11 significant bits at most.
     let mut tf32_exact = |n| -> Vec<f32> {
@@ -352,7 +372,7 @@ fn mma_tf32_computes_a_times_b_plus_c() {
 /// 13. 1 + 2^-11 + 2^-20 would round to 1 + 2^-10; truncated it is 1.
 #[test]
 fn mma_tf32_truncates_raw_fp32_operands() {
-    let dev = kernel_device();
+    let Some(dev) = ampere_device() else { return };
     let raw = 1.0 + 2f32.powi(-11) + 2f32.powi(-20);
     let mut a = vec![0.0; 128];
     a[0] = raw; // A[0][0]
@@ -366,7 +386,7 @@ fn mma_tf32_truncates_raw_fp32_operands() {
 /// a carry may reach Inf.
 #[test]
 fn cvt_rna_tf32_rounds_to_nearest_ties_away() {
-    let dev = kernel_device();
+    let Some(dev) = ampere_device() else { return };
     let cases: [(u32, u32, &str); 14] = [
         (0x3f80_0000, 0x3f80_0000, "1 is exact"),
         (0x3f80_1000, 0x3f80_2000, "1 + 2^-11, a tie, rounds away"),
@@ -434,7 +454,7 @@ fn cvt_rna_tf32_rounds_to_nearest_ties_away() {
 /// threads after the barrier.
 #[test]
 fn cp_async_groups_land_at_their_wait() {
-    let dev = kernel_device();
+    let Some(dev) = ampere_device() else { return };
     let x: Vec<f32> = (0..64).map(|i| i as f32 + 1.0).collect();
     let xb = dev.upload(&x).unwrap();
     let mut out = dev.upload(&[f32::NAN; 96]).unwrap();
@@ -453,17 +473,64 @@ fn cp_async_groups_land_at_their_wait() {
     assert_eq!(out[64..], [0.0; 32], "zero-filled");
 }
 
-/// The emulator performs a copy only at a wait that covers it, so a kernel that reads too early
-/// reads what was there before, deterministically (on a GPU: a race, so emulator only).
+/// The emulator performs a copy only at a wait that covers it and holds NaN in its destination
+/// until then, so a kernel that reads too early reads NaN, deterministically (on a GPU: a race,
+/// so emulator only).
 #[test]
 fn cp_async_is_not_visible_before_its_wait_on_the_emulator() {
-    let dev = Device::Emulated;
+    let dev = emulated_ampere();
     let x: Vec<f32> = (0..32).map(|i| i as f32 + 1.0).collect();
     let xb = dev.upload(&x).unwrap();
     let mut out = dev.upload(&[f32::NAN; 32]).unwrap();
     let args = vec![xb.arg(), out.arg_mut()];
     launch(&dev, one_warp("selftest_cp_async_unwaited", args));
-    assert_eq!(download(&dev, &out), [-1.0; 32]);
+    let out = download(&dev, &out);
+    assert!(out.iter().all(|v| v.is_nan()), "{out:?}");
+}
+
+/// selftest_cp_async_pipeline with the `barriers` given (bit 0: after the wait, bit 1: after
+/// the read), over 4 steps.
+fn cp_async_pipeline(dev: &Device, barriers: i32) -> (Vec<f32>, Vec<f32>) {
+    let steps: usize = 4;
+    let x: Vec<f32> = (0..32 * steps).map(|i| i as f32 + 1.0).collect();
+    let xb = dev.upload(&x).unwrap();
+    let mut out = dev.upload(&vec![f32::NAN; x.len()]).unwrap();
+    let args = vec![
+        xb.arg(),
+        out.arg_mut(),
+        KernelArg::I32(steps as i32),
+        KernelArg::I32(barriers),
+    ];
+    launch(dev, one_warp("selftest_cp_async_pipeline", args));
+    let want = (0..x.len())
+        .map(|e| x[e / 32 * 32 + (e + 1) % 32])
+        .collect();
+    (download(dev, &out), want)
+}
+
+/// The double-buffered cp.async of the GEMM tile loop, with both barriers: every thread reads
+/// its neighbour's copy of each step.
+#[test]
+fn cp_async_double_buffering_with_both_barriers_reads_every_copy() {
+    let Some(dev) = ampere_device() else { return };
+    let (got, want) = cp_async_pipeline(&dev, 3);
+    assert_eq!(got, want);
+}
+
+/// Either barrier left out, the pipeline races on a GPU; the emulator makes it fail for sure:
+/// without the barrier after the wait a thread reads a neighbour's copy still in flight, without
+/// the one after the read a thread refills the buffer its neighbours still read. Both read NaN.
+#[test]
+fn cp_async_races_from_a_missing_barrier_read_nan_on_the_emulator() {
+    let dev = emulated_ampere();
+    for (barriers, missing) in [(2, "after the wait"), (1, "after the read")] {
+        let (got, want) = cp_async_pipeline(&dev, barriers);
+        assert_ne!(got, want, "no barrier {missing}, yet every value arrived");
+        assert!(
+            got.iter().any(|v| v.is_nan()),
+            "no barrier {missing}: {got:?}"
+        );
+    }
 }
 
 /// Static `__shared__` memory starts as NaN in every block on the emulator, as dynamic shared
@@ -473,7 +540,7 @@ fn cp_async_is_not_visible_before_its_wait_on_the_emulator() {
 /// left them, so without the poisoning this sees numbers.
 #[test]
 fn static_shared_memory_reads_nan_before_it_is_written_on_the_emulator() {
-    let dev = Device::Emulated;
+    let dev = emulated_ampere();
     let blocks = 8;
     for launch_number in 0..2 {
         let mut out = dev.zeros::<f32>(33 * blocks).unwrap();

@@ -10,27 +10,17 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use cudarc::driver::sys::{CUdevice_attribute_enum, CUfunction_attribute_enum};
+use cudarc::driver::sys::{self as driver_sys, CUdevice_attribute_enum, CUfunction_attribute_enum};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DriverError,
     LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
+use crate::gpu_arch::{self, image_for, ComputeCapability, Image, KernelModule, KERNEL_MODULES};
 use crate::launch::gemm::gemm_parts_len;
 use crate::launch::Launch;
 use crate::{Element, Error, Result};
-
-/// The PTX (and CUBIN) of one `kernels/*.cu` file, embedded by build.rs.
-pub(crate) struct KernelModule {
-    pub file: &'static str,
-    pub kernels: &'static [&'static str],
-    pub ptx: &'static str,
-    pub cubin: &'static [u8],
-}
-
-// Defines NVRTC_VERSION and KERNEL_MODULES.
-include!(concat!(env!("OUT_DIR"), "/kernel_modules.rs"));
 
 /// The file of the self-test kernels: loaded only when a test launches one of them, so that the
 /// trainer never loads them (one hangs a GPU on purpose).
@@ -46,11 +36,10 @@ pub struct Gpu {
     functions: HashMap<&'static str, CudaFunction>,
     /// The self-test kernels, loaded on first use.
     selftest_functions: OnceLock<Result<HashMap<&'static str, CudaFunction>>>,
-    capability: (i32, i32),
+    identity: Identity,
     /// The kernel launched last: an asynchronous fault shows up at the next synchronisation,
     /// and this is the best guess of whose it is.
     last_kernel: Mutex<&'static str>,
-    name: String,
     sm_count: usize,
     /// Where split GEMM sums write their partial products: allocated once, at its largest, so
     /// that no op allocates (a captured CUDA graph keeps its address). An op holds the lock while
@@ -62,9 +51,36 @@ pub struct Gpu {
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gpu({})", self.name)
+        write!(f, "Gpu({})", self.identity)
     }
 }
+
+/// What a message about the GPU names: the GPU, its compute capability and the driver's CUDA
+/// version.
+#[derive(Clone, Debug)]
+struct Identity {
+    name: String,
+    capability: ComputeCapability,
+    /// `cuDriverGetVersion`: 12040 for CUDA 12.4.
+    driver_version: i32,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (compute capability {}, driver for CUDA {}.{})",
+            self.name,
+            self.capability,
+            self.driver_version / 1000,
+            self.driver_version % 1000 / 10
+        )
+    }
+}
+
+/// The oldest driver the binary runs on: CUDA 12.0 (R525). The CUBINs come from a CUDA 12 NVRTC,
+/// which every 12.x driver loads, and the driver functions called are those of 12.0.
+const OLDEST_DRIVER: i32 = 12_000;
 
 fn device_error(what: impl Into<String>) -> Error {
     Error::Device {
@@ -82,14 +98,14 @@ impl Gpu {
     /// Whether this binary has GPU kernels and a CUDA driver that sees a GPU.
     pub fn is_available() -> bool {
         // SAFETY: only tries to open the library.
-        NVRTC_VERSION.is_some()
+        gpu_arch::nvrtc_version().is_some()
             && unsafe { cudarc::driver::sys::is_culib_present() }
             && CudaContext::device_count().is_ok_and(|count| count > 0)
     }
 
     /// Opens GPU 0 and loads every kernel module.
     pub fn new() -> Result<Gpu> {
-        if NVRTC_VERSION.is_none() {
+        if gpu_arch::nvrtc_version().is_none() {
             return Err(device_error(
                 "this binary was built without NVRTC, so it has no GPU kernels; build it with \
                  libnvrtc on LD_LIBRARY_PATH (see .ci/run)",
@@ -110,9 +126,35 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver("cannot create a stream"))?;
         let name = ctx.name().unwrap_or_else(|_| "GPU 0".to_string());
-        let capability = ctx
+        let (major, minor) = ctx
             .compute_capability()
             .map_err(driver("cannot read the compute capability"))?;
+        let mut driver_version = 0;
+        // SAFETY: writes one int.
+        unsafe { driver_sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .map_err(driver("cannot read the driver's CUDA version"))?;
+        let identity = Identity {
+            name,
+            capability: ComputeCapability::new(major.max(0) as u32, minor.max(0) as u32),
+            driver_version,
+        };
+        let refuse = |why: String| {
+            device_error(format!(
+                "{identity}: {why}; this binary carries {}",
+                gpu_arch::carried()
+            ))
+        };
+        if let Some(why) = identity.capability.unsupported() {
+            return Err(refuse(why));
+        }
+        if driver_version < OLDEST_DRIVER {
+            return Err(refuse(
+                "the driver is older than CUDA 12.0, the oldest the kernels were built for; \
+                 update the NVIDIA driver to R525 or newer"
+                    .to_string(),
+            ));
+        }
         let sm_count = ctx
             .attribute(CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver("cannot read the number of SMs"))?
@@ -122,15 +164,14 @@ impl Gpu {
             .map_err(driver("cannot allocate the GEMM workspace"))?;
         let mut functions = HashMap::new();
         for module in KERNEL_MODULES.iter().filter(|m| m.file != SELFTEST_FILE) {
-            functions.extend(load_functions(&ctx, module, capability)?);
+            functions.extend(load_functions(&ctx, module, &identity)?);
         }
         Ok(Gpu {
             stream,
             functions,
             selftest_functions: OnceLock::new(),
-            capability,
+            identity,
             last_kernel: Mutex::new("(none yet)"),
-            name,
             sm_count,
             gemm_parts: Mutex::new(gemm_parts),
             capturing: AtomicBool::new(false),
@@ -141,7 +182,7 @@ impl Gpu {
     fn selftest_functions(&self) -> Result<&HashMap<&'static str, CudaFunction>> {
         let loaded = self.selftest_functions.get_or_init(|| {
             match KERNEL_MODULES.iter().find(|m| m.file == SELFTEST_FILE) {
-                Some(module) => load_functions(self.stream.context(), module, self.capability),
+                Some(module) => load_functions(self.stream.context(), module, &self.identity),
                 None => Ok(HashMap::new()),
             }
         });
@@ -160,7 +201,12 @@ impl Gpu {
 
     /// The GPU's name, as the driver reports it.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.identity.name
+    }
+
+    /// The GPU's compute capability.
+    pub fn capability(&self) -> ComputeCapability {
+        self.identity.capability
     }
 
     /// Issues one launch on the stream; it runs asynchronously.
@@ -170,6 +216,7 @@ impl Gpu {
     /// everything the kernel reads and writes through it.
     pub(crate) unsafe fn launch(&self, launch: &Launch) -> Result<()> {
         launch.check_limits()?;
+        gpu_arch::check_fits(launch, self.capability())?;
         let fail = |what: String| Error::Launch {
             kernel: launch.kernel.to_string(),
             what,
@@ -179,7 +226,7 @@ impl Gpu {
             None => self
                 .selftest_functions()?
                 .get(launch.kernel)
-                .ok_or_else(|| fail("no kernel of that name in kernels/*.cu".to_string()))?,
+                .ok_or_else(|| fail(gpu_arch::missing_kernel(launch.kernel, self.capability())))?,
         };
         self.stream
             .context()
@@ -297,48 +344,87 @@ impl Gpu {
     }
 }
 
-/// Loads a module and finds each of its kernels.
+/// Loads a module and finds each of the kernels it has for this GPU's architecture.
 fn load_functions(
     ctx: &Arc<CudaContext>,
     module: &KernelModule,
-    capability: (i32, i32),
+    gpu: &Identity,
 ) -> Result<HashMap<&'static str, CudaFunction>> {
-    let loaded = load_module(ctx, module, capability)?;
-    module
-        .kernels
-        .iter()
-        .map(|&kernel| {
-            let function = loaded.load_function(kernel).map_err(|e| Error::Launch {
-                kernel: kernel.to_string(),
-                what: format!("not found in the loaded module of {}: {e}", module.file),
-            })?;
-            Ok((kernel, function))
-        })
-        .collect()
+    let loaded = load_module(ctx, module, gpu)?;
+    let mut functions = HashMap::new();
+    for &kernel in module.kernels {
+        match loaded.load_function(kernel) {
+            Ok(function) => {
+                functions.insert(kernel, function);
+            }
+            // A kernel of a newer architecture (a `_tf32` kernel on Turing) is not in this code;
+            // a launch of it says so (Gpu::launch).
+            Err(_) if !has_kernel(module, kernel, gpu.capability) => {}
+            Err(e) => {
+                return Err(Error::Launch {
+                    kernel: kernel.to_string(),
+                    what: format!("not found in the loaded module of {}: {e}", module.file),
+                })
+            }
+        }
+    }
+    Ok(functions)
 }
 
-/// Loads a module from its CUBIN where the GPU is exactly sm_90, else from its PTX (which the
-/// driver compiles for the GPU at hand).
+/// Whether the code a GPU of capability `cc` loads for `module` has `kernel`: ptxas reported it
+/// for that CUBIN, or the PTX (which has every kernel) is what it loads.
+fn has_kernel(module: &KernelModule, kernel: &str, cc: ComputeCapability) -> bool {
+    let archs: Vec<u32> = module.cubins.iter().map(|c| c.arch).collect();
+    match image_for(&archs, module.ptx_arch, cc) {
+        Some(Image::Cubin(arch)) => gpu_arch::kernel_resources()
+            .iter()
+            .any(|r| r.kernel == kernel && r.arch == arch),
+        Some(Image::Ptx) => true,
+        None => false,
+    }
+}
+
+/// Loads a module as a driver would pick its code: the CUBIN built for this GPU's architecture
+/// (same major, the highest minor not above the GPU's), else the PTX, which the driver compiles
+/// for the GPU at hand.
 fn load_module(
     ctx: &Arc<CudaContext>,
     module: &KernelModule,
-    capability: (i32, i32),
+    gpu: &Identity,
 ) -> Result<Arc<CudaModule>> {
-    let mut cubin_error = String::new();
-    if capability == (9, 0) {
-        match ctx.load_module(Ptx::from_binary(module.cubin.to_vec())) {
-            Ok(loaded) => return Ok(loaded),
-            Err(e) => cubin_error = format!(" (its sm_90 CUBIN failed first: {e})"),
-        }
-    }
-    ctx.load_module(Ptx::from_src(module.ptx)).map_err(|e| {
+    let archs: Vec<u32> = module.cubins.iter().map(|c| c.arch).collect();
+    let fail = |what: String| {
         device_error(format!(
-            "cannot load the PTX of {} (compute capability {}.{}): {e}{cubin_error}; \
-             CUDA_ERROR_UNSUPPORTED_PTX_VERSION means the driver is older than the NVRTC the \
-             kernels were compiled with ({:?})",
-            module.file, capability.0, capability.1, NVRTC_VERSION
+            "{gpu}: cannot load {}: {what}; this binary carries {}",
+            module.file,
+            gpu_arch::carried()
         ))
-    })
+    };
+    match image_for(&archs, module.ptx_arch, gpu.capability) {
+        Some(Image::Cubin(arch)) => {
+            let cubin = module
+                .cubins
+                .iter()
+                .find(|c| c.arch == arch)
+                .expect("listed");
+            ctx.load_module(Ptx::from_binary(cubin.image.to_vec()))
+                .map_err(|e| fail(format!("its sm_{arch} CUBIN failed: {e}")))
+        }
+        Some(Image::Ptx) => ctx.load_module(Ptx::from_src(module.ptx)).map_err(|e| {
+            let isa = gpu_arch::ptx_version(module.ptx)
+                .map_or(String::new(), |(a, b)| format!(" (PTX ISA {a}.{b})"));
+            fail(format!(
+                "no CUBIN is built for this architecture and its compute_{} PTX{isa} failed: \
+                 {e}; CUDA_ERROR_UNSUPPORTED_PTX_VERSION means the driver is older than that \
+                 ISA",
+                module.ptx_arch
+            ))
+        }),
+        None => Err(fail(format!(
+            "neither a CUBIN nor the compute_{} PTX runs on compute capability {}",
+            module.ptx_arch, gpu.capability
+        ))),
+    }
 }
 
 /// The device address of a slice, as a kernel argument takes it.
@@ -351,31 +437,53 @@ pub(crate) fn device_address<T>(slice: &CudaSlice<T>) -> u64 {
 mod tests {
     use super::*;
 
-    /// A driver accepts PTX only up to its own CUDA version: the GPU machine's is 13.0, whose PTX
-    /// ISA is 9.0, so an unpinned (newer) NVRTC would produce modules it cannot load.
+    /// The architecture a CUBIN was built for, from its ELF header's e_flags: bits 0-7 before
+    /// ELF ABI version 8, bits 8-15 from it on (CUDA 12.8's CUBINs for sm_100 and newer).
+    fn cubin_sm(image: &[u8]) -> u32 {
+        assert_eq!(&image[..4], b"\x7fELF", "not an ELF file");
+        let abi_version = image[8];
+        let flags = u32::from_le_bytes(image[0x30..0x34].try_into().unwrap());
+        if abi_version >= 8 {
+            (flags >> 8) & 0xff
+        } else {
+            flags & 0xff
+        }
+    }
+
+    /// Every module carries a CUBIN for each architecture people have and PTX of a CUDA 12 ISA
+    /// (8.x: every CUDA 12 driver from the one of its NVRTC on loads it; a CUDA 13 ISA would need
+    /// an R580 driver), targeting the oldest architecture that has all of its kernels.
     #[test]
-    fn embedded_ptx_is_at_most_isa_9_0() {
-        if NVRTC_VERSION.is_none() {
-            eprintln!("skipped: built without NVRTC, no PTX embedded");
+    fn the_binary_carries_a_cubin_per_architecture_and_cuda_12_ptx() {
+        let Some(nvrtc) = gpu_arch::nvrtc_version() else {
+            eprintln!("skipped: built without NVRTC, no GPU code embedded");
             return;
+        };
+        let mut wanted = vec![75, 80, 86, 89, 90];
+        if nvrtc >= (12, 8) {
+            wanted.extend([100, 120]);
         }
         assert!(!KERNEL_MODULES.is_empty());
         for module in KERNEL_MODULES {
-            let version = module
-                .ptx
-                .lines()
-                .find_map(|line| line.trim().strip_prefix(".version "))
-                .unwrap_or_else(|| panic!("{}: no .version line in its PTX", module.file));
-            let (major, minor) = version.trim().split_once('.').expect("major.minor");
-            let version = (major.parse::<u32>().unwrap(), minor.parse::<u32>().unwrap());
+            let archs: Vec<u32> = module.cubins.iter().map(|c| c.arch).collect();
+            for arch in &wanted {
+                assert!(archs.contains(arch), "{}: no sm_{arch} CUBIN", module.file);
+            }
+            for cubin in module.cubins {
+                assert_eq!(cubin_sm(cubin.image), cubin.arch, "{}", module.file);
+            }
+            let (major, _) = gpu_arch::ptx_version(module.ptx).expect("a .version line");
+            assert_eq!(major, 8, "{}: PTX ISA of CUDA {major}", module.file);
+            let tf32 = module.kernels.iter().any(|k| k.ends_with("_tf32"));
+            let ptx_arch = if tf32 || module.file == SELFTEST_FILE {
+                80
+            } else {
+                75
+            };
+            assert_eq!(module.ptx_arch, ptx_arch, "{}", module.file);
             assert!(
-                version <= (9, 0),
-                "{}: PTX ISA {version:?} is newer than 9.0",
-                module.file
-            );
-            assert!(
-                module.ptx.contains(".target sm_90"),
-                "{}: not compiled for compute_90",
+                module.ptx.contains(&format!(".target sm_{ptx_arch}")),
+                "{}: PTX not for compute_{ptx_arch}",
                 module.file
             );
             for kernel in module.kernels {
@@ -385,7 +493,67 @@ mod tests {
                     module.file
                 );
             }
-            assert!(!module.cubin.is_empty(), "{}: no CUBIN", module.file);
+        }
+    }
+
+    /// ptxas reported every kernel on every architecture, but the TF32 kernels on Turing, which
+    /// has no TF32 tensor cores.
+    #[test]
+    fn every_architecture_has_every_kernel_but_turing_the_tf32_ones() {
+        if gpu_arch::nvrtc_version().is_none() {
+            eprintln!("skipped: built without NVRTC");
+            return;
+        }
+        for module in KERNEL_MODULES {
+            for cubin in module.cubins {
+                for kernel in module.kernels {
+                    let reported = gpu_arch::kernel_resources()
+                        .iter()
+                        .any(|r| r.kernel == *kernel && r.arch == cubin.arch);
+                    let needs_ampere = kernel.ends_with("_tf32")
+                        || kernel.starts_with("selftest_cp_async")
+                        || kernel.starts_with("selftest_mma");
+                    let wanted = cubin.arch >= 80 || !needs_ampere;
+                    assert_eq!(reported, wanted, "{kernel} on sm_{}", cubin.arch);
+                }
+            }
+        }
+    }
+
+    /// No kernel spills registers to local memory on any architecture, and each fits a block of
+    /// the 256 threads the ops launch: registers x 256 within a block's 65,536, and its static
+    /// shared memory within the 48 KiB a kernel may declare. (The emulator checks every actual
+    /// launch against the architecture it plays.)
+    #[test]
+    fn no_kernel_spills_and_each_fits_its_block_on_every_architecture() {
+        if gpu_arch::nvrtc_version().is_none() {
+            eprintln!("skipped: built without NVRTC");
+            return;
+        }
+        let resources = gpu_arch::kernel_resources();
+        assert!(resources.len() > 7 * 30, "{} reports", resources.len());
+        for r in resources {
+            assert_eq!(
+                (r.spill_stores, r.spill_loads),
+                (0, 0),
+                "{} spills on sm_{}",
+                r.kernel,
+                r.arch
+            );
+            assert!(
+                r.registers as u64 * 256 <= gpu_arch::REGISTERS_PER_BLOCK,
+                "{} on sm_{}: {} registers",
+                r.kernel,
+                r.arch,
+                r.registers
+            );
+            assert!(
+                r.shared_bytes as u64 <= gpu_arch::STATIC_SHARED_BYTES,
+                "{} on sm_{}: {} bytes of static shared memory",
+                r.kernel,
+                r.arch,
+                r.shared_bytes
+            );
         }
     }
 
@@ -407,7 +575,7 @@ mod tests {
             });
             assert_eq!(calls.count(), 0, "{file} uses an atomic");
         }
-        if NVRTC_VERSION.is_none() {
+        if gpu_arch::nvrtc_version().is_none() {
             eprintln!("skipped the PTX half: built without NVRTC");
             return;
         }
@@ -426,7 +594,7 @@ mod tests {
     /// its operands with cvt.rna and stages them with cp.async; the fp32 kernels have no mma.
     #[test]
     fn tf32_kernels_multiply_on_tensor_cores() {
-        if NVRTC_VERSION.is_none() {
+        if gpu_arch::nvrtc_version().is_none() {
             eprintln!("skipped: built without NVRTC, no PTX embedded");
             return;
         }
@@ -454,7 +622,7 @@ mod tests {
     /// The self-tests are found by file name to be left out of Gpu::new.
     #[test]
     fn the_selftest_module_is_the_one_left_to_load_on_demand() {
-        if NVRTC_VERSION.is_none() {
+        if gpu_arch::nvrtc_version().is_none() {
             eprintln!("skipped: built without NVRTC, no modules embedded");
             return;
         }

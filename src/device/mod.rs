@@ -18,9 +18,10 @@ pub use buffer::{Buffer, Element};
 pub use ops::TensorTable;
 
 use crate::cuda::{self, Gpu};
+use crate::gpu_arch::ComputeCapability;
 use crate::launch::gemm::{gemm_parts_len, GemmContext};
 use crate::launch::{self, KernelArg, Launch};
-use crate::{emulator, Error, Result};
+use crate::{emulator, Error, Precision, Result};
 use buffer::{in_host_memory, Storage};
 
 /// The emulated device splits sums as an H200 (132 SMs) would, so that it runs the same launches.
@@ -30,13 +31,17 @@ const EMULATED_SM_COUNT: usize = 132;
 /// locked, one op at a time.
 static EMULATED_GEMM_PARTS: Mutex<Vec<f32>> = Mutex::new(Vec::new());
 
+/// The variable that sets the compute capability the emulated device plays (`7.5`, `9.0`, ...).
+pub const EMULATED_CC_VARIABLE: &str = "HANDWRITTEN_EMULATED_CC";
+
 /// Which implementation runs the ops.
 #[derive(Clone, Debug)]
 pub enum Device {
     /// Fast Rust ops ([`crate::cpu`]).
     Cpu,
-    /// The CUDA kernels, run on the CPU by the emulator: slow, for testing the kernels anywhere.
-    Emulated,
+    /// The CUDA kernels, run on the CPU by the emulator as a GPU of this compute capability would
+    /// run them (its build of the kernels, its limits): slow, for testing the kernels anywhere.
+    Emulated(ComputeCapability),
     /// The CUDA kernels on a GPU.
     Cuda(Arc<Gpu>),
 }
@@ -44,7 +49,8 @@ pub enum Device {
 impl PartialEq for Device {
     fn eq(&self, other: &Device) -> bool {
         match (self, other) {
-            (Device::Cpu, Device::Cpu) | (Device::Emulated, Device::Emulated) => true,
+            (Device::Cpu, Device::Cpu) => true,
+            (Device::Emulated(a), Device::Emulated(b)) => a == b,
             (Device::Cuda(a), Device::Cuda(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
@@ -54,15 +60,14 @@ impl PartialEq for Device {
 impl Eq for Device {}
 
 impl Device {
-    /// `cpu`, `cuda`, `emulated` or `auto` (cuda where a GPU and its driver are found, else cpu).
+    /// `cpu`, `cuda`, `emulated` (as a GPU of the capability `HANDWRITTEN_EMULATED_CC` names,
+    /// 9.0 by default) or `auto` (see [`Device::auto`]).
     pub fn from_name(name: &str) -> Result<Device> {
         match name {
             "cpu" => Ok(Device::Cpu),
-            "emulated" => Ok(Device::Emulated),
+            "emulated" => Ok(Device::Emulated(emulated_capability()?)),
             "cuda" => Ok(Device::Cuda(Arc::new(Gpu::new()?))),
-            // A GPU that is present but fails to open is an error, not a quiet fallback.
-            "auto" if Gpu::is_available() => Device::from_name("cuda"),
-            "auto" => Ok(Device::Cpu),
+            "auto" => Ok(Device::auto().0),
             other => Err(Error::Device {
                 device: other.to_string(),
                 what: "unknown device: expected cpu, cuda, emulated or auto".to_string(),
@@ -70,11 +75,75 @@ impl Device {
         }
     }
 
+    /// The GPU where one is found and the binary runs on it, else the cpu device, with a line
+    /// that says which GPU was found and why it is not used.
+    pub fn auto() -> (Device, Option<String>) {
+        if !Gpu::is_available() {
+            return (Device::Cpu, None);
+        }
+        match Gpu::new() {
+            Ok(gpu) => (Device::Cuda(Arc::new(gpu)), None),
+            Err(e) => (
+                Device::Cpu,
+                Some(format!(
+                    "not training on the GPU ({e}): using the cpu device"
+                )),
+            ),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
-            Device::Emulated => "emulated",
+            Device::Emulated(_) => "emulated",
             Device::Cuda(_) => "cuda",
+        }
+    }
+
+    /// The device's name with the GPU it runs on, for the first line of a run:
+    /// `cuda (NVIDIA H200, compute capability 9.0)`, `emulated (compute capability 7.5)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".to_string(),
+            Device::Emulated(cc) => format!("emulated (compute capability {cc})"),
+            Device::Cuda(gpu) => format!(
+                "cuda ({}, compute capability {})",
+                gpu.name(),
+                gpu.capability()
+            ),
+        }
+    }
+
+    /// The compute capability of the GPU that runs the kernels, real or emulated.
+    pub fn capability(&self) -> Option<ComputeCapability> {
+        match self {
+            Device::Cpu => None,
+            Device::Emulated(cc) => Some(*cc),
+            Device::Cuda(gpu) => Some(gpu.capability()),
+        }
+    }
+
+    /// The precision the device multiplies in unless told otherwise: TF32 on GPUs with TF32
+    /// tensor cores (8.0 on), fp32 elsewhere.
+    pub fn default_precision(&self) -> Precision {
+        self.capability()
+            .map_or(Precision::Fp32, ComputeCapability::default_precision)
+    }
+
+    /// Whether the device can multiply in `precision`; the error says why not.
+    pub fn check_precision(&self, precision: Precision) -> std::result::Result<(), String> {
+        match (self.capability(), precision) {
+            (_, Precision::Fp32) => Ok(()),
+            (None, Precision::Tf32) => Err(format!(
+                "the {} device computes in fp32 only",
+                self.name()
+            )),
+            (Some(cc), Precision::Tf32) if !cc.has_tf32() => Err(format!(
+                "TF32 needs the tensor cores of compute capability {} or newer; this {} GPU is {cc}",
+                ComputeCapability::AMPERE,
+                self.name()
+            )),
+            (Some(_), Precision::Tf32) => Ok(()),
         }
     }
 
@@ -124,7 +193,7 @@ impl Device {
         let bytes = buf.len() * size_of::<T>();
         match self {
             _ if bytes == 0 => Ok(()),
-            Device::Emulated | Device::Cuda(_) if bytes.is_multiple_of(4) => {
+            Device::Emulated(_) | Device::Cuda(_) if bytes.is_multiple_of(4) => {
                 let words = u32_len("fill_zero", "buffer", bytes / 4)?;
                 self.run(launch::data::fill_zero(words, buf.arg_mut()))
             }
@@ -137,7 +206,7 @@ impl Device {
                 }
                 Storage::Host(_) => Err(in_host_memory()),
             },
-            Device::Cpu | Device::Emulated => {
+            Device::Cpu | Device::Emulated(_) => {
                 self.outside_capture("fill_zero of a u8 buffer")?;
                 buf.host_mut()?.fill(T::default());
                 Ok(())
@@ -174,7 +243,7 @@ impl Device {
                 what: "the cpu device runs no CUDA kernels".to_string(),
             }),
             // SAFETY: passed on from the caller.
-            Device::Emulated => unsafe { emulator::run(launch) },
+            Device::Emulated(cc) => unsafe { emulator::run(launch, *cc) },
             Device::Cuda(gpu) => unsafe { gpu.launch(launch) },
         }
     }
@@ -198,7 +267,7 @@ impl Device {
                 device: "cpu".to_string(),
                 what: "the cpu device runs no CUDA kernels".to_string(),
             }),
-            Device::Emulated => {
+            Device::Emulated(_) => {
                 let mut parts = EMULATED_GEMM_PARTS
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
@@ -229,7 +298,7 @@ impl Device {
     pub fn synchronize(&self) -> Result<()> {
         self.outside_capture("synchronize")?;
         match self {
-            Device::Cpu | Device::Emulated => Ok(()),
+            Device::Cpu | Device::Emulated(_) => Ok(()),
             Device::Cuda(gpu) => gpu.synchronize(),
         }
     }
@@ -244,7 +313,7 @@ impl Device {
     ) -> Result<()> {
         let reachable = match (self, &buf.storage) {
             _ if buf.is_empty() => true,
-            (Device::Cpu | Device::Emulated, Storage::Host(_)) => true,
+            (Device::Cpu | Device::Emulated(_), Storage::Host(_)) => true,
             (Device::Cuda(gpu), Storage::Cuda(slice)) => gpu.owns(slice),
             _ => false,
         };
@@ -272,21 +341,25 @@ impl Device {
                     what: "the cpu device runs no kernels to capture into a graph".to_string(),
                 }))
             }
-            Device::Emulated => {
+            Device::Emulated(_) => {
                 if !emulator::graph::begin_capture() {
                     return Err(E::from(Error::Device {
                         device: "emulated".to_string(),
                         what: "a graph capture is already under way".to_string(),
                     }));
                 }
+                let open = OpenCapture(self);
                 let result = record();
+                std::mem::forget(open);
                 let launches = emulator::graph::end_capture();
                 result?;
                 Recorded::Launches(launches)
             }
             Device::Cuda(gpu) => {
                 gpu.begin_capture()?;
+                let open = OpenCapture(self);
                 let result = record();
+                std::mem::forget(open);
                 let graph = gpu.end_capture();
                 result?;
                 Recorded::Cuda(graph?)
@@ -316,7 +389,7 @@ impl Device {
         }
         match (&graph.recorded, self) {
             (Recorded::Cuda(graph), Device::Cuda(gpu)) => gpu.launch_graph(graph),
-            (Recorded::Launches(launches), _) => {
+            (Recorded::Launches(launches), Device::Emulated(cc)) => {
                 // The recorded GEMM launches address the shared split-sum workspace: hold it, as
                 // run_gemm does, so that another thread's op cannot use it meanwhile.
                 let _parts = EMULATED_GEMM_PARTS
@@ -324,11 +397,11 @@ impl Device {
                     .unwrap_or_else(|e| e.into_inner());
                 for launch in launches {
                     // SAFETY: passed on from the caller.
-                    unsafe { emulator::run(launch)? };
+                    unsafe { emulator::run(launch, *cc)? };
                 }
                 Ok(())
             }
-            (Recorded::Cuda(_), _) => unreachable!("a CUDA graph belongs to a cuda device"),
+            _ => unreachable!("a graph belongs to the device that captured it"),
         }
     }
 
@@ -336,7 +409,7 @@ impl Device {
     fn outside_capture(&self, op: &'static str) -> Result<()> {
         let capturing = match self {
             Device::Cpu => false,
-            Device::Emulated => emulator::graph::is_capturing(),
+            Device::Emulated(_) => emulator::graph::is_capturing(),
             Device::Cuda(gpu) => gpu.is_capturing(),
         };
         if capturing {
@@ -348,6 +421,40 @@ impl Device {
             });
         }
         Ok(())
+    }
+}
+
+/// A capture under way, ended if `record` unwinds (a panic in a layer), so that the stream is not
+/// left capturing and every later op refused. The normal path forgets it and ends the capture
+/// itself.
+struct OpenCapture<'a>(&'a Device);
+
+impl Drop for OpenCapture<'_> {
+    fn drop(&mut self) {
+        match self.0 {
+            Device::Emulated(_) => drop(emulator::graph::end_capture()),
+            Device::Cuda(gpu) => drop(gpu.end_capture()),
+            Device::Cpu => {}
+        }
+    }
+}
+
+/// The compute capability `HANDWRITTEN_EMULATED_CC` names, or 9.0.
+fn emulated_capability() -> Result<ComputeCapability> {
+    let Some(value) = std::env::var_os(EMULATED_CC_VARIABLE) else {
+        return Ok(ComputeCapability::EMULATED_DEFAULT);
+    };
+    let text = value.to_string_lossy();
+    let refuse = |what: String| Error::Device {
+        device: "emulated".to_string(),
+        what: format!("{EMULATED_CC_VARIABLE}={text}: {what}"),
+    };
+    let cc = ComputeCapability::parse(&text).ok_or_else(|| {
+        refuse("expected a compute capability such as 7.5, 8.6 or 9.0".to_string())
+    })?;
+    match cc.unsupported() {
+        Some(why) => Err(refuse(why)),
+        None => Ok(cc),
     }
 }
 

@@ -10,16 +10,14 @@ use crate::{
 };
 
 impl Device {
-    /// The cpu device multiplies in fp32 only: a request for TF32 is a mistake to report, not to
-    /// quietly compute more exactly.
-    fn check_precision(&self, op: &'static str, precision: Precision) -> Result<()> {
-        match (self, precision) {
-            (Device::Cpu, Precision::Tf32) => Err(Error::Device {
-                device: "cpu".to_string(),
-                what: format!("{op}: the cpu device computes in fp32 only (asked for {precision})"),
-            }),
-            _ => Ok(()),
-        }
+    /// The cpu device and GPUs older than 8.0 multiply in fp32 only: a request for TF32 is a
+    /// mistake to report, not to quietly compute more exactly.
+    fn check_op_precision(&self, op: &'static str, precision: Precision) -> Result<()> {
+        self.check_precision(precision)
+            .map_err(|why| Error::Device {
+                device: self.name().to_string(),
+                what: format!("{op}: {why} (asked for {precision})"),
+            })
     }
 
     pub fn conv2d_forward(
@@ -33,14 +31,14 @@ impl Device {
     ) -> Result<()> {
         let op = "conv2d_forward";
         s.check(op)?;
-        self.check_precision(op, precision)?;
+        self.check_op_precision(op, precision)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "bias", b, s.out_channels)?;
         self.expect(op, "y", y, s.output_len())?;
         match self {
             Device::Cpu => cpu::conv2d_forward(s, x.host()?, w.host()?, b.host()?, y.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => self.run(launch::conv2d::forward(
+            Device::Emulated(_) | Device::Cuda(_) => self.run(launch::conv2d::forward(
                 s,
                 precision,
                 x.arg(),
@@ -62,13 +60,13 @@ impl Device {
     ) -> Result<()> {
         let op = "conv2d_backward_input";
         s.check(op)?;
-        self.check_precision(op, precision)?;
+        self.check_op_precision(op, precision)?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dx", dx, s.input_len())?;
         match self {
             Device::Cpu => cpu::conv2d_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => self.run(launch::conv2d::backward_input(
+            Device::Emulated(_) | Device::Cuda(_) => self.run(launch::conv2d::backward_input(
                 s,
                 precision,
                 w.arg(),
@@ -90,7 +88,7 @@ impl Device {
     ) -> Result<()> {
         let op = "conv2d_backward_weight";
         s.check(op)?;
-        self.check_precision(op, precision)?;
+        self.check_op_precision(op, precision)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dweight", dw, s.weight_len())?;
@@ -103,7 +101,7 @@ impl Device {
                 dw.host_mut()?,
                 db.host_mut()?,
             ),
-            Device::Emulated | Device::Cuda(_) => self.run_gemm(|ctx| {
+            Device::Emulated(_) | Device::Cuda(_) => self.run_gemm(|ctx| {
                 launch::conv2d::backward_weight(
                     s,
                     precision,
@@ -136,7 +134,7 @@ impl Device {
             Device::Cpu => {
                 cpu::maxpool2d_relu_forward(s, x.host()?, y.host_mut()?, argmax.host_mut()?)
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launch::maxpool::relu_forward(
+            Device::Emulated(_) | Device::Cuda(_) => self.run(launch::maxpool::relu_forward(
                 s,
                 x.arg(),
                 y.arg_mut(),
@@ -170,7 +168,7 @@ impl Device {
                 dy.host()?,
                 dx.host_mut()?,
             ),
-            Device::Emulated | Device::Cuda(_) => self.run(launch::maxpool::relu_backward(
+            Device::Emulated(_) | Device::Cuda(_) => self.run(launch::maxpool::relu_backward(
                 s,
                 argmax.arg(),
                 y.arg(),
@@ -202,7 +200,7 @@ impl Device {
         let p = s.pool2x2();
         s.check(op)?;
         p.check(op)?;
-        self.check_precision(op, precision)?;
+        self.check_op_precision(op, precision)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "bias", b, s.out_channels)?;
@@ -219,7 +217,7 @@ impl Device {
                 y.host_mut()?,
                 argmax.host_mut()?,
             ),
-            Device::Emulated | Device::Cuda(_) => {
+            Device::Emulated(_) | Device::Cuda(_) => {
                 self.conv2d_forward(s, precision, x, w, b, conv_out)?;
                 self.maxpool2d_relu_forward(&p, conv_out, y, argmax)?;
             }
@@ -251,7 +249,7 @@ impl Device {
         let p = s.pool2x2();
         s.check(op)?;
         p.check(op)?;
-        self.check_precision(op, precision)?;
+        self.check_op_precision(op, precision)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "argmax", argmax, p.output_len())?;
@@ -276,7 +274,7 @@ impl Device {
                 dw.host_mut()?,
                 db.host_mut()?,
             ),
-            Device::Emulated | Device::Cuda(_) => {
+            Device::Emulated(_) | Device::Cuda(_) => {
                 self.maxpool2d_relu_backward(&p, argmax, y, dy, dconv)?;
                 self.conv2d_backward_weight(s, precision, x, dconv, dw, db)?;
                 if let Some(dx) = dx {
@@ -300,7 +298,7 @@ impl Device {
         self.expect("relu_backward", "dx", dx, y.len())?;
         match self {
             Device::Cpu => cpu::relu_backward(y.host()?, dy.host()?, dx.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => self.run(launch::relu::backward(
+            Device::Emulated(_) | Device::Cuda(_) => self.run(launch::relu::backward(
                 y.len(),
                 y.arg(),
                 dy.arg(),
@@ -324,7 +322,7 @@ impl Device {
     ) -> Result<()> {
         let op = "linear_forward";
         s.check(op)?;
-        self.check_precision(op, precision)?;
+        self.check_op_precision(op, precision)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "bias", b, s.out_features)?;
@@ -338,7 +336,7 @@ impl Device {
                     Activation::Relu => cpu::linear_relu_forward(s, x, w, b, y),
                 }
             }
-            Device::Emulated | Device::Cuda(_) => self.run_gemm(|ctx| {
+            Device::Emulated(_) | Device::Cuda(_) => self.run_gemm(|ctx| {
                 launch::linear::forward(
                     s,
                     precision,
@@ -364,13 +362,13 @@ impl Device {
     ) -> Result<()> {
         let op = "linear_backward_input";
         s.check(op)?;
-        self.check_precision(op, precision)?;
+        self.check_op_precision(op, precision)?;
         self.expect(op, "weight", w, s.weight_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dx", dx, s.input_len())?;
         match self {
             Device::Cpu => cpu::linear_backward_input(s, w.host()?, dy.host()?, dx.host_mut()?),
-            Device::Emulated | Device::Cuda(_) => self.run_gemm(|ctx| {
+            Device::Emulated(_) | Device::Cuda(_) => self.run_gemm(|ctx| {
                 launch::linear::backward_input(s, precision, ctx, w.arg(), dy.arg(), dx.arg_mut())
             })?,
         }
@@ -388,7 +386,7 @@ impl Device {
     ) -> Result<()> {
         let op = "linear_backward_weight";
         s.check(op)?;
-        self.check_precision(op, precision)?;
+        self.check_op_precision(op, precision)?;
         self.expect(op, "x", x, s.input_len())?;
         self.expect(op, "dy", dy, s.output_len())?;
         self.expect(op, "dweight", dw, s.weight_len())?;
@@ -401,7 +399,7 @@ impl Device {
                 dw.host_mut()?,
                 db.host_mut()?,
             ),
-            Device::Emulated | Device::Cuda(_) => self.run_gemm(|ctx| {
+            Device::Emulated(_) | Device::Cuda(_) => self.run_gemm(|ctx| {
                 launch::linear::backward_weight(
                     s,
                     precision,
@@ -446,7 +444,7 @@ impl Device {
                     dlogits.host_mut()?,
                 )
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launch::softmax_xent::fused(
+            Device::Emulated(_) | Device::Cuda(_) => self.run(launch::softmax_xent::fused(
                 s,
                 logits.arg(),
                 labels.arg(),
@@ -538,7 +536,7 @@ impl Device {
                     );
                 }
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launch::adam::update_tensors(
+            Device::Emulated(_) | Device::Cuda(_) => self.run(launch::adam::update_tensors(
                 hyper,
                 total,
                 table.tensors.len(),
@@ -581,7 +579,7 @@ impl Device {
                 check_indices(op, indices, image_count)?;
                 cpu::gather_images(images.host()?, image_len, indices, out.host_mut()?)
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launch::data::gather_images(
+            Device::Emulated(_) | Device::Cuda(_) => self.run(launch::data::gather_images(
                 u32_len(op, "image_len", image_len)?,
                 u32_len(op, "images", image_count)?,
                 u32_len(op, "out", out.len())? / image_len as u32,
@@ -610,7 +608,7 @@ impl Device {
                 check_indices(op, indices, labels.len())?;
                 cpu::gather_labels(labels.host()?, indices, out.host_mut()?)
             }
-            Device::Emulated | Device::Cuda(_) => self.run(launch::data::gather_labels(
+            Device::Emulated(_) | Device::Cuda(_) => self.run(launch::data::gather_labels(
                 u32_len(op, "labels", labels.len())?,
                 u32_len(op, "out", out.len())?,
                 labels.arg(),

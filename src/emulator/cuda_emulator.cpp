@@ -43,7 +43,8 @@ enum Status : int {
 };
 
 constexpr unsigned kMaxThreadsPerBlock = 1024;
-// A GPU of compute capability 9.0 allows up to 227 KiB of dynamic shared memory per block.
+// The most dynamic shared memory any emulated GPU allows per block (9.0's 227 KiB); the emulated
+// architecture's own limit is checked before a launch gets here (src/emulator/mod.rs).
 constexpr std::size_t kMaxDynamicShared = 227 * 1024;
 // Room for a kernel's local arrays; a guard page below turns an overflow into a fault.
 constexpr std::size_t kStackBytes = 256 * 1024;
@@ -384,6 +385,10 @@ void async_copy(void* dst, const void* src, unsigned bytes, unsigned src_bytes) 
         return;
     }
     fiber.copies[fiber.copy_count++] = {dst, src, bytes, src_bytes};
+    // Until its wait the copy is in flight and the destination undefined: NaN here, so a thread
+    // that reads it too early (no barrier after another thread's wait, or a buffer refilled
+    // before every thread has read it) computes NaN instead of quietly reading old data.
+    std::memset(dst, 0xff, bytes);
 }
 
 void async_commit() {
@@ -396,8 +401,8 @@ void async_commit() {
 }
 
 // Performs every committed group but the `pending` newest, in order, and forgets them. Copies
-// land only here, so a kernel that reads before its wait, or before the __syncthreads after
-// another thread's, reads stale shared memory here too.
+// land only here (their destinations hold NaN from the issue on), so a kernel that reads before
+// its wait, or before the __syncthreads after another thread's, reads NaN.
 void async_wait(unsigned pending) {
     Fiber& fiber = *current_fiber;
     if (fiber.group_count <= pending) return;
@@ -430,33 +435,46 @@ extern const unsigned kernel_table_count;
 
 namespace {
 
-std::vector<const hw::KernelEntry*> all_kernels() {
-    std::vector<const hw::KernelEntry*> kernels;
+// Every kernel of every build, with the architecture of its build.
+struct BuiltKernel {
+    const hw::KernelEntry* entry;
+    unsigned arch;
+};
+
+std::vector<BuiltKernel> all_kernels() {
+    std::vector<BuiltKernel> kernels;
     for (unsigned t = 0; t < hw::kernel_table_count; ++t) {
         const hw::KernelTable& file = hw::kernel_tables[t];
-        for (unsigned k = 0; k < *file.count; ++k) kernels.push_back(&file.entries[k]);
+        for (unsigned k = 0; k < *file.count; ++k) kernels.push_back({&file.entries[k], file.arch});
     }
     return kernels;
 }
 
-const std::vector<const hw::KernelEntry*>& kernels() {
-    static const std::vector<const hw::KernelEntry*> table = all_kernels();
+const std::vector<BuiltKernel>& kernels() {
+    static const std::vector<BuiltKernel> table = all_kernels();
     return table;
 }
 
 }  // namespace
 
-// The index of the kernel called `name`, or -1.
-extern "C" int hw_emulator_find(const char* name) {
+// The index of the kernel called `name` in the build for architecture `arch`, or -1.
+extern "C" int hw_emulator_find(unsigned arch, const char* name) {
     const auto& table = kernels();
     for (std::size_t i = 0; i < table.size(); ++i) {
-        if (std::strcmp(table[i]->name, name) == 0) return int(i);
+        if (table[i].arch == arch && std::strcmp(table[i].entry->name, name) == 0) return int(i);
     }
     return -1;
 }
 
 // The kernel's parameter kinds, one character each (see hw::param_kind).
-extern "C" const char* hw_emulator_params(int kernel) { return kernels()[std::size_t(kernel)]->params; }
+extern "C" const char* hw_emulator_params(int kernel) {
+    return kernels()[std::size_t(kernel)].entry->params;
+}
+
+// The kernel's __launch_bounds__ thread count, or 0.
+extern "C" unsigned hw_emulator_max_threads(int kernel) {
+    return kernels()[std::size_t(kernel)].entry->max_threads;
+}
 
 // Runs blocks [first_block, end_block) of a launch, numbered x fastest, on the calling thread.
 // `args` has cuLaunchKernel's kernelParams shape: one pointer to each argument's value.
@@ -473,7 +491,7 @@ extern "C" int hw_emulator_run(int kernel, const unsigned grid[3], const unsigne
         ex.dynamic_shared = static_cast<unsigned char*>(std::aligned_alloc(16, kMaxDynamicShared));
         if (ex.dynamic_shared == nullptr) return kOutOfMemory;
     }
-    ex.invoke = kernels()[std::size_t(kernel)]->invoke;
+    ex.invoke = kernels()[std::size_t(kernel)].entry->invoke;
     ex.args = args;
     ex.fibers.assign(threads, Fiber{});
     ex.warps.assign((threads + warpSize - 1) / warpSize, WarpExchange{});

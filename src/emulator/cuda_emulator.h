@@ -233,12 +233,15 @@ struct KernelEntry {
     void (*invoke)(void** args);
     // One param_kind per parameter, NUL-terminated.
     const char* params;
+    // The first argument of the kernel's __launch_bounds__, or 0 where it has none.
+    unsigned max_threads;
 };
 
-// The kernels of one .cu file.
+// The kernels of one .cu file as compiled for one architecture (`__CUDA_ARCH__` / 10).
 struct KernelTable {
     const KernelEntry* entries;
     const unsigned* count;
+    unsigned arch;
 };
 
 template <auto Kernel> struct Signature;
@@ -253,5 +256,8 @@ template <typename... P, void (*Kernel)(P...)> struct Signature<Kernel> {
 };
 }  // namespace hw
 
-#define HW_KERNEL_ENTRY(name)                                                                      \
-    hw::KernelEntry { #name, hw::Signature<&name>::invoke, hw::Signature<&name>::params }
+// One architecture's build of the kernels lives in namespace `ns` (build.rs: hw_sm75, ...).
+#define HW_KERNEL_ENTRY(ns, name, max_threads)                                                     \
+    hw::KernelEntry {                                                                              \
+        #name, hw::Signature<&ns::name>::invoke, hw::Signature<&ns::name>::params, max_threads    \
+    }

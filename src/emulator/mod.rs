@@ -3,8 +3,11 @@
 //! build.rs compiles every `kernels/*.cu` with g++ against `cuda_emulator.h` (the CUDA built-ins
 //! for the CPU) and links them with `cuda_emulator.cpp` (fibers and the block scheduler), plus a
 //! generated table that finds each kernel by name and unpacks a `kernelParams`-shaped argument
-//! array into its parameters. Here we check the launch against the kernel's signature and split
-//! its blocks across the rayon threads.
+//! array into its parameters. The kernels are compiled once per architecture they tell apart
+//! (`EMULATOR_BUILDS`), and an emulated GPU of capability X runs the build NVRTC's code for X
+//! would match: the newest not above X. Here we check the launch against the kernel's
+//! signature, its `__launch_bounds__` and the emulated GPU's limits, then split its blocks across
+//! the rayon threads.
 
 pub(crate) mod graph;
 
@@ -12,12 +15,17 @@ use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
 use rayon::prelude::*;
 
+use crate::gpu_arch::{self, ComputeCapability};
 use crate::launch::{KernelArg, Launch};
 use crate::{Error, Result};
 
+// Defines EMULATOR_BUILDS.
+include!(concat!(env!("OUT_DIR"), "/emulator_builds.rs"));
+
 extern "C" {
-    fn hw_emulator_find(name: *const c_char) -> c_int;
+    fn hw_emulator_find(arch: u32, name: *const c_char) -> c_int;
     fn hw_emulator_params(kernel: c_int) -> *const c_char;
+    fn hw_emulator_max_threads(kernel: c_int) -> u32;
     fn hw_emulator_run(
         kernel: c_int,
         grid: *const u32,
@@ -36,25 +44,51 @@ const STATUS_OUT_OF_MEMORY: c_int = 3;
 const STATUS_INCOMPLETE_MMA: c_int = 4;
 const STATUS_BAD_ASYNC_COPY: c_int = 5;
 
-/// Runs `launch` to completion on the CPU.
+/// The build of the kernels a GPU of capability `cc` runs: the newest not above it.
+pub(crate) fn build_for(cc: ComputeCapability) -> u32 {
+    EMULATOR_BUILDS
+        .iter()
+        .copied()
+        .filter(|&arch| arch <= cc.arch())
+        .max()
+        .unwrap_or(EMULATOR_BUILDS[0])
+}
+
+/// Runs `launch` to completion on the CPU, as a GPU of capability `cc` would.
 ///
 /// # Safety
 /// Every pointer argument must address host memory that holds everything the kernel reads and
 /// writes through it, and nothing else may use that memory while the kernel runs.
 /// While a graph capture is under way on this thread, the launch is checked and recorded instead.
-pub(crate) unsafe fn run(launch: &Launch) -> Result<()> {
+pub(crate) unsafe fn run(launch: &Launch, cc: ComputeCapability) -> Result<()> {
     launch.check_limits()?;
+    gpu_arch::check_fits(launch, cc)?;
     let fail = |what: String| Error::Launch {
         kernel: launch.kernel.to_string(),
         what,
     };
     let name = CString::new(launch.kernel).map_err(|_| fail("name contains a NUL byte".into()))?;
-    let kernel = unsafe { hw_emulator_find(name.as_ptr()) };
+    let kernel = unsafe { hw_emulator_find(build_for(cc), name.as_ptr()) };
     if kernel < 0 {
-        return Err(fail("no kernel of that name in kernels/*.cu".into()));
+        let known = EMULATOR_BUILDS
+            .iter()
+            .any(|&arch| unsafe { hw_emulator_find(arch, name.as_ptr()) } >= 0);
+        return Err(fail(if known {
+            gpu_arch::missing_kernel(launch.kernel, cc)
+        } else {
+            "no kernel of that name in kernels/*.cu".into()
+        }));
     }
     let params = unsafe { CStr::from_ptr(hw_emulator_params(kernel)) }.to_bytes();
     check_arguments(&launch.args, params).map_err(fail)?;
+    let max_threads = unsafe { hw_emulator_max_threads(kernel) };
+    let threads: u32 = launch.block.iter().product();
+    if max_threads != 0 && threads > max_threads {
+        return Err(fail(format!(
+            "a block of {threads} threads is more than its __launch_bounds__({max_threads}) \
+             allows: on a GPU the launch fails"
+        )));
+    }
     if graph::record(launch) {
         return Ok(());
     }

@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::io::Write;
 use std::sync::OnceLock;
 
-use kernels::{Buffer, Conv2dShape, Device, Element, LinearShape, Pool2dShape};
+use kernels::{Buffer, Conv2dShape, Device, Element, LinearShape, Pool2dShape, Precision};
 
 pub mod gemm;
 use rand::rngs::StdRng;
@@ -28,7 +28,9 @@ pub fn devices() -> &'static [Device] {
         if std::env::var_os("HANDWRITTEN_TEST_DEVICE").is_some() {
             return vec![kernel_device()];
         }
-        let mut devices = vec![Device::Cpu, Device::Emulated];
+        let emulated =
+            Device::from_name("emulated").unwrap_or_else(|e| panic!("the emulated device: {e}"));
+        let mut devices = vec![Device::Cpu, emulated];
         match Device::from_name("cuda") {
             Ok(gpu) => devices.push(gpu),
             // Straight to stderr: the test harness would hide a printed line of a passing test.
@@ -38,6 +40,14 @@ pub fn devices() -> &'static [Device] {
         }
         devices
     })
+}
+
+/// The precisions `dev` multiplies in: fp32, and TF32 where it has TF32 tensor cores.
+pub fn precisions(dev: &Device) -> Vec<Precision> {
+    [Precision::Fp32, Precision::Tf32]
+        .into_iter()
+        .filter(|&p| dev.check_precision(p).is_ok())
+        .collect()
 }
 
 /// Uniform in [-1, 1).

@@ -7,7 +7,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::common::gemm::CONV_SHAPES;
-use crate::common::{assert_exact, coarse, conv, devices, download, nan_buffer, random, upload};
+use crate::common::{
+    assert_exact, coarse, conv, devices, download, nan_buffer, precisions, random, upload,
+};
 
 /// Both ways on `dev`, fused and as two ops, compared exactly.
 fn check(dev: &Device, s: &Conv2dShape, precision: Precision, rng: &mut StdRng) {
@@ -104,11 +106,7 @@ fn conv_pool_equals_conv_then_pool() {
     let empty = [conv(0, 1, 4, 6, 6, 3, 1, 1), conv(2, 3, 0, 6, 6, 3, 1, 1)];
     for s in network.iter().chain(&CONV_SHAPES).chain(&empty) {
         for dev in devices() {
-            let precisions: &[Precision] = match dev {
-                Device::Cpu => &[Precision::Fp32],
-                _ => &[Precision::Fp32, Precision::Tf32],
-            };
-            for &precision in precisions {
+            for precision in precisions(dev) {
                 check(dev, s, precision, &mut rng);
             }
         }

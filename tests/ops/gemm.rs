@@ -1,11 +1,10 @@
 //! Split sums are added in a fixed order: two runs give the same bits, on either engine.
 
-use kernels::{Device, Precision};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::common::gemm::{GemmInputs, GemmOp, Outputs};
-use crate::common::{conv, devices, linear};
+use crate::common::{conv, devices, linear, precisions};
 
 /// Split sums are added in a fixed order: two runs give the same bits, on either engine.
 #[test]
@@ -15,10 +14,7 @@ fn split_sums_are_bit_identical_across_runs() {
     // batch).
     let ops: [&dyn GemmOp; 2] = [&conv(8, 1, 32, 28, 28, 3, 1, 1), &linear(1024, 512, 10)];
     for dev in devices() {
-        for precision in [Precision::Fp32, Precision::Tf32] {
-            if *dev == Device::Cpu && precision == Precision::Tf32 {
-                continue;
-            }
+        for precision in precisions(dev) {
             for op in ops {
                 let inputs = GemmInputs::random(&mut rng, op.lens());
                 let bits = |outputs: Outputs| -> Vec<Vec<u32>> {

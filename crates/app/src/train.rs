@@ -152,7 +152,7 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
          lr {}; {} {}",
         train_set.len(),
         test_set.len(),
-        device.name(),
+        device.describe(),
         if trainer.uses_graph() {
             "one graph per step"
         } else {
@@ -287,7 +287,7 @@ pub fn eval(options: &EvalOptions) -> Result<()> {
     let split = Split::test(&options.data, options.test_limit)?;
     let mut net = load_checkpoint(&device, &options.checkpoint)?;
     net.set_precision(precision);
-    eprintln!("device {}, precision {precision}", device.name());
+    eprintln!("device {}, precision {precision}", device.describe());
     let test_set = upload(&device, &split)?;
     let mut trainer = Trainer::new(net, Adam::new(1e-3), 1, false)?;
     let (test_loss, test_acc) = trainer.evaluate(&test_set, options.batch_size)?;
@@ -330,21 +330,28 @@ pub fn load_checkpoint(device: &Device, path: &Path) -> Result<ConvNet> {
     Ok(net)
 }
 
+/// Opens `--device NAME`. `auto` takes the GPU where the binary runs on it, else the cpu device,
+/// saying on stderr which GPU it found and why it does not use it.
 pub fn open_device(name: &str) -> Result<Device> {
+    if name == "auto" {
+        let (device, note) = Device::auto();
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        return Ok(device);
+    }
     Device::from_name(name).with_context(|| format!("--device {name}"))
 }
 
-/// `--precision`, or the device's default: tf32 on the kernels (as PyTorch's for convolutions),
-/// fp32 on the cpu device, which has no other.
+/// `--precision`, or the device's default: tf32 on GPUs with TF32 tensor cores (as PyTorch's for
+/// convolutions), fp32 on older GPUs and on the cpu device, which have no other.
 pub fn resolve_precision(device: &Device, asked: Option<Precision>) -> Result<Precision> {
-    match (device, asked) {
-        (Device::Cpu, Some(Precision::Tf32)) => bail!(
-            "--precision tf32: the cpu device computes in fp32 only; use --precision fp32 or \
-             another device"
-        ),
-        (Device::Cpu, _) => Ok(Precision::Fp32),
-        (_, Some(precision)) => Ok(precision),
-        (_, None) => Ok(Precision::Tf32),
+    match asked {
+        Some(precision) => match device.check_precision(precision) {
+            Ok(()) => Ok(precision),
+            Err(why) => bail!("--precision {precision}: {why}; use --precision fp32"),
+        },
+        None => Ok(device.default_precision()),
     }
 }
 

@@ -121,10 +121,30 @@ impl Batch {
     }
 }
 
-/// A captured step and the dataset whose buffers it reads.
+/// A captured step and the dataset it reads: the addresses and lengths of its images and labels,
+/// all baked into the graph's gather launches.
 struct StepGraph {
     graph: Graph,
-    dataset: KernelArg,
+    dataset: DatasetKey,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct DatasetKey {
+    images: KernelArg,
+    images_len: usize,
+    labels: KernelArg,
+    labels_len: usize,
+}
+
+impl DatasetKey {
+    fn of(data: &Dataset) -> DatasetKey {
+        DatasetKey {
+            images: data.images.arg(),
+            images_len: data.images.len(),
+            labels: data.labels.arg(),
+            labels_len: data.labels.len(),
+        }
+    }
 }
 
 /// The network, its loss and optimizer, and the device buffers a pass over a dataset reuses.
@@ -231,7 +251,7 @@ impl Trainer {
         if !self.use_graph {
             return self.step_launches(data);
         }
-        let dataset = data.images.arg();
+        let dataset = DatasetKey::of(data);
         if self.graph.as_ref().is_some_and(|g| g.dataset != dataset) {
             self.graph = None;
         }
@@ -246,7 +266,7 @@ impl Trainer {
             self.graph = Some(StepGraph { graph, dataset });
         }
         let graph = &self.graph.as_ref().expect("captured above").graph;
-        // SAFETY: the graph addresses the dataset (checked above), the batch, the network's
+        // SAFETY: the graph addresses the dataset (its buffers checked above), the batch, the network's
         // buffers, the loss's gradient, Adam's state and the totals. Each of these is owned by
         // this trainer or by `data`, and none is reallocated while the shapes stay those of the
         // capture: evaluation, the one thing that changes them, drops the graph.

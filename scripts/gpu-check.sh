@@ -2,9 +2,10 @@
 # Runs the kernels' tests, training runs, the benches, the sanitizers and PyTorch on a real GPU,
 # and ends with one summary table.
 #
-#   scripts/gpu-check.sh build           on a machine with cargo: release binaries into .gpu/
+#   scripts/gpu-check.sh build           on a machine with cargo: release binaries into .gpu/,
+#                                        and packed as .gpu.tar.xz
 #   scripts/gpu-check.sh run [LOG_DIR]   on the GPU machine (no cargo needed), from the repository
-#                                        root with .gpu/ copied beside it; with LOG_DIR, the
+#                                        root with .gpu/ (or .gpu.tar.xz) copied beside it; with LOG_DIR, the
 #                                        output goes to LOG_DIR/gpu-check.log and every raw
 #                                        figure stays in LOG_DIR (see scripts/gpu_summary.py)
 #
@@ -74,10 +75,17 @@ build() {
     strip --strip-debug "$GPU_DIR"/tests/* "$GPU_DIR"/benches/* "$GPU_DIR"/handwritten
     ls -l "$GPU_DIR"/tests "$GPU_DIR"/benches "$GPU_DIR"/handwritten
     du -sh "$GPU_DIR"
+    # Every binary embeds the kernels' CUBINs for seven architectures: packed, they travel in a
+    # quarter of the space. `run` unpacks the archive where .gpu/ is missing.
+    tar -cJf "$GPU_DIR.tar.xz" "$GPU_DIR"
+    du -sh "$GPU_DIR.tar.xz"
 }
 
 run() {
     local log_dir=${1:-} raw
+    if [ ! -d "$GPU_DIR" ] && [ -f "$GPU_DIR.tar.xz" ]; then
+        tar -xJf "$GPU_DIR.tar.xz"
+    fi
     if [ -n "$log_dir" ]; then
         mkdir -p "$log_dir"
         raw=$(cd "$log_dir" && pwd)

@@ -2,7 +2,7 @@
 // engines that multiply the staged slices: exact fp32 on the SIMT cores, or TF32 on the tensor
 // cores.
 //
-// A pass computes C[m, n] = Σ_d A(i, d)·B(j, d). A and B are "views": small structs that say
+// A pass computes C[i, j] = Σ_d A(i, d)·B(j, d). A and B are "views": small structs that say
 // where element (row, d) lives, so an op supplies only its views and how a finished element is
 // stored. A block of 256 threads owns a 64x64 tile of C and walks the depth in slices of 16:
 //   stage slice s + 1 into the other shared buffer   (cp.async where the view is a plain load)
@@ -208,7 +208,7 @@ struct Tf32Engine {
 
 // ---- The tile loop ----------------------------------------------------------------------------
 
-// Computes this block's tile of C[m, n] = Σ_d A(i, d)·B(j, d) over its share of the depth and
+// Computes this block's tile of C[i, j] = Σ_d A(i, d)·B(j, d) over its share of the depth and
 // hands each element inside C to store(row, col, value); a split's partial sums go to
 // parts[blockIdx.z][m][n] instead. Every thread of the block must call it (it has barriers).
 template <typename Engine, typename A, typename B, typename Store>

@@ -382,8 +382,11 @@ fn row_max<T: Real>(row: &[T]) -> (T, usize) {
 /// m and v are running means of the gradient and its square; started at zero they are biased
 /// toward zero by the factors 1−β1ᵗ and 1−β2ᵗ. Adam's update is lr · m̂ / (√v̂ + eps) with the
 /// corrected m̂ = m / (1−β1ᵗ) and v̂ = v / (1−β2ᵗ); folding 1/(1−β1ᵗ) into
-/// step_size = lr / (1−β1ᵗ) gives the form above, which is the order of operations of
-/// torch.optim.Adam's single-tensor path, so both round the same way.
+/// step_size = lr / (1−β1ᵗ) gives the form above, the last line in the order of operations of
+/// torch.optim.Adam's single-tensor path. The moments are not rounded as there: PyTorch updates m
+/// with `lerp_(g, 1−β1)` (one fused multiply-add), fuses v's update likewise, and keeps β and the
+/// step size in f64 (1−β1 = 0.1, where here it is 1 − 0.9f32 = 0.10000002), so in f32 the two
+/// differ by an ulp or so per step; docs/adam.md says where.
 pub fn adam_update<T: Real>(
     step: &AdamStep,
     params: &mut [T],

@@ -17,7 +17,7 @@
 // engine (conv2d_<pass>) and the TF32 tensor-core engine (conv2d_<pass>_tf32).
 //
 // The weight gradient sums over batch·P, long next to its few tiles (one for the network's first
-// layer): launches.rs then splits the sum across gridDim.z blocks, which write partial tiles that
+// layer): split_gemm then splits the sum across gridDim.z blocks, which write partial tiles that
 // conv2d_backward_weight_sum_parts adds up in a fixed order.
 
 #include "gemm.cuh"

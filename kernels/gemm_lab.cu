@@ -1,5 +1,5 @@
 // gemm_lab.cu: the GEMM kernel's history, kept runnable. Each step computes the same product
-//   C[m, n] = Σ_d A[i, d]·B[j, d]    (C = A·Bᵀ; A [m, k], B [n, k], C [m, n], row-major)
+//   C[i, j] = Σ_d A[i, d]·B[j, d]    (C = A·Bᵀ; A [m, k], B [n, k], C [m, n], row-major)
 // so that tests/gemm_lab.rs holds every step to the reference and `cargo bench --bench ops --
 // gemm_lab` times them side by side. docs/gemm.md says what each step buys and why.
 //   gemm_lab_naive  one thread per element of C, reading A and B from global memory

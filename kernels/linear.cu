@@ -11,7 +11,7 @@
 // tensor-core engine (linear_<pass>_tf32).
 //
 // A long sum over few tiles (the forward pass at a small batch, the weight gradient at a large
-// one) would leave most of the GPU idle: launches.rs then splits the depth across gridDim.z
+// one) would leave most of the GPU idle: split_gemm then splits the depth across gridDim.z
 // blocks, which write partial tiles that linear_sum_parts adds up in a fixed order.
 
 #include "gemm.cuh"

@@ -302,7 +302,8 @@ pub fn linear_backward_weight<T: Real>(
 }
 
 /// Adds Σ_n −log softmax(logits[n])[labels[n]] to totals[0] and the number of rows whose first
-/// maximum is at the label to totals[1].
+/// maximum is at the label to totals[1], over the rows whose label is not [`IGNORE_LABEL`]
+/// (padding rows add nothing, as PyTorch's `ignore_index`).
 pub fn softmax_xent_forward<T: Real>(
     s: &XentShape,
     logits: &[T],
@@ -310,6 +311,9 @@ pub fn softmax_xent_forward<T: Real>(
     totals: &mut [T],
 ) {
     for (row, &label) in logits.chunks_exact(s.classes).zip(labels).take(s.batch) {
+        if label == IGNORE_LABEL {
+            continue;
+        }
         let (max, first_max) = row_max(row);
         // log Σ exp(l − max) − (l[label] − max): exact, and exp never overflows.
         let mut sum = T::ZERO;
@@ -323,24 +327,32 @@ pub fn softmax_xent_forward<T: Real>(
     }
 }
 
-/// dlogits = (softmax(logits) − onehot(labels)) / batch: the gradient of the batch's mean loss.
+/// dlogits = (softmax(logits) − onehot(labels)) / rows: the gradient of the mean loss over the
+/// `rows` real rows (those not labelled [`IGNORE_LABEL`]); padding rows get zero gradient.
 ///
 /// The forward's loss for row n with label t is ℓ = −log p_t with p_k = e^{l_k} / Σ_j e^{l_j},
 /// i.e. ℓ = log Σ_j e^{l_j} − l_t. Differentiating, ∂ℓ/∂l_k = e^{l_k} / Σ_j e^{l_j} − [k = t]
-/// = p_k − onehot_k. The training loss is the batch mean, L = (1/batch) Σ_n ℓ_n, hence the
-/// division. Subtracting the row's maximum first changes neither p nor the gradient, and keeps
-/// every exponential ≤ 1.
+/// = p_k − onehot_k. The training loss is the mean over the real rows, L = (1/rows) Σ_n ℓ_n,
+/// hence the division; a padding row is in no ℓ_n. Subtracting the row's maximum first changes
+/// neither p nor the gradient, and keeps every exponential ≤ 1. With every row padding the
+/// gradient is all zeros (PyTorch's mean loss is then 0/0 = NaN; its gradient is zeros too).
 pub fn softmax_xent_backward<T: Real>(
     s: &XentShape,
     logits: &[T],
     labels: &[u32],
     dlogits: &mut [T],
 ) {
-    let batch = T::from_f64(s.batch as f64);
-    let rows = logits
+    let labels = &labels[..s.batch];
+    let real = labels.iter().filter(|&&l| l != IGNORE_LABEL).count();
+    let rows = T::from_f64(real as f64);
+    let grad_rows = logits
         .chunks_exact(s.classes)
         .zip(dlogits.chunks_exact_mut(s.classes));
-    for ((row, drow), &label) in rows.zip(labels).take(s.batch) {
+    for ((row, drow), &label) in grad_rows.zip(labels) {
+        if label == IGNORE_LABEL {
+            drow.fill(T::ZERO);
+            continue;
+        }
         let (max, _) = row_max(row);
         let mut sum = T::ZERO;
         for &l in row {
@@ -348,7 +360,7 @@ pub fn softmax_xent_backward<T: Real>(
         }
         for (k, (d, &l)) in drow.iter_mut().zip(row).enumerate() {
             let onehot = if k == label as usize { T::ONE } else { T::ZERO };
-            *d = ((l - max).exp() / sum - onehot) / batch;
+            *d = ((l - max).exp() / sum - onehot) / rows;
         }
     }
 }
@@ -370,8 +382,11 @@ fn row_max<T: Real>(row: &[T]) -> (T, usize) {
 /// m and v are running means of the gradient and its square; started at zero they are biased
 /// toward zero by the factors 1−β1ᵗ and 1−β2ᵗ. Adam's update is lr · m̂ / (√v̂ + eps) with the
 /// corrected m̂ = m / (1−β1ᵗ) and v̂ = v / (1−β2ᵗ); folding 1/(1−β1ᵗ) into
-/// step_size = lr / (1−β1ᵗ) gives the form above, which is the order of operations of
-/// torch.optim.Adam's single-tensor path, so both round the same way.
+/// step_size = lr / (1−β1ᵗ) gives the form above, the last line in the order of operations of
+/// torch.optim.Adam's single-tensor path. The moments are not rounded as there: PyTorch updates m
+/// with `lerp_(g, 1−β1)` (one fused multiply-add), fuses v's update likewise, and keeps β and the
+/// step size in f64 (1−β1 = 0.1, where here it is 1 − 0.9f32 = 0.10000002), so in f32 the two
+/// differ by an ulp or so per step; docs/adam.md says where.
 pub fn adam_update<T: Real>(
     step: &AdamStep,
     params: &mut [T],

@@ -5,7 +5,7 @@ mod common;
 
 use common::{conv, linear, pool};
 use kernels::reference as r;
-use kernels::{AdamStep, Conv2dShape, XentShape};
+use kernels::{AdamStep, Conv2dShape, XentShape, IGNORE_LABEL};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -155,6 +155,36 @@ fn softmax_xent_gradient_matches_finite_differences() {
         r::softmax_xent_forward(&s, logits, &labels, &mut totals);
         totals[0] / s.batch as f64
     });
+}
+
+#[test]
+fn softmax_xent_skips_padding_rows_and_averages_over_the_real_ones() {
+    // Row 1 is padding: no loss, no count, zero gradient; the other rows' gradient divides by 2,
+    // the real rows, exactly as for the batch without it.
+    let s = XentShape {
+        batch: 3,
+        classes: 3,
+    };
+    let logits = [1.0f64, 2.0, 3.0, 9.0, 9.0, 9.0, 0.0, 0.0, 0.0];
+    let labels = [2, IGNORE_LABEL, 0];
+    let mut totals = [0.0; 2];
+    r::softmax_xent_forward(&s, &logits, &labels, &mut totals);
+    let mut dlogits = [f64::NAN; 9];
+    r::softmax_xent_backward(&s, &logits, &labels, &mut dlogits);
+
+    let real = XentShape {
+        batch: 2,
+        classes: 3,
+    };
+    let real_logits = [1.0, 2.0, 3.0, 0.0, 0.0, 0.0];
+    let mut want_totals = [0.0; 2];
+    r::softmax_xent_forward(&real, &real_logits, &[2, 0], &mut want_totals);
+    let mut want = [0.0; 6];
+    r::softmax_xent_backward(&real, &real_logits, &[2, 0], &mut want);
+    assert_eq!(totals, want_totals);
+    assert_eq!(dlogits[..3], want[..3]);
+    assert_eq!(dlogits[3..6], [0.0; 3]);
+    assert_eq!(dlogits[6..], want[3..]);
 }
 
 #[test]

@@ -36,14 +36,11 @@ fn softmax_xent_fused_matches_reference_over_the_rows_that_are_not_padding() {
             .collect();
         // Padding rows at the end, as an epoch's last batch has them.
         labels[batch - padding..].fill(IGNORE_LABEL);
-        let real = XentShape {
-            batch: batch - padding,
-            classes,
-        };
+        // The reference skips the padding rows itself.
         let mut want_totals = [0.5f64, 2.0];
-        r::softmax_xent_forward(&real, &widen(&logits), &labels, &mut want_totals);
-        let mut want_dlogits = vec![0.0f64; batch * classes];
-        r::softmax_xent_backward(&real, &widen(&logits), &labels, &mut want_dlogits);
+        r::softmax_xent_forward(&s, &widen(&logits), &labels, &mut want_totals);
+        let mut want_dlogits = vec![f64::NAN; batch * classes];
+        r::softmax_xent_backward(&s, &widen(&logits), &labels, &mut want_dlogits);
 
         for dev in devices() {
             let what = format!("{} {s:?}, padding {padding}", dev.name());
@@ -58,5 +55,39 @@ fn softmax_xent_fused_matches_reference_over_the_rows_that_are_not_padding() {
             let dlogits = download(dev, &dlogits);
             assert_close(&format!("{what}: dlogits"), &dlogits, &want_dlogits);
         }
+    }
+}
+
+/// A batch of padding alone adds nothing to the totals and gets a zero gradient on every device.
+/// (PyTorch's mean loss of such a batch is 0/0 = NaN; the op returns sums, so the caller never
+/// divides by its zero rows.)
+#[test]
+fn softmax_xent_fused_of_a_batch_of_padding_adds_nothing_and_has_zero_gradient() {
+    let s = XentShape {
+        batch: 5,
+        classes: 10,
+    };
+    let rng = &mut StdRng::seed_from_u64(3);
+    let logits = random(rng, s.batch * s.classes);
+    let labels = vec![IGNORE_LABEL; s.batch];
+    let mut want_totals = [0.5f64, 2.0];
+    r::softmax_xent_forward(&s, &widen(&logits), &labels, &mut want_totals);
+    let mut want_dlogits = vec![f64::NAN; logits.len()];
+    r::softmax_xent_backward(&s, &widen(&logits), &labels, &mut want_dlogits);
+    assert_eq!(want_totals, [0.5, 2.0], "reference totals");
+    assert!(want_dlogits.iter().all(|&d| d == 0.0), "reference gradient");
+    for dev in devices() {
+        let mut totals = upload(dev, &[0.5f32, 2.0]);
+        let mut dlogits = nan_buffer(dev, logits.len());
+        let (logits, labels) = (upload(dev, &logits), upload(dev, &labels));
+        dev.softmax_xent_fused(&s, &logits, &labels, &mut totals, &mut dlogits)
+            .unwrap();
+        assert_eq!(download(dev, &totals), [0.5, 2.0], "{}: totals", dev.name());
+        let dlogits = download(dev, &dlogits);
+        assert!(
+            dlogits.iter().all(|&d| d == 0.0),
+            "{}: dlogits {dlogits:?}",
+            dev.name()
+        );
     }
 }

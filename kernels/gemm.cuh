@@ -1,6 +1,6 @@
 // gemm.cuh: the tile loop every GEMM-shaped kernel shares (conv2d.cu, linear.cu), with two
-// engines that multiply the staged slices: exact fp32 on the SIMT cores, or TF32 on the tensor
-// cores.
+// engines that multiply the staged slices: fp32 on the SIMT cores (one fmaf per product), or TF32
+// on the tensor cores.
 //
 // A pass computes C[i, j] = Σ_d A(i, d)·B(j, d) for C of m rows and n columns. A and B are
 // "views": small structs that say where element (row, d) lives, so an op supplies only its views

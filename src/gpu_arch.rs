@@ -91,6 +91,15 @@ impl ComputeCapability {
         kib * 1024
     }
 
+    /// Threads one SM holds at once (the programming guide's table).
+    pub fn max_threads_per_sm(self) -> u64 {
+        match (self.major, self.minor) {
+            (7, 5) => 1024,
+            (8, 6) | (8, 9) | (12, _) => 1536,
+            _ => 2048,
+        }
+    }
+
     /// Why the kernels cannot run on a GPU of this capability, if they cannot.
     pub fn unsupported(self) -> Option<String> {
         (self < ComputeCapability::OLDEST).then(|| {
@@ -246,6 +255,25 @@ pub(crate) fn resources_for(
         .find(|r| r.kernel == kernel && r.arch == arch)
 }
 
+/// How many blocks of `threads` threads of `kernel` one SM of a GPU of capability `cc` holds at
+/// once, from ptxas's report: limited by registers (allocated per warp in steps of 8 per thread,
+/// 65,536 per SM), by threads, and by shared memory (each block also reserves 1 KiB). None
+/// without a report.
+pub(crate) fn resident_blocks(kernel: &str, threads: u32, cc: ComputeCapability) -> Option<usize> {
+    let r = resources_for(kernel, cc)?;
+    Some(occupancy(r.registers, r.shared_bytes, threads, cc))
+}
+
+fn occupancy(registers: u32, shared_bytes: u32, threads: u32, cc: ComputeCapability) -> usize {
+    let warps = (threads as u64).div_ceil(32).max(1);
+    let registers_per_block = (registers as u64).div_ceil(8) * 8 * 32 * warps;
+    let by_registers = REGISTERS_PER_BLOCK / registers_per_block.max(1);
+    let by_threads = cc.max_threads_per_sm() / (threads as u64).max(1);
+    let shared_per_sm = cc.max_shared_per_block() + 1024;
+    let by_shared = shared_per_sm / (shared_bytes as u64 + 1024);
+    by_registers.min(by_threads).min(by_shared) as usize
+}
+
 /// Checks that `launch` fits a GPU of capability `cc`: its block's registers (ptxas's count for
 /// that GPU's code times the threads) and its shared memory (static and dynamic). A launch that
 /// does not fit fails on the GPU with "too many resources requested for launch"; here it fails
@@ -331,6 +359,19 @@ mod tests {
         assert_eq!(cc(8, 6).default_precision(), Precision::Tf32);
         assert!(cc(6, 1).unsupported().unwrap().contains("7.5"));
         assert_eq!(cc(7, 5).unsupported(), None);
+    }
+
+    /// Blocks per SM, as the CUDA occupancy calculator counts them for the GEMM kernels' 256
+    /// threads and 16,640 bytes of shared memory.
+    #[test]
+    fn occupancy_is_limited_by_registers_threads_and_shared_memory() {
+        let hopper = cc(9, 0);
+        assert_eq!(occupancy(64, 16_640, 256, hopper), 4); // 64 x 256 x 4 = 65,536 registers
+        assert_eq!(occupancy(63, 16_640, 256, hopper), 4); // allocated as 64
+        assert_eq!(occupancy(96, 16_640, 256, hopper), 2);
+        assert_eq!(occupancy(32, 16_640, 256, hopper), 8); // 2,048 threads
+        assert_eq!(occupancy(32, 16_640, 256, cc(7, 5)), 3); // 65 KiB of shared memory
+        assert_eq!(occupancy(16, 0, 256, cc(8, 6)), 6); // 1,536 threads
     }
 
     /// A launch that would need more registers or shared memory than a block has is refused,

@@ -267,7 +267,7 @@ impl Device {
                 device: "cpu".to_string(),
                 what: "the cpu device runs no CUDA kernels".to_string(),
             }),
-            Device::Emulated(_) => {
+            Device::Emulated(cc) => {
                 let mut parts = EMULATED_GEMM_PARTS
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
@@ -277,6 +277,7 @@ impl Device {
                 }
                 let ctx = GemmContext {
                     sm_count: EMULATED_SM_COUNT,
+                    capability: *cc,
                     parts: KernelArg::Ptr(parts.as_mut_ptr() as u64),
                     parts_len,
                 };
@@ -286,6 +287,7 @@ impl Device {
                 let parts = gpu.gemm_parts();
                 let ctx = GemmContext {
                     sm_count: gpu.sm_count(),
+                    capability: gpu.capability(),
                     parts: KernelArg::Ptr(cuda::device_address(&parts)),
                     parts_len: parts.len(),
                 };

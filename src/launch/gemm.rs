@@ -3,6 +3,7 @@
 //! has too few tiles to fill the GPU.
 
 use super::{KernelArg, Launch};
+use crate::gpu_arch::{self, ComputeCapability};
 
 /// Rows and columns of the output tile of one block of the GEMM kernels (`GEMM_TILE` in
 /// kernels/gemm.cuh), which run `GEMM_THREADS` threads each.
@@ -15,26 +16,34 @@ const GEMM_TILE_DEPTH: usize = 16;
 /// costs more than the extra blocks gain.
 const MIN_SPLIT_DEPTH: usize = 128;
 
-/// What a GEMM launch needs to know of its device: how many SMs to fill, and where split sums
-/// write their partial products (`parts`, `parts_len` floats, held by the device for the op).
+/// What a GEMM launch needs to know of its device: how many SMs to fill, its compute capability
+/// (whose code's registers say how many blocks an SM holds), and where split sums write their
+/// partial products (`parts`, `parts_len` floats, held by the device for the op).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct GemmContext {
     pub sm_count: usize,
+    pub capability: ComputeCapability,
     pub parts: KernelArg,
     pub parts_len: usize,
 }
 
-/// Blocks a GEMM grid should have: two per SM, so that every SM has a second block to run while
-/// the first waits for memory.
-fn target_blocks(sm_count: usize) -> usize {
-    2 * sm_count.max(1)
+/// Blocks per SM a split grid aims at without a ptxas report (a binary built without NVRTC):
+/// a second block to run while the first waits for memory.
+const DEFAULT_BLOCKS_PER_SM: usize = 2;
+/// The most blocks per SM a split grid aims at: what the GEMM kernels' registers allow at best
+/// (64 registers at 256 threads). More parts would only add partial tiles to write and add.
+const MAX_BLOCKS_PER_SM: usize = 4;
+
+/// Blocks a GEMM grid should have: as many as the SMs hold at once, `blocks_per_sm` each.
+fn target_blocks(sm_count: usize, blocks_per_sm: usize) -> usize {
+    blocks_per_sm.clamp(1, MAX_BLOCKS_PER_SM) * sm_count.max(1)
 }
 
 /// Floats of workspace that every split GEMM fits in. A sum is split only when its output has
 /// fewer tiles than `target_blocks`, into at most ⌈target / tiles⌉ parts, so the parts cover
 /// fewer than 2·target tiles.
 pub(crate) fn gemm_parts_len(sm_count: usize) -> usize {
-    2 * target_blocks(sm_count) * GEMM_TILE * GEMM_TILE
+    2 * target_blocks(sm_count, MAX_BLOCKS_PER_SM) * GEMM_TILE * GEMM_TILE
 }
 
 /// A null pointer, for the parts of a sum that is not split.
@@ -92,7 +101,9 @@ pub(super) fn split_gemm(
 ) -> Vec<Launch> {
     let mut launch = gemm(kernel, rows, cols, args(NO_PARTS));
     let tiles = (launch.grid[0] * launch.grid[1]) as usize;
-    let splits = depth_splits(tiles, depth, target_blocks(ctx.sm_count));
+    let blocks_per_sm = gpu_arch::resident_blocks(kernel, GEMM_THREADS, ctx.capability)
+        .unwrap_or(DEFAULT_BLOCKS_PER_SM);
+    let splits = depth_splits(tiles, depth, target_blocks(ctx.sm_count, blocks_per_sm));
     // Always true by gemm_parts_len's bound; a guard, not a path.
     let fits = splits * rows * cols <= ctx.parts_len;
     if splits == 1 || !fits {
@@ -121,8 +132,9 @@ mod tests {
     /// An H200's context.
     const CTX: GemmContext = GemmContext {
         sm_count: 132,
+        capability: ComputeCapability::new(9, 0),
         parts: PARTS,
-        parts_len: 2 * 2 * 132 * 64 * 64,
+        parts_len: 2 * 4 * 132 * 64 * 64,
     };
     const FP32: Precision = Precision::Fp32;
 
@@ -171,6 +183,29 @@ mod tests {
             "{sum_kernel} does not write the output"
         );
         assert!(!launches.iter().any(|l| l.kernel == "fill_zero"));
+    }
+
+    /// conv1's weight gradient, one output tile over 64·784 pixels, is split into as many parts
+    /// as the SMs hold blocks of its kernel at once, by ptxas's report for the GPU's code.
+    #[test]
+    fn split_grids_are_sized_from_the_kernels_occupancy() {
+        let s = conv(64, 1, 32, 28);
+        for capability in [ComputeCapability::new(7, 5), ComputeCapability::new(9, 0)] {
+            let ctx = GemmContext { capability, ..CTX };
+            let kernel = "conv2d_backward_weight";
+            let Some(per_sm) = gpu_arch::resident_blocks(kernel, GEMM_THREADS, capability) else {
+                eprintln!("skipped: built without NVRTC, no ptxas report");
+                return;
+            };
+            let launches = conv2d::backward_weight(&s, FP32, &ctx, X, DY, OUT, DB);
+            let depth = 64 * 28 * 28;
+            let target = per_sm.clamp(1, MAX_BLOCKS_PER_SM) * 132;
+            assert_eq!(
+                find(&launches, kernel).grid[2] as usize,
+                depth_splits(1, depth, target),
+                "{capability}: {per_sm} blocks per SM"
+            );
+        }
     }
 
     #[test]
@@ -264,10 +299,13 @@ mod tests {
             let (product, product_tf32) = (&fp32[0], &tf32[0]);
             assert_eq!(product_tf32.kernel, format!("{}_tf32", product.kernel));
             assert_eq!(product_tf32.args, product.args);
-            assert_eq!(product_tf32.grid, product.grid);
+            // The same tiles; how far the sum is split follows each kernel's own occupancy.
+            assert_eq!(product_tf32.grid[..2], product.grid[..2]);
+            let kernels =
+                |launches: &[Launch]| launches.iter().map(|l| l.kernel).collect::<Vec<_>>();
             assert_eq!(
-                fp32[1..],
-                tf32[1..],
+                kernels(&fp32[1..]),
+                kernels(&tf32[1..]),
                 "the passes after the product are shared"
             );
         }
@@ -276,7 +314,7 @@ mod tests {
     #[test]
     fn splits_cover_the_depth_in_nonempty_parts_of_whole_slices_within_the_workspace() {
         for sm_count in [1, 16, 132] {
-            let target = target_blocks(sm_count);
+            let target = target_blocks(sm_count, MAX_BLOCKS_PER_SM);
             for tiles in [1, 5, 16, 100, 264, 1000] {
                 for depth in [0, 1, 255, 256, 257, 1000, 3136, 12_544, 50_176, 802_816] {
                     let splits = depth_splits(tiles, depth, target);

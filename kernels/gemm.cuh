@@ -113,8 +113,8 @@ template <typename View> struct Staging {
     static constexpr bool async = View::addressable && GEMM_CP_ASYNC;
     float values[GEMM_STAGED];
 
-    template <int Pad>
-    __device__ __forceinline__ void load(float (*slice)[GEMM_TILE + Pad], const View& view,
+    template <typename Engine>
+    __device__ __forceinline__ void load(float (*slice)[GEMM_TILE + Engine::pad], const View& view,
                                          int rows, int depth, int row0, int d0) {
 #pragma unroll
         for (int i = 0; i < GEMM_STAGED; ++i) {
@@ -125,7 +125,8 @@ template <typename View> struct Staging {
             if constexpr (async) {
 #if GEMM_CP_ASYNC
                 // Outside, a zero-filling copy from an address that is certainly valid.
-                cp_async_4(&slice[d][r], inside ? view.address(row, k) : view.address(0, 0),
+                cp_async_4(&slice[d][Engine::column(d, r)],
+                           inside ? view.address(row, k) : view.address(0, 0),
                            inside ? 4u : 0u);
 #endif
             } else if constexpr (View::addressable) {
@@ -138,13 +139,14 @@ template <typename View> struct Staging {
         }
     }
 
-    template <int Pad> __device__ __forceinline__ void store(float (*slice)[GEMM_TILE + Pad]) {
+    template <typename Engine>
+    __device__ __forceinline__ void store(float (*slice)[GEMM_TILE + Engine::pad]) {
         if constexpr (!async) {
 #pragma unroll
             for (int i = 0; i < GEMM_STAGED; ++i) {
                 int r, d;
                 staged_element<View>(i, r, d);
-                slice[d][r] = values[i];
+                slice[d][Engine::column(d, r)] = values[i];
             }
         }
     }
@@ -181,6 +183,8 @@ __device__ __forceinline__ void depth_range(int depth, int& begin, int& end) {
 struct SimtEngine {
     // +1 keeps the depth-contiguous staging stores, which stride by a row, off a single bank.
     static constexpr int pad = 1;
+    // Where element (d, r) of a slice is stored within row d.
+    __device__ static __forceinline__ int column(int, int r) { return r; }
     float acc[4][4];
 
     __device__ __forceinline__ void zero() {
@@ -229,8 +233,19 @@ struct SimtEngine {
 //   c0 = C[g][2t]  c1 = C[g][2t + 1]  c2 = C[g + 8][2t]  c3 = C[g + 8][2t + 1]
 // Operands are rounded (cvt.rna) as they leave shared memory; products and sums are fp32.
 struct Tf32Engine {
-    // Rows of 72 floats put the fragment reads, slice[t][g] over the 32 lanes, on 32 banks.
-    static constexpr int pad = 8;
+    // Rows of 64 floats, element (d, r) at column r ^ (8·(d % 4) + 2·(d / 4)): an XOR swizzle that
+    // puts both access patterns on 32 banks (bank = column % 32, as 64 ≡ 0):
+    // - fragment reads, lane (g, t) at row k0 + t (+ 4), column c0 + g: d / 4 is the same for the
+    //   four t, so bits 1-2 of the XOR only permute g, and bits 3-4 (8·t) set each t's 8 banks;
+    // - depth-contiguous staging stores, lane l at row l % 16, column r0 + l / 16 (r0 even): the
+    //   16 rows give 16 values of bits 1-4, the two columns bit 0;
+    // - row-contiguous stores (32 consecutive columns of one row) XOR a constant: a permutation.
+    // Unswizzled, rows of 72 (8 mod 32 banks apart) served the reads but stored depth-contiguous
+    // views 4-way conflicted.
+    static constexpr int pad = 0;
+    __device__ static __forceinline__ int column(int d, int r) {
+        return r ^ (8 * (d % 4) + 2 * (d / 4));
+    }
     float acc[4][4];  // [n-tile j][c register]
 
     __device__ __forceinline__ void zero() {
@@ -248,13 +263,16 @@ struct Tf32Engine {
         int m0 = 16 * (warp / 2), n0 = 32 * (warp % 2);
 #pragma unroll
         for (int k0 = 0; k0 < GEMM_DEPTH; k0 += 8) {
-            unsigned a_frag[4] = {
-                cvt_rna_tf32(a[k0 + t][m0 + g]), cvt_rna_tf32(a[k0 + t][m0 + g + 8]),
-                cvt_rna_tf32(a[k0 + t + 4][m0 + g]), cvt_rna_tf32(a[k0 + t + 4][m0 + g + 8])};
+            int k = k0 + t, k4 = k0 + t + 4;
+            unsigned a_frag[4] = {cvt_rna_tf32(a[k][column(k, m0 + g)]),
+                                  cvt_rna_tf32(a[k][column(k, m0 + g + 8)]),
+                                  cvt_rna_tf32(a[k4][column(k4, m0 + g)]),
+                                  cvt_rna_tf32(a[k4][column(k4, m0 + g + 8)])};
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
-                unsigned b_frag[2] = {cvt_rna_tf32(b[k0 + t][n0 + 8 * j + g]),
-                                      cvt_rna_tf32(b[k0 + t + 4][n0 + 8 * j + g])};
+                int n = n0 + 8 * j + g;
+                unsigned b_frag[2] = {cvt_rna_tf32(b[k][column(k, n)]),
+                                      cvt_rna_tf32(b[k4][column(k4, n)])};
                 mma_m16n8k8_tf32(acc[j], a_frag, b_frag, acc[j]);
             }
         }
@@ -294,17 +312,17 @@ __device__ __forceinline__ void gemm_tile(const A& a, const B& b, int m, int n, 
     Staging<A> a_staging;
     Staging<B> b_staging;
     if (begin < end) {
-        a_staging.template load<pad>(a_slices[0], a, m, depth, row0, begin);
-        b_staging.template load<pad>(b_slices[0], b, n, depth, col0, begin);
-        a_staging.template store<pad>(a_slices[0]);
-        b_staging.template store<pad>(b_slices[0]);
+        a_staging.template load<Engine>(a_slices[0], a, m, depth, row0, begin);
+        b_staging.template load<Engine>(b_slices[0], b, n, depth, col0, begin);
+        a_staging.template store<Engine>(a_slices[0]);
+        b_staging.template store<Engine>(b_slices[0]);
     }
     staging_commit();
     for (int d0 = begin, s = 0; d0 < end; d0 += GEMM_DEPTH, s ^= 1) {
         bool next = d0 + GEMM_DEPTH < end;
         if (next) {
-            a_staging.template load<pad>(a_slices[s ^ 1], a, m, depth, row0, d0 + GEMM_DEPTH);
-            b_staging.template load<pad>(b_slices[s ^ 1], b, n, depth, col0, d0 + GEMM_DEPTH);
+            a_staging.template load<Engine>(a_slices[s ^ 1], a, m, depth, row0, d0 + GEMM_DEPTH);
+            b_staging.template load<Engine>(b_slices[s ^ 1], b, n, depth, col0, d0 + GEMM_DEPTH);
         }
         staging_commit();               // possibly empty: one group per step keeps counts simple
         staging_wait_all_but_newest();  // this step's slice has landed (the next may be in flight)
@@ -312,8 +330,8 @@ __device__ __forceinline__ void gemm_tile(const A& a, const B& b, int m, int n, 
         engine.multiply(a_slices[s], b_slices[s]);
         if (next) {
             // Buffer s ^ 1 was last read before the previous step's closing barrier.
-            a_staging.template store<pad>(a_slices[s ^ 1]);
-            b_staging.template store<pad>(b_slices[s ^ 1]);
+            a_staging.template store<Engine>(a_slices[s ^ 1]);
+            b_staging.template store<Engine>(b_slices[s ^ 1]);
         }
         __syncthreads();                // the buffer just read is refilled next step
     }

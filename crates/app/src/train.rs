@@ -17,7 +17,7 @@ use rand_chacha::ChaCha12Rng;
 use crate::eval_report::ClassReport;
 use crate::metrics::EpochMetrics;
 use crate::mnist::{Split, CLASSES, IMAGE_LEN, IMAGE_SIDE};
-use crate::run_dir::RunDir;
+use crate::run_dir::{LockedDir, RunDir};
 use crate::signals;
 use crate::state::{RunOptions, TrainingState, STATE_FILE};
 
@@ -91,8 +91,15 @@ impl std::error::Error for Interrupted {}
 pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
     // From the start: a Ctrl-C while the data loads stops the run after its first step.
     signals::install();
-    let (mut state, resume_dir) = match start {
-        TrainStart::New { options, .. } => (initial_state(options.clone()), None),
+    // The run directory is locked before anything in it is looked at, and held to the end.
+    let (run, mut state, resume_dir) = match start {
+        TrainStart::New { options, out } => {
+            let run = match out {
+                Some(out) => RunDir::create(out)?,
+                None => RunDir::create_default(Path::new("runs"))?,
+            };
+            (run, initial_state(options.clone()), None)
+        }
         TrainStart::Resume {
             dir,
             epochs,
@@ -107,6 +114,7 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
                     dir.display()
                 );
             }
+            let run = RunDir::reopen(dir)?;
             let mut state = TrainingState::load(&path)?;
             let o = &mut state.options;
             o.epochs = epochs.unwrap_or(o.epochs);
@@ -121,7 +129,7 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
                     state.epoch
                 );
             }
-            (state, Some(dir.clone()))
+            (run, state, Some(dir.clone()))
         }
     };
     let device = open_device(&state.options.device)?;
@@ -130,11 +138,6 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
     let options = state.options.clone();
     let train_set = upload(&device, &Split::train(&options.data, options.train_limit)?)?;
     let test_set = upload(&device, &Split::test(&options.data, options.test_limit)?)?;
-    let run = match start {
-        TrainStart::Resume { dir, .. } => RunDir::reopen(dir)?,
-        TrainStart::New { out: Some(out), .. } => RunDir::create(out)?,
-        TrainStart::New { out: None, .. } => RunDir::create_default(Path::new("runs"))?,
-    };
     let mut net = ConvNet::new(&device, ConvNetConfig::reference(), options.seed)?;
     net.set_precision(precision);
     let mut adam = Adam::new(options.lr);
@@ -282,6 +285,12 @@ fn state_of(
 /// Prints the test loss and accuracy of a checkpoint, its accuracy per class and its confusion
 /// matrix; draws the matrix to `confusion.png` under `--out`.
 pub fn eval(options: &EvalOptions) -> Result<()> {
+    // Locked before any work, as a run directory: a run writing there would be told apart.
+    let out = options
+        .out
+        .as_deref()
+        .map(|out| LockedDir::open("--out", out, false))
+        .transpose()?;
     let device = open_device(&options.device)?;
     let precision = resolve_precision(&device, options.precision)?;
     let split = Split::test(&options.data, options.test_limit)?;
@@ -305,10 +314,10 @@ pub fn eval(options: &EvalOptions) -> Result<()> {
         .collect();
     let report = ClassReport::new(&split.labels, &predictions);
     print!("{report}");
-    if let Some(out) = &options.out {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let path = out.join(crate::eval_report::CONFUSION_PLOT_FILE);
+    if let Some(out) = &out {
+        let path = out.path.join(crate::eval_report::CONFUSION_PLOT_FILE);
         nn::write_atomically(&path, |temp| report.draw(temp))?;
+        out.keep();
         println!("wrote {}", path.display());
     }
     Ok(())

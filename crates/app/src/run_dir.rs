@@ -154,6 +154,14 @@ pub fn check_out(flag: &str, path: &Path) -> Result<()> {
     }
 }
 
+fn not_empty(flag: &str, path: &Path) -> String {
+    format!(
+        "{flag} {0} is not empty: resume that run with `handwritten train --resume {0}`, or \
+         choose another {flag}",
+        path.display()
+    )
+}
+
 /// A directory this process writes and holds the lock of. Made by this process and left with
 /// nothing kept in it, it is removed again when dropped: a run that fails before it starts
 /// leaves no empty directory behind.
@@ -169,6 +177,11 @@ impl LockedDir {
     /// lock; then it must be writable and, with `empty`, hold nothing but the lock file.
     pub fn open(flag: &str, path: &Path, empty: bool) -> Result<LockedDir> {
         check_out(flag, path)?;
+        // A directory no run ever locked gets no lock file when it is refused.
+        let unlocked = !path.join(LOCK_FILE).exists();
+        if empty && unlocked && path.is_dir() && has_entries(path).unwrap_or(false) {
+            bail!(not_empty(flag, path));
+        }
         let created = match fs::create_dir(path) {
             Ok(()) => true,
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => false,
@@ -194,11 +207,7 @@ impl LockedDir {
         };
         // Looked at again under the lock: another process may have written it since the check.
         if empty && has_entries(path).with_context(|| format!("{flag} {}", path.display()))? {
-            bail!(
-                "{flag} {0} is not empty: resume that run with `handwritten train --resume {0}`, \
-                 or choose another {flag}",
-                path.display()
-            );
+            bail!(not_empty(flag, path));
         }
         check_writable(path)
             .with_context(|| format!("{flag} {} is not writable", path.display()))?;

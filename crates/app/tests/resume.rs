@@ -219,6 +219,7 @@ fn out_on_a_run_directory_is_refused_and_says_how_to_resume() {
         "{err}"
     );
     assert_eq!(fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine");
+    assert!(!dir.join(".lock").exists(), "a lock file was left in it");
     let output = resume(&dir, &[]);
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -19,10 +19,14 @@ use nn::{read_f32_tensor, state_dict_shapes, AdamState, ConvNetConfig, MAX_CHECK
 use safetensors::{Dtype, SafeTensors};
 
 use crate::metrics::{from_csv, to_csv, EpochMetrics};
+use crate::mnist::Fingerprint;
 
 pub const STATE_FILE: &str = "training_state.safetensors";
 const FORMAT: &str = "handwritten training state";
 const VERSION: u32 = 1;
+/// The data's fingerprints; a state without them is from before runs recorded their data.
+const TRAIN_SHA256: &str = "train_sha256";
+const TEST_SHA256: &str = "test_sha256";
 /// Weights and two moments: three networks' worth, and the metadata.
 const MAX_STATE_BYTES: u64 = 3 * MAX_CHECKPOINT_BYTES + (1 << 20);
 
@@ -41,6 +45,13 @@ pub struct RunOptions {
     pub test_limit: Option<usize>,
 }
 
+/// The data a run trains and tests on, as [`Split::fingerprint`](crate::mnist::Split)s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DataFingerprints {
+    pub train: Fingerprint,
+    pub test: Fingerprint,
+}
+
 /// A run as of the end of its epoch `epoch` (0: not yet trained).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainingState {
@@ -52,6 +63,8 @@ pub struct TrainingState {
     pub weights: Vec<Vec<f32>>,
     pub adam: AdamState,
     pub history: Vec<EpochMetrics>,
+    /// None in a state written before runs recorded their data, and until the data is read.
+    pub fingerprints: Option<DataFingerprints>,
 }
 
 impl TrainingState {
@@ -63,7 +76,7 @@ impl TrainingState {
             .data
             .to_str()
             .ok_or_else(|| anyhow!("--data {}: not UTF-8", o.data.display()))?;
-        let metadata: HashMap<String, String> = [
+        let mut metadata: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("version", VERSION.to_string()),
             ("epoch", self.epoch.to_string()),
@@ -87,6 +100,10 @@ impl TrainingState {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some(data) = &self.fingerprints {
+            metadata.insert(TRAIN_SHA256.to_string(), data.train.to_string());
+            metadata.insert(TEST_SHA256.to_string(), data.test.to_string());
+        }
 
         let shapes = state_dict_shapes(&ConvNetConfig::reference());
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -172,6 +189,15 @@ impl TrainingState {
             );
         }
         let steps: u32 = parse("adam_steps", text("adam_steps")?)?;
+        let fingerprints = match (meta.get(TRAIN_SHA256), meta.get(TEST_SHA256)) {
+            (None, None) => None,
+            (Some(train), Some(test)) => Some(DataFingerprints {
+                train: parse(TRAIN_SHA256, train)?,
+                test: parse(TEST_SHA256, test)?,
+            }),
+            (Some(_), None) => bail!("metadata {TEST_SHA256} is missing"),
+            (None, Some(_)) => bail!("metadata {TRAIN_SHA256} is missing"),
+        };
 
         let shapes = state_dict_shapes(&ConvNetConfig::reference());
         let weights = shapes
@@ -204,6 +230,7 @@ impl TrainingState {
             weights,
             adam: AdamState { steps, moments },
             history,
+            fingerprints,
         })
     }
 }

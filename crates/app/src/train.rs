@@ -19,7 +19,7 @@ use crate::metrics::EpochMetrics;
 use crate::mnist::{Split, CLASSES, IMAGE_LEN, IMAGE_SIDE};
 use crate::run_dir::{LockedDir, RunDir};
 use crate::signals;
-use crate::state::{RunOptions, TrainingState, STATE_FILE};
+use crate::state::{DataFingerprints, RunOptions, TrainingState, STATE_FILE};
 
 /// Reading the running loss for the progress bar waits for the device: only this often.
 const PROGRESS_EVERY_STEPS: usize = 50;
@@ -92,7 +92,7 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
     // From the start: a Ctrl-C while the data loads stops the run after its first step.
     signals::install();
     // The run directory is locked before anything in it is looked at, and held to the end.
-    let (run, mut state, resume_dir) = match start {
+    let (run, mut state, resumed) = match start {
         TrainStart::New { options, out } => {
             let run = match out {
                 Some(out) => RunDir::create(out)?,
@@ -116,6 +116,12 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
             }
             let run = RunDir::reopen(dir)?;
             let mut state = TrainingState::load(&path)?;
+            let resumed = Resumed {
+                dir: dir.clone(),
+                state_path: path,
+                stored_data: state.options.data.clone(),
+                data_given: data.clone(),
+            };
             let o = &mut state.options;
             o.epochs = epochs.unwrap_or(o.epochs);
             o.device = device.clone().unwrap_or_else(|| o.device.clone());
@@ -129,19 +135,32 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
                     state.epoch
                 );
             }
-            (run, state, Some(dir.clone()))
+            (run, state, Some(resumed))
         }
     };
     let device = open_device(&state.options.device)?;
     let precision = resolve_precision(&device, state.options.precision)?;
     state.options.precision = Some(precision);
     let options = state.options.clone();
-    let train_set = upload(&device, &Split::train(&options.data, options.train_limit)?)?;
-    let test_set = upload(&device, &Split::test(&options.data, options.test_limit)?)?;
+    let train_split = Split::train(&options.data, options.train_limit)?;
+    let test_split = Split::test(&options.data, options.test_limit)?;
+    let fingerprints = DataFingerprints {
+        train: train_split.fingerprint(),
+        test: test_split.fingerprint(),
+    };
+    if let (Some(resumed), Some(recorded)) = (&resumed, &state.fingerprints) {
+        resumed.check_data(recorded, &fingerprints)?;
+    }
+    // A state from before runs recorded their data takes the fingerprints of the data it
+    // resumes with.
+    state.fingerprints = Some(fingerprints);
+    let train_set = upload(&device, &train_split)?;
+    let test_set = upload(&device, &test_split)?;
+    drop((train_split, test_split));
     let mut net = ConvNet::new(&device, ConvNetConfig::reference(), options.seed)?;
     net.set_precision(precision);
     let mut adam = Adam::new(options.lr);
-    if resume_dir.is_some() {
+    if resumed.is_some() {
         for (param, values) in net.params_mut().into_iter().zip(&state.weights) {
             device.write(values, &mut param.value.data)?;
         }
@@ -163,7 +182,7 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
         },
         options.batch_size,
         options.lr,
-        if resume_dir.is_some() {
+        if resumed.is_some() {
             "resuming"
         } else {
             "writing"
@@ -186,7 +205,7 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
             order.len()
         );
     }
-    if resume_dir.is_none() {
+    if resumed.is_none() {
         // Epoch 0 committed: from here on the run can be resumed, whenever it stops.
         run.commit(
             &state_of(&state, 0, &rng, &trainer, &state.history)?,
@@ -246,6 +265,41 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where a resumed run's state came from, and which of its options were given again.
+struct Resumed {
+    dir: PathBuf,
+    state_path: PathBuf,
+    /// The data directory the state names.
+    stored_data: PathBuf,
+    /// `--data`, when given again.
+    data_given: Option<PathBuf>,
+}
+
+impl Resumed {
+    /// Refuses data other than the run's own: `now` are the fingerprints of the data read.
+    fn check_data(&self, recorded: &DataFingerprints, now: &DataFingerprints) -> Result<()> {
+        let splits = match (recorded.train == now.train, recorded.test == now.test) {
+            (true, true) => return Ok(()),
+            (false, true) => "training images and labels",
+            (true, false) => "test images and labels",
+            (false, false) => "training and test images and labels",
+        };
+        let (dir, stored) = (self.dir.display(), self.stored_data.display());
+        let state = self.state_path.display();
+        if let Some(given) = &self.data_given {
+            bail!(
+                "--data {}: its {splits} are not those {dir} trained on, which were in {stored} \
+                 (by the fingerprints in {state}); resume with the run's own data",
+                given.display()
+            );
+        }
+        bail!(
+            "{stored} (the run's --data, from {state}): its {splits} have changed since {dir} \
+             trained on them (their fingerprints differ from the state's)"
+        )
+    }
+}
+
 /// A new run before its first epoch.
 fn initial_state(options: RunOptions) -> TrainingState {
     TrainingState {
@@ -255,6 +309,7 @@ fn initial_state(options: RunOptions) -> TrainingState {
         weights: Vec::new(),
         adam: Default::default(),
         history: Vec::new(),
+        fingerprints: None,
     }
 }
 
@@ -279,6 +334,7 @@ fn state_of(
         weights,
         adam: trainer.adam().state(net.device())?,
         history: history.to_vec(),
+        fingerprints: start.fingerprints,
     })
 }
 

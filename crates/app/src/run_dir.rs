@@ -382,14 +382,18 @@ mod tests {
     #[test]
     fn default_run_names_never_collide() {
         let runs = std::env::temp_dir().join(format!("handwritten-runs-{}", std::process::id()));
-        let dirs: Vec<PathBuf> = (0..3)
-            .map(|_| RunDir::create_default(&runs).unwrap().path)
+        // Held at once: a run directory that commits nothing is removed when dropped.
+        let held: Vec<RunDir> = (0..3)
+            .map(|_| RunDir::create_default(&runs).unwrap())
             .collect();
+        let dirs: Vec<PathBuf> = held.iter().map(|run| run.path.clone()).collect();
         assert!(
             dirs[0] != dirs[1] && dirs[1] != dirs[2] && dirs[0] != dirs[2],
             "{dirs:?}"
         );
         assert!(dirs.iter().all(|d| d.is_dir()));
+        drop(held);
+        assert!(dirs.iter().all(|d| !d.exists()));
         fs::remove_dir_all(&runs).unwrap();
     }
 }

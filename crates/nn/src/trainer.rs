@@ -196,6 +196,12 @@ impl Trainer {
         self.use_graph
     }
 
+    /// The captured step, once a second step at the training shape has run (on the emulator its
+    /// launches can be listed: `examples/step_launches.rs`).
+    pub fn step_graph(&self) -> Option<&Graph> {
+        self.graph.as_ref().map(|g| &g.graph)
+    }
+
     pub fn net(&self) -> &ConvNet {
         &self.net
     }

@@ -188,8 +188,8 @@ fn gemm_every_kernel_matches_reference() {
             }
         }
         let (a_matrix, b_matrix) = (Matrix::new(&a, a_layout), Matrix::new(&b, b_layout));
-        let packed = PackedA::new(a_matrix);
         for &kernel in &kernels {
+            let packed = PackedA::for_kernel(kernel, a_matrix);
             for a_operand in [A::Matrix(a_matrix), A::Packed(&packed)] {
                 let mut c = c0.clone();
                 gemm_with(kernel, &mut c, c_layout, a_operand, &b_matrix, epilogue);

@@ -74,7 +74,7 @@ impl<'a> ImageConv<'a> {
     pub(super) fn new(s: &'a Conv2dShape, w: &'a [f32], b: Option<&'a [f32]>) -> Self {
         #[cfg(target_arch = "x86_64")]
         if let Some(b) = b.filter(|_| shallow::applies(Kernel::detect(), s)) {
-            return ImageConv::Shallow(shallow::Shallow::new(s, w, b));
+            return ImageConv::Shallow(shallow::Shallow::new(Kernel::detect(), s, w, b));
         }
         ImageConv::Product(Convolution::new(s, w, b))
     }
@@ -282,7 +282,7 @@ impl<'a> WeightGrad<'a> {
     pub(super) fn new(s: &'a Conv2dShape) -> Self {
         #[cfg(target_arch = "x86_64")]
         if shallow::applies(Kernel::detect(), s) {
-            return WeightGrad::Shallow(shallow::ShallowGrad::new(s));
+            return WeightGrad::Shallow(shallow::ShallowGrad::new(Kernel::detect(), s));
         }
         #[cfg(target_arch = "x86_64")]
         if s.stride == 1 && Kernel::detect().reads_in_place() {

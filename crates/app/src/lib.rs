@@ -5,6 +5,7 @@
 pub mod eval_report;
 pub mod metrics;
 pub mod mnist;
+pub mod options;
 pub mod plot;
 pub mod predict;
 pub mod run_dir;

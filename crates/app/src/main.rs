@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use app::options::{at_least_one, device, epochs, learning_rate, precision, seed, DEVICES};
 use app::predict::{json_line, load_image, text_line};
 use app::signals::INTERRUPTED_EXIT_CODE;
 use app::state::RunOptions;
@@ -14,10 +15,6 @@ use app::train::{
 };
 use clap::{Args, Parser, Subcommand};
 use kernels::Precision;
-
-const DEVICES: [&str; 4] = ["cpu", "cuda", "emulated", "auto"];
-/// More epochs than anyone trains, and few enough that no count derived from them overflows.
-const MAX_EPOCHS: usize = 1_000_000;
 
 #[derive(Parser)]
 #[command(name = "handwritten", version, about)]
@@ -53,18 +50,19 @@ struct TrainArgs {
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = at_least_one)]
     batch_size: usize,
     /// Adam's learning rate.
-    #[arg(long, default_value_t = 0.001, value_parser = positive)]
+    #[arg(long, default_value_t = 0.001, value_parser = learning_rate)]
     lr: f32,
     /// Seeds the initial weights and the shuffles.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = seed)]
     seed: u64,
-    /// Where the ops run; auto picks cuda when a GPU is found, else cpu [default: auto].
-    #[arg(long, value_parser = DEVICES)]
+    /// Where the ops run: cpu, cuda, emulated, or auto, which picks cuda when a GPU is found,
+    /// else cpu [default: auto].
+    #[arg(long, value_parser = device)]
     device: Option<String>,
     /// How convolutions and linear layers multiply: tf32 (tensor cores) or fp32
     /// [default: tf32 on cuda and emulated, fp32 on cpu, which has only fp32; with --resume, the
     /// run's own].
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = precision)]
     precision: Option<Precision>,
     /// Launch every op of a step one by one instead of replaying the step's captured graph
     /// (for debugging; the cpu device always runs this way). Results are the same bits.
@@ -90,12 +88,13 @@ struct EvalArgs {
     /// Directory of the MNIST or Fashion-MNIST IDX files, gzip-compressed or raw.
     #[arg(long, value_name = "DIR", default_value = "data/mnist")]
     data: PathBuf,
-    /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
-    #[arg(long, default_value = "auto", value_parser = DEVICES)]
+    /// Where the ops run: cpu, cuda, emulated, or auto, which picks cuda when a GPU is found,
+    /// else cpu.
+    #[arg(long, default_value = "auto", value_parser = device)]
     device: String,
     /// How convolutions and linear layers multiply: tf32 or fp32 [default: tf32 on cuda and
     /// emulated, fp32 on cpu].
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = precision)]
     precision: Option<Precision>,
     /// Images per forward pass.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = at_least_one)]
@@ -126,28 +125,6 @@ struct PredictArgs {
     /// Images of one digit each: PNG, JPEG, BMP or PGM, any size, dark on light or light on dark.
     #[arg(value_name = "IMAGE", required = true)]
     images: Vec<PathBuf>,
-}
-
-fn at_least_one(value: &str) -> Result<usize, String> {
-    match value.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(n) => Ok(n),
-        Err(_) => Err("expected a whole number of at least 1".to_string()),
-    }
-}
-
-fn epochs(value: &str) -> Result<usize, String> {
-    match at_least_one(value)? {
-        n if n > MAX_EPOCHS => Err(format!("at most {MAX_EPOCHS}")),
-        n => Ok(n),
-    }
-}
-
-fn positive(value: &str) -> Result<f32, String> {
-    match value.parse::<f32>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err("expected a positive number".to_string()),
-    }
 }
 
 fn train_start(args: TrainArgs) -> TrainStart {

@@ -168,6 +168,19 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
     }
     // A batch larger than the training set would only compute padding.
     let batch_size = options.batch_size.min(train_set.len());
+    if let Some(resumed) = &resumed {
+        let steps = state.epoch * train_set.len().div_ceil(batch_size);
+        if state.adam.steps as usize != steps {
+            bail!(
+                "{}: field adam_steps is \"{}\": expected {steps}, the steps of {} epochs over \
+                 {} training images in batches of {batch_size}",
+                resumed.state_path.display(),
+                state.adam.steps,
+                state.epoch,
+                train_set.len()
+            );
+        }
+    }
     let mut trainer = Trainer::new(net, adam, batch_size, !no_graph)?;
     println!(
         "training on {} images, testing on {}, device {}, precision {precision}, {}, batch {}, \

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use app::options::{at_least_one, device, epochs, learning_rate, precision, seed, DEVICES};
-use app::predict::{json_line, load_image, text_line};
+use app::predict::{json_error_line, json_line, prepare_file, text_line};
 use app::signals::INTERRUPTED_EXIT_CODE;
 use app::state::RunOptions;
 use app::train::{
@@ -30,7 +30,7 @@ enum Command {
     /// Print a checkpoint's test loss and accuracy, its accuracy per class and its confusion
     /// matrix.
     Eval(EvalArgs),
-    /// Print the class a checkpoint sees in each image (PNG, JPEG, BMP or PGM).
+    /// Print the class a checkpoint sees in each image (PNG, JPEG, BMP or PGM/PPM).
     Predict(PredictArgs),
 }
 
@@ -122,7 +122,8 @@ struct PredictArgs {
     /// One JSON object per image instead of a line of text.
     #[arg(long)]
     json: bool,
-    /// Images of one digit each: PNG, JPEG, BMP or PGM, any size, dark on light or light on dark.
+    /// Images of one digit each: PNG, JPEG, BMP or PGM/PPM, sides up to 16,384 pixels, dark ink
+    /// on light paper or light on dark.
     #[arg(value_name = "IMAGE", required = true)]
     images: Vec<PathBuf>,
 }
@@ -153,22 +154,46 @@ fn train_start(args: TrainArgs) -> TrainStart {
     }
 }
 
+/// Predicts every image that can be read and holds a digit; each that cannot gets its own line
+/// on stderr (and a JSON object with `--json`), and the command then fails.
 fn predict(args: PredictArgs) -> Result<()> {
     let device = open_device(&args.device)?;
     let precision = resolve_precision(&device, args.precision)?;
     let mut net = load_checkpoint(&device, &args.checkpoint)?;
     net.set_precision(precision);
-    let mut pixels = Vec::new();
-    for path in &args.images {
-        pixels.extend_from_slice(&load_image(path)?);
+    let prepared: Vec<_> = args.images.iter().map(|path| prepare_file(path)).collect();
+    let pixels: Vec<u8> = prepared.iter().flatten().flatten().copied().collect();
+    let mut probabilities = if pixels.is_empty() {
+        Vec::new()
+    } else {
+        classify(net, &pixels)?
     }
-    for (path, probabilities) in args.images.iter().zip(classify(net, &pixels)?) {
-        let line = if args.json {
-            json_line(path, &probabilities)
-        } else {
-            text_line(path, &probabilities)
-        };
-        println!("{line}");
+    .into_iter();
+    let mut failed = 0;
+    for (path, image) in args.images.iter().zip(&prepared) {
+        match (image, args.json) {
+            (Ok(_), json) => {
+                let probabilities = probabilities.next().expect("one row per prepared image");
+                if json {
+                    println!("{}", json_line(path, &probabilities));
+                } else {
+                    println!("{}", text_line(path, &probabilities));
+                }
+            }
+            (Err(problem), json) => {
+                failed += 1;
+                eprintln!("error: {}: {problem}", path.display());
+                if json {
+                    println!("{}", json_error_line(path, problem));
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} images could not be predicted",
+            args.images.len()
+        );
     }
     Ok(())
 }

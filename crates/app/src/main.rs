@@ -1,11 +1,13 @@
 //! `handwritten`: train the reference MNIST ConvNet on hand-written kernels, evaluate a
-//! checkpoint, or ask it about one's own images.
+//! checkpoint, or ask it about one's own images, on the command line or on a page to draw on.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use app::predict::{json_line, load_image, text_line};
+use app::serve::{serve, ServeOptions};
 use app::signals::INTERRUPTED_EXIT_CODE;
 use app::state::RunOptions;
 use app::train::{
@@ -35,6 +37,9 @@ enum Command {
     Eval(EvalArgs),
     /// Print the class a checkpoint sees in each image (PNG, JPEG, BMP or PGM).
     Predict(PredictArgs),
+    /// Serve a page to draw a digit on and watch every layer, and a JSON API (POST /predict),
+    /// until Ctrl-C.
+    Serve(ServeArgs),
 }
 
 #[derive(Args)]
@@ -128,6 +133,25 @@ struct PredictArgs {
     images: Vec<PathBuf>,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// A model.safetensors written by `handwritten train` (or by PyTorch, same names).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// The address to listen on; 0.0.0.0 opens the server to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port to listen on; 0 lets the system choose (the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
+    #[arg(long, default_value = "auto", value_parser = DEVICES)]
+    device: String,
+    /// Seconds a client has to send a request's headers, and again its body.
+    #[arg(long, value_name = "S", default_value_t = 10.0, value_parser = time_limit)]
+    time_limit: f64,
+}
+
 fn at_least_one(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_string()),
@@ -147,6 +171,13 @@ fn positive(value: &str) -> Result<f32, String> {
     match value.parse::<f32>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
         _ => Err("expected a positive number".to_string()),
+    }
+}
+
+fn time_limit(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(s) if (0.001..=3600.0).contains(&s) => Ok(s),
+        _ => Err("expected seconds from 0.001 to 3600".to_string()),
     }
 }
 
@@ -212,6 +243,13 @@ fn main() -> ExitCode {
             out: args.out,
         }),
         Command::Predict(args) => predict(args),
+        Command::Serve(args) => serve(&ServeOptions {
+            checkpoint: args.checkpoint,
+            host: args.host,
+            port: args.port,
+            device: args.device,
+            time_limit: Duration::from_secs_f64(args.time_limit),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,12 +1,14 @@
 //! `handwritten`: train the reference MNIST ConvNet on hand-written kernels, evaluate a
-//! checkpoint, or ask it about one's own images.
+//! checkpoint, or ask it about one's own images, on the command line or on a page to draw on.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use app::options::{at_least_one, device, epochs, learning_rate, precision, seed, DEVICES};
 use app::predict::{json_error_line, json_line, prepare_file, text_line};
+use app::serve::{serve, ServeOptions};
 use app::signals::INTERRUPTED_EXIT_CODE;
 use app::state::RunOptions;
 use app::train::{
@@ -32,6 +34,9 @@ enum Command {
     Eval(EvalArgs),
     /// Print the class a checkpoint sees in each image (PNG, JPEG, BMP or PGM/PPM).
     Predict(PredictArgs),
+    /// Serve a page to draw a digit on and watch every layer, and a JSON API (POST /predict),
+    /// until Ctrl-C.
+    Serve(ServeArgs),
 }
 
 #[derive(Args)]
@@ -128,6 +133,32 @@ struct PredictArgs {
     images: Vec<PathBuf>,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// A model.safetensors written by `handwritten train` (or by PyTorch, same names).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// The address to listen on; 0.0.0.0 opens the server to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port to listen on; 0 lets the system choose (the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
+    #[arg(long, default_value = "auto", value_parser = DEVICES)]
+    device: String,
+    /// Seconds a client has to send a request's headers, and again its body.
+    #[arg(long, value_name = "S", default_value_t = 10.0, value_parser = time_limit)]
+    time_limit: f64,
+}
+
+fn time_limit(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(s) if (0.001..=3600.0).contains(&s) => Ok(s),
+        _ => Err("expected seconds from 0.001 to 3600".to_string()),
+    }
+}
+
 fn train_start(args: TrainArgs) -> TrainStart {
     match args.resume {
         Some(dir) => TrainStart::Resume {
@@ -214,6 +245,13 @@ fn main() -> ExitCode {
             out: args.out,
         }),
         Command::Predict(args) => predict(args),
+        Command::Serve(args) => serve(&ServeOptions {
+            checkpoint: args.checkpoint,
+            host: args.host,
+            port: args.port,
+            device: args.device,
+            time_limit: Duration::from_secs_f64(args.time_limit),
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ pub enum GemmStep {
     /// 16x16 tiles of A and B staged in shared memory, one element of C per thread.
     Tiled,
     /// kernels/gemm.cuh's tile loop on the fp32 SIMT engine: 64x64 tiles, 4x4 register
-    /// micro-tiles, double-buffered cp.async staging.
+    /// micro-tiles, double-buffered staging (cp.async from sm_80 on, else through registers).
     Simt,
     /// The same tile loop on the TF32 tensor-core engine (mma.sync m16n8k8).
     Tf32,
@@ -47,7 +47,8 @@ impl GemmStep {
         }
     }
 
-    /// How the step multiplies: exact fp32, or on TF32-rounded operands.
+    /// How the step multiplies: fp32 (one fused multiply-add per product), or on TF32-rounded
+    /// operands.
     pub fn precision(self) -> Precision {
         match self {
             GemmStep::Tf32 => Precision::Tf32,

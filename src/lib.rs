@@ -6,7 +6,8 @@
 //!   through cudarc on the `cuda` device; and with g++ into the CPU emulator (`emulator`, fibers
 //!   for `__syncthreads`), the `emulated` device. Both run the same [`launch::Launch`]es.
 //! - [`gemm_lab`]: the GEMM kernel's history, from one thread per output to tensor cores, kept
-//!   runnable side by side (docs/gemm.md).
+//!   runnable side by side (docs/gemm.md); [`cpu_gemm_lab`], the same for the cpu device's
+//!   product, from the triple loop to packed AVX2 tiles (docs/cpu-gemm.md).
 //! - [`Device`] and [`Buffer`]: what the layers above call. Nothing above this crate knows which
 //!   device runs an op.
 //!
@@ -14,6 +15,7 @@
 //! `[out, in]`, all f32.
 
 pub mod cpu;
+pub mod cpu_gemm_lab;
 mod cuda;
 mod device;
 mod emulator;

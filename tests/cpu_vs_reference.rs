@@ -24,7 +24,7 @@ fn fallback_kernels_match_reference() {
         .filter(|&k| k != Kernel::Avx512);
     let cpu = [Device::Cpu];
     for kernel in fallbacks {
-        Kernel::force(Some(kernel));
+        Kernel::force(Some(kernel)).expect("an available kernel");
         assert_eq!(Kernel::detect(), kernel);
         let random_convs: Vec<_> = (0..20).map(|_| random_conv(&mut rng)).collect();
         for s in CONV_SHAPES.iter().chain(&random_convs) {
@@ -40,7 +40,34 @@ fn fallback_kernels_match_reference() {
         }
         check_adam(&mut rng, &format!("{kernel:?}"));
     }
-    Kernel::force(None);
+    Kernel::force(None).expect("none forced");
+}
+
+/// Instruction sets by name, as `HANDWRITTEN_CPU_ISA` gives them: every one this CPU runs is
+/// taken, one it cannot run or an unknown name is refused naming the variable, the value and
+/// what this CPU allows, and forcing checks the same way.
+#[test]
+fn instruction_sets_are_chosen_by_name() {
+    let available = Kernel::available();
+    let allowed = available.iter().map(|k| k.name()).collect::<Vec<_>>();
+    let names_allowed = |e: &str| allowed.iter().all(|name| e.contains(name));
+    for kernel in [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Portable] {
+        let chosen = Kernel::from_name(kernel.name());
+        if available.contains(&kernel) {
+            assert_eq!(chosen, Ok(kernel));
+            continue;
+        }
+        let e = chosen.expect_err("a kernel this CPU lacks");
+        let named = format!("HANDWRITTEN_CPU_ISA={}: this CPU cannot run", kernel.name());
+        assert!(e.contains(&named) && names_allowed(&e), "{e}");
+        let forced = Kernel::force(Some(kernel)).expect_err("forcing a kernel this CPU lacks");
+        assert_eq!(forced, e);
+    }
+    for bad in ["avx1024", "AVX2", ""] {
+        let e = Kernel::from_name(bad).expect_err("an unknown name");
+        let named = format!("HANDWRITTEN_CPU_ISA={bad}: unknown instruction set");
+        assert!(e.contains(&named) && names_allowed(&e), "{e}");
+    }
 }
 
 #[test]

@@ -368,33 +368,73 @@ pub enum Kernel {
 /// The kernel [`Kernel::force`] chose, as its index in [`Kernel::ALL`] + 1; 0 for none.
 static FORCED: AtomicUsize = AtomicUsize::new(0);
 
+/// The variable that chooses the cpu device's instruction set (see [`Kernel::from_env`]).
+pub const CPU_ISA_VARIABLE: &str = "HANDWRITTEN_CPU_ISA";
+
 impl Kernel {
     const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Portable];
 
-    /// The kernel every product uses: the fastest this CPU runs (detected once), unless
-    /// [`Kernel::force`] chose another.
+    /// The kernel every product uses: the one `HANDWRITTEN_CPU_ISA` names, else the fastest this
+    /// CPU runs (read once), unless [`Kernel::force`] chose another. A value [`Kernel::from_env`]
+    /// refuses leaves the fastest; opening the cpu device reports it.
     pub fn detect() -> Kernel {
-        static BEST: OnceLock<Kernel> = OnceLock::new();
+        static CHOSEN: OnceLock<Kernel> = OnceLock::new();
         match FORCED.load(Ordering::Relaxed) {
-            0 => *BEST.get_or_init(|| Kernel::available()[0]),
+            0 => *CHOSEN.get_or_init(|| Kernel::from_env().unwrap_or(Kernel::available()[0])),
             forced => Kernel::ALL[forced - 1],
         }
     }
 
-    /// Makes every later product of the process use `kernel` (`None`: the fastest again), so
-    /// that the fallbacks, their packing included, can be tested and timed on a CPU that has
-    /// better.
-    ///
-    /// # Panics
-    /// If this CPU cannot run `kernel`.
-    pub fn force(kernel: Option<Kernel>) {
+    /// The name [`CPU_ISA_VARIABLE`] gives the kernel's instruction set.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2Fma => "avx2",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// The kernel named `name` (`avx512`, `avx2` or `portable`), where this CPU runs it; the
+    /// error names the variable, the value and the names this CPU allows.
+    pub fn from_name(name: &str) -> Result<Kernel, String> {
+        let allowed = Kernel::available().into_iter().map(Kernel::name);
+        let allowed = allowed.collect::<Vec<_>>().join(", ");
+        match Kernel::ALL.into_iter().find(|k| k.name() == name) {
+            None => Err(format!(
+                "{CPU_ISA_VARIABLE}={name}: unknown instruction set; this CPU allows {allowed}"
+            )),
+            Some(kernel) => kernel.runnable().map_err(|why| {
+                format!("{CPU_ISA_VARIABLE}={name}: {why}; this CPU allows {allowed}")
+            }),
+        }
+    }
+
+    /// The kernel `HANDWRITTEN_CPU_ISA` names ([`Kernel::from_name`]), or the fastest this CPU
+    /// runs where it is unset.
+    pub fn from_env() -> Result<Kernel, String> {
+        match std::env::var_os(CPU_ISA_VARIABLE) {
+            None => Ok(Kernel::available()[0]),
+            Some(value) => Kernel::from_name(&value.to_string_lossy()),
+        }
+    }
+
+    /// This kernel, where this CPU runs it.
+    fn runnable(self) -> Result<Kernel, String> {
+        match Kernel::available().contains(&self) {
+            true => Ok(self),
+            false => Err(format!("this CPU cannot run {}", self.name())),
+        }
+    }
+
+    /// Makes every later product of the process use `kernel` (`None`: the one [`Kernel::detect`]
+    /// picks again), so that the fallbacks, their packing included, can be tested and timed on
+    /// a CPU that has better. A kernel this CPU cannot run is refused as [`Kernel::from_name`]
+    /// refuses it.
+    pub fn force(kernel: Option<Kernel>) -> Result<(), String> {
         let index = match kernel {
             None => 0,
             Some(kernel) => {
-                assert!(
-                    Kernel::available().contains(&kernel),
-                    "{kernel:?} unavailable"
-                );
+                Kernel::from_name(kernel.name())?;
                 Kernel::ALL
                     .iter()
                     .position(|&k| k == kernel)
@@ -403,6 +443,7 @@ impl Kernel {
             }
         };
         FORCED.store(index, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether packing may use AVX-512 moves: only alongside the AVX-512 micro-kernel, so that

@@ -416,6 +416,10 @@ pub fn open_device(name: &str) -> Result<Device> {
         if let Some(note) = note {
             eprintln!("{note}");
         }
+        if device == Device::Cpu {
+            // The cpu device as `--device cpu` opens it: HANDWRITTEN_CPU_ISA checked.
+            return Device::from_name("cpu").context("--device auto");
+        }
         return Ok(device);
     }
     Device::from_name(name).with_context(|| format!("--device {name}"))

@@ -191,3 +191,36 @@ fn a_diverging_resumed_run_asks_for_a_new_run_not_for_a_flag_it_cannot_take() {
         "{err}"
     );
 }
+
+#[test]
+fn train_checks_its_out_directory_before_any_work() {
+    let dir = scratch("train-out");
+    let file = dir.join("a-file");
+    fs::write(&file, "mine").unwrap();
+    // The data does not exist: an error about --out comes first.
+    let train = |out: &Path| {
+        let missing = dir.join("no-data");
+        run(&[
+            "train",
+            "--device",
+            "cpu",
+            "--data",
+            missing.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let output = train(&file);
+    let err = stderr(&output);
+    let says = format!("--out {} is a file, expected a directory", file.display());
+    assert!(!output.status.success() && err.contains(&says), "{err}");
+    assert_eq!(fs::read_to_string(&file).unwrap(), "mine");
+    let output = train(&file.join("run"));
+    let err = stderr(&output);
+    let says = format!(
+        "--out {} cannot be created: {} is a file",
+        file.join("run").display(),
+        file.display()
+    );
+    assert!(!output.status.success() && err.contains(&says), "{err}");
+}

@@ -60,7 +60,13 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .with_context(|| format!("cannot lock {}: opening {}", dir.display(), path.display()))?;
+        .with_context(|| {
+            format!(
+                "{} is not writable: opening its lock file {}",
+                dir.display(),
+                path.display()
+            )
+        })?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {

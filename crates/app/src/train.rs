@@ -121,6 +121,8 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
                 state_path: path,
                 stored_data: state.options.data.clone(),
                 data_given: data.clone(),
+                device_given: device.is_some(),
+                precision_given: precision.is_some(),
             };
             let o = &mut state.options;
             o.epochs = epochs.unwrap_or(o.epochs);
@@ -138,8 +140,26 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
             (run, state, Some(resumed))
         }
     };
-    let device = open_device(&state.options.device)?;
-    let precision = resolve_precision(&device, state.options.precision)?;
+    // An error names the flag the user gave, or else the state the option came from.
+    let name = &state.options.device;
+    let device = match &resumed {
+        Some(resumed) if !resumed.device_given => {
+            open_device_for(name, &resumed.stored("device", name))?
+        }
+        _ => open_device(name)?,
+    };
+    let precision = match (&resumed, state.options.precision) {
+        (Some(resumed), Some(stored)) if !resumed.precision_given => {
+            match device.check_precision(stored) {
+                Ok(()) => stored,
+                Err(why) => bail!(
+                    "{}: {why}; pass --precision fp32 to resume it in fp32",
+                    resumed.stored("precision", stored)
+                ),
+            }
+        }
+        (_, asked) => resolve_precision(&device, asked)?,
+    };
     state.options.precision = Some(precision);
     let options = state.options.clone();
     let train_split = Split::train(&options.data, options.train_limit)?;
@@ -182,6 +202,47 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
         }
     }
     let mut trainer = Trainer::new(net, adam, batch_size, !no_graph)?;
+    // The shuffles are replayed from the seed; the saved position checks that the replay is the
+    // run's own (the same training set, the same epochs).
+    let mut rng = ChaCha12Rng::seed_from_u64(options.seed);
+    let mut order: Vec<u32> = (0..train_set.len() as u32).collect();
+    for _ in 0..state.epoch {
+        order.shuffle(&mut rng);
+    }
+    if rng.get_word_pos() != state.rng_word_pos {
+        bail!(
+            "{}: field rng_word_pos: its shuffles do not replay on the {} training images in {}: \
+             the run trained on other data",
+            run.state_path().display(),
+            order.len(),
+            options.data.display()
+        );
+    }
+    if resumed.is_none() {
+        // Epoch 0 committed: from here on the run can be resumed, whenever it stops.
+        run.commit(
+            &state_of(&state, 0, &rng, &trainer, &state.history)?,
+            trainer.net(),
+        )?;
+    } else {
+        run.write_derived(&state.history, trainer.net())?;
+    }
+    // From here the directory holds a run to resume.
+    signals::set_second_stop_note(format!(
+        "interrupted again: stopped at once, without finishing the step; {0} keeps the epochs \
+         it completed; resume with `handwritten train --resume {0}`\n",
+        run.path.display()
+    ));
+    if resumed.is_some() && state.epoch == options.epochs {
+        println!(
+            "{} already completed {} of {} epochs; nothing to train (pass --epochs N to train \
+             further)",
+            run.path.display(),
+            state.epoch,
+            options.epochs
+        );
+        return Ok(());
+    }
     println!(
         "training on {} images, testing on {}, device {}, precision {precision}, {}, batch {}, \
          lr {}; {} {}",
@@ -203,31 +264,11 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
         run.path.display()
     );
 
-    // The shuffles are replayed from the seed; the saved position checks that the replay is the
-    // run's own (the same training set, the same epochs).
-    let mut rng = ChaCha12Rng::seed_from_u64(options.seed);
-    let mut order: Vec<u32> = (0..train_set.len() as u32).collect();
-    for _ in 0..state.epoch {
-        order.shuffle(&mut rng);
-    }
-    if rng.get_word_pos() != state.rng_word_pos {
-        bail!(
-            "{}: its shuffles do not replay on these {} training images: was --data or the data \
-             changed?",
-            run.state_path().display(),
-            order.len()
-        );
-    }
-    if resumed.is_none() {
-        // Epoch 0 committed: from here on the run can be resumed, whenever it stops.
-        run.commit(
-            &state_of(&state, 0, &rng, &trainer, &state.history)?,
-            trainer.net(),
-        )?;
-    } else {
-        run.write_derived(&state.history, trainer.net())?;
-    }
-
+    // --lr cannot be given to a resume: a diverging resumed run needs a new one.
+    let lr_hint = match &resumed {
+        None => "try a smaller --lr".to_string(),
+        Some(_) => format!("try a new run with an --lr below the run's {}", options.lr),
+    };
     let mut history = state.history.clone();
     for epoch in state.epoch + 1..=options.epochs {
         order.shuffle(&mut rng);
@@ -235,13 +276,14 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
         let start = Instant::now();
         let pass = train_epoch(&mut trainer, &train_set, &order, &progress);
         progress.finish_and_clear();
-        let (train_loss, train_acc) = pass.map_err(|stop| stop.into_error(epoch, &run.path))?;
+        let (train_loss, train_acc) =
+            pass.map_err(|stop| stop.into_error(epoch, &run.path, &lr_hint))?;
         let seconds = start.elapsed().as_secs_f64();
         let (test_loss, test_acc) = trainer.evaluate(&test_set, TEST_BATCH_SIZE)?;
         if !test_loss.is_finite() {
             bail!(
                 "epoch {epoch}: the test loss is {test_loss}: the weights are no longer finite; \
-                 {} keeps epoch {}; try a smaller --lr",
+                 {} keeps epoch {}; {lr_hint}",
                 run.path.display(),
                 epoch - 1
             );
@@ -286,9 +328,19 @@ struct Resumed {
     stored_data: PathBuf,
     /// `--data`, when given again.
     data_given: Option<PathBuf>,
+    device_given: bool,
+    precision_given: bool,
 }
 
 impl Resumed {
+    /// A stored option as a message names it: `the run's device cuda (from DIR/STATE)`.
+    fn stored(&self, option: &str, value: impl fmt::Display) -> String {
+        format!(
+            "the run's {option} {value} (from {})",
+            self.state_path.display()
+        )
+    }
+
     /// Refuses data other than the run's own: `now` are the fingerprints of the data read.
     fn check_data(&self, recorded: &DataFingerprints, now: &DataFingerprints) -> Result<()> {
         let splits = match (recorded.train == now.train, recorded.test == now.test) {
@@ -354,6 +406,7 @@ fn state_of(
 /// Prints the test loss and accuracy of a checkpoint, its accuracy per class and its confusion
 /// matrix; draws the matrix to `confusion.png` under `--out`.
 pub fn eval(options: &EvalOptions) -> Result<()> {
+    signals::install_stop_at_once();
     // Locked before any work, as a run directory: a run writing there would be told apart.
     let out = options
         .out
@@ -411,6 +464,11 @@ pub fn load_checkpoint(device: &Device, path: &Path) -> Result<ConvNet> {
 /// Opens `--device NAME`. `auto` takes the GPU where the binary runs on it, else the cpu device,
 /// saying on stderr which GPU it found and why it does not use it.
 pub fn open_device(name: &str) -> Result<Device> {
+    open_device_for(name, &format!("--device {name}"))
+}
+
+/// Opens device `name`, which errors call `origin`.
+fn open_device_for(name: &str, origin: &str) -> Result<Device> {
     if name == "auto" {
         let (device, note) = Device::auto();
         if let Some(note) = note {
@@ -422,7 +480,7 @@ pub fn open_device(name: &str) -> Result<Device> {
         }
         return Ok(device);
     }
-    Device::from_name(name).with_context(|| format!("--device {name}"))
+    Device::from_name(name).with_context(|| origin.to_string())
 }
 
 /// `--precision`, or the device's default: tf32 on GPUs with TF32 tensor cores (as PyTorch's for
@@ -535,7 +593,8 @@ impl From<nn::Error> for Stop {
 }
 
 impl Stop {
-    fn into_error(self, epoch: usize, dir: &Path) -> anyhow::Error {
+    /// `lr_hint` says what to do when the loss is no longer finite.
+    fn into_error(self, epoch: usize, dir: &Path, lr_hint: &str) -> anyhow::Error {
         match self {
             Stop::Signal => Interrupted {
                 epoch,
@@ -551,7 +610,7 @@ impl Stop {
                 };
                 anyhow::anyhow!(
                     "the training loss became {loss} in epoch {epoch}, {at}; {} keeps epoch {}; \
-                     try a smaller --lr",
+                     {lr_hint}",
                     dir.display(),
                     epoch - 1
                 )

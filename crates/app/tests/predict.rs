@@ -407,3 +407,24 @@ fn predict_goes_on_past_images_it_cannot_read() {
         )
     );
 }
+
+/// Every format's file cut short at many lengths and with bytes changed: each is an error or a
+/// prediction, never a panic.
+#[test]
+fn damaged_files_are_errors_not_panics() {
+    let test = Split::test(&data(), Some(FORMATS.len())).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for (format, digit) in test.images.chunks(IMAGE_LEN).enumerate() {
+        let file = render(digit, format, &mut rng);
+        for _ in 0..40 {
+            let cut = rng.random_range(0..file.len());
+            let _ = prepare_bytes(&file[..cut]);
+            let mut changed = file.clone();
+            for _ in 0..rng.random_range(1..8) {
+                let at = rng.random_range(0..changed.len());
+                changed[at] = rng.random();
+            }
+            let _ = prepare_bytes(&changed);
+        }
+    }
+}

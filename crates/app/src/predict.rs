@@ -372,6 +372,14 @@ pub fn brightness(image: &DynamicImage) -> Plane {
                 add(x, y, rgb_luma(r, g, b));
             }
         }
+        DynamicImage::ImageRgba8(rgba) => {
+            for (x, y, p) in rgba.enumerate_pixels() {
+                let [r, g, b, a] = p.0;
+                let alpha = f32::from(a) / 255.0;
+                add(x, y, alpha * rgb_luma(r, g, b) + (1.0 - alpha));
+            }
+        }
+        // 16-bit and float images, converted pixel by pixel rather than copied whole.
         other => {
             for (x, y, p) in other.pixels() {
                 let [r, g, b, a] = p.0;
@@ -1035,6 +1043,20 @@ mod tests {
             .max()
             .unwrap();
         assert!(worst <= 8, "{worst}");
+    }
+
+    /// A canvas's drawing: black strokes on transparent pixels, which are white paper.
+    #[test]
+    fn transparent_pixels_are_paper() {
+        let bar = |x: u32, y: u32| (30..40).contains(&x) && (20..100).contains(&y);
+        let drawing = image::RgbaImage::from_fn(200, 120, |x, y| {
+            image::Rgba([0, 0, 0, if bar(x, y) { 255 } else { 0 }])
+        });
+        let on_white = GrayImage::from_fn(200, 120, |x, y| Luma([if bar(x, y) { 0 } else { 255 }]));
+        assert_eq!(
+            prepare_image(&DynamicImage::ImageRgba8(drawing)).unwrap(),
+            prepare_gray(on_white).unwrap()
+        );
     }
 
     #[test]

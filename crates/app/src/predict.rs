@@ -164,7 +164,8 @@ impl fmt::Display for NoDigit {
             ),
             Self::TooSmall { side, least } => write!(
                 f,
-                "the ink is too small: {side} pixels across, the least is {least}"
+                "the ink is too small: {side} pixel{} across, the least is {least}",
+                if *side == 1 { "" } else { "s" }
             ),
             Self::TooThin { ink } => write!(
                 f,

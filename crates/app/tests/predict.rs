@@ -312,7 +312,7 @@ fn each_image_problem_says_what_is_wrong() {
     );
     assert_eq!(
         message(&page_with(50, 50, |x, y| (x, y) == (3, 4))),
-        "no digit found: the ink is too small: 1 pixels across, the least is 8"
+        "no digit found: the ink is too small: 1 pixel across, the least is 8"
     );
     let dir = scratch("problems");
     let missing = prepare_file(&dir.join("missing.png")).unwrap_err();

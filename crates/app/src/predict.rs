@@ -9,8 +9,9 @@
 //! 1. [`brightness`]: luminance in [0, 1], transparent pixels on white; images over
 //!    [`WORK_SIDE`] pixels are averaged down first (the digit ends at 20x20 anyway).
 //! 2. [`Paper::fit`]: the paper's brightness across the page, a smooth surface fitted to the
-//!    pixels that are not ink, so that a gradient of light or a soft shadow is not ink; which
-//!    side of it the ink lies on gives the polarity (dark ink on light paper or the reverse).
+//!    pixels that are not ink and corrected cell by cell, so that a gradient of light or a soft
+//!    shadow is not ink; which side of it the ink lies on gives the polarity (dark ink on light
+//!    paper or the reverse).
 //! 3. [`ink_coverage`]: how far each pixel is from the paper towards the ink, relative to the
 //!    paper's own brightness (so a shadow dims paper and ink alike), and the threshold between
 //!    ink and paper chosen from the image by Otsu's method.
@@ -163,7 +164,8 @@ impl fmt::Display for NoDigit {
             ),
             Self::TooSmall { side, least } => write!(
                 f,
-                "the ink is too small: {side} pixels across, the least is {least}"
+                "the ink is too small: {side} pixel{} across, the least is {least}",
+                if *side == 1 { "" } else { "s" }
             ),
             Self::TooThin { ink } => write!(
                 f,
@@ -323,6 +325,9 @@ fn ends_early(format: ImageFormat, bytes: &[u8], size: Option<(u32, u32)>) -> bo
 
 /// MNIST's preparation of an image of one digit (the steps in this module's documentation).
 pub fn prepare_image(image: &DynamicImage) -> Result<[u8; IMAGE_LEN], ImageProblem> {
+    if image.width() == 0 || image.height() == 0 {
+        return Err(ImageProblem::NoDigit(NoDigit::Blank));
+    }
     let page = brightness(image);
     let paper = Paper::fit(&page).ok_or(ImageProblem::NoDigit(NoDigit::Blank))?;
     let ink = ink_coverage(&page, &paper).map_err(ImageProblem::NoDigit)?;
@@ -368,6 +373,14 @@ pub fn brightness(image: &DynamicImage) -> Plane {
                 add(x, y, rgb_luma(r, g, b));
             }
         }
+        DynamicImage::ImageRgba8(rgba) => {
+            for (x, y, p) in rgba.enumerate_pixels() {
+                let [r, g, b, a] = p.0;
+                let alpha = f32::from(a) / 255.0;
+                add(x, y, alpha * rgb_luma(r, g, b) + (1.0 - alpha));
+            }
+        }
+        // 16-bit and float images, converted pixel by pixel rather than copied whole.
         other => {
             for (x, y, p) in other.pixels() {
                 let [r, g, b, a] = p.0;
@@ -398,6 +411,11 @@ pub struct Paper {
     height: usize,
     /// Whether the ink is darker than the paper (as pen on paper) or lighter (as MNIST's).
     pub dark_ink: bool,
+    /// What the surface misses, as a shadow's edge: on a grid of `cells` x `cells`, the median
+    /// difference between the paper pixels of each cell and the surface, interpolated between
+    /// the cells' centres.
+    corrections: Vec<f32>,
+    cells: usize,
 }
 
 impl Paper {
@@ -405,6 +423,10 @@ impl Paper {
     const FITS: usize = 4;
     /// The most sample points per side.
     const SAMPLES: usize = 128;
+    /// The most correction cells per side, and the fewest pixels per cell side: a cell is wider
+    /// than a stroke.
+    const CELLS: usize = 12;
+    const CELL_PIXELS: usize = 16;
 
     /// Fits the surface to the page by least squares, then again to the pixels Otsu's threshold
     /// on the differences puts on the side of the majority (a digit is mostly paper); `None` for a
@@ -421,13 +443,15 @@ impl Paper {
             width: page.width,
             height: page.height,
             dark_ink: true,
+            corrections: vec![0.0],
+            cells: 1,
         };
         let mut is_paper = vec![true; samples.len()];
         for _ in 0..Self::FITS {
             paper.coefficients = fit_quadratic(&paper, &samples, &is_paper);
             let residuals: Vec<f32> = samples
                 .iter()
-                .map(|&(x, y, v)| v - paper.at(x, y))
+                .map(|&(x, y, v)| v - paper.surface(x, y))
                 .collect();
             let threshold = otsu(&residuals)?;
             let above = residuals.iter().filter(|&&r| r > threshold).count();
@@ -437,7 +461,75 @@ impl Paper {
                 *p = (r > threshold) == paper.dark_ink;
             }
         }
+        paper.correct(&samples, &is_paper);
         Some(paper)
+    }
+
+    /// Sets the corrections from the paper samples; a cell with less than half its samples paper
+    /// (on a thick stroke) takes its neighbours'.
+    fn correct(&mut self, samples: &[(usize, usize, f32)], is_paper: &[bool]) {
+        let cells = (self.width.max(self.height) / Self::CELL_PIXELS).clamp(1, Self::CELLS);
+        let mut residuals = vec![Vec::new(); cells * cells];
+        let mut counts = vec![0usize; cells * cells];
+        for (&(x, y, v), &paper) in samples.iter().zip(is_paper) {
+            let cell = (y * cells / self.height) * cells + x * cells / self.width;
+            counts[cell] += 1;
+            if paper {
+                residuals[cell].push(v - self.surface(x, y));
+            }
+        }
+        let mut corrections: Vec<Option<f32>> = residuals
+            .iter_mut()
+            .zip(&counts)
+            .map(|(r, &count)| if r.len() * 2 > count { median(r) } else { None })
+            .collect();
+        // Cells without enough paper take the mean of their neighbours that have it, outwards.
+        while corrections.iter().any(Option::is_none) {
+            let known = corrections.clone();
+            let mut filled = false;
+            for (i, correction) in corrections.iter_mut().enumerate() {
+                if correction.is_some() {
+                    continue;
+                }
+                let (cx, cy) = (i % cells, i / cells);
+                let neighbours: Vec<f32> = [(0, -1), (0, 1), (-1, 0), (1, 0)]
+                    .iter()
+                    .filter_map(|&(dx, dy)| {
+                        let (nx, ny) = (cx as i64 + dx, cy as i64 + dy);
+                        let inside =
+                            (0..cells as i64).contains(&nx) && (0..cells as i64).contains(&ny);
+                        inside
+                            .then(|| known[ny as usize * cells + nx as usize])
+                            .flatten()
+                    })
+                    .collect();
+                if !neighbours.is_empty() {
+                    *correction = Some(neighbours.iter().sum::<f32>() / neighbours.len() as f32);
+                    filled = true;
+                }
+            }
+            if !filled {
+                break;
+            }
+        }
+        self.corrections = corrections.iter().map(|c| c.unwrap_or(0.0)).collect();
+        self.cells = cells;
+    }
+
+    /// The correction at pixel `(x, y)`, bilinear between the cells' centres.
+    fn correction(&self, x: usize, y: usize) -> f32 {
+        let n = self.cells;
+        let axis = |p: usize, len: usize| {
+            let at = ((p as f32 + 0.5) / len as f32 * n as f32 - 0.5).clamp(0.0, (n - 1) as f32);
+            let low = (at as usize).min(n.saturating_sub(2));
+            let high = (low + 1).min(n - 1);
+            (low, high, at - low as f32)
+        };
+        let ((x0, x1, fx), (y0, y1, fy)) = (axis(x, self.width), axis(y, self.height));
+        let c = |cx: usize, cy: usize| self.corrections[cy * n + cx];
+        let top = c(x0, y0) * (1.0 - fx) + c(x1, y0) * fx;
+        let bottom = c(x0, y1) * (1.0 - fx) + c(x1, y1) * fx;
+        top * (1.0 - fy) + bottom * fy
     }
 
     fn terms(&self, x: usize, y: usize) -> [f64; 6] {
@@ -448,6 +540,11 @@ impl Paper {
 
     /// The paper's brightness at pixel `(x, y)`.
     pub fn at(&self, x: usize, y: usize) -> f32 {
+        self.surface(x, y) + self.correction(x, y)
+    }
+
+    /// The fitted surface alone.
+    fn surface(&self, x: usize, y: usize) -> f32 {
         let terms = self.terms(x, y);
         terms
             .iter()
@@ -520,7 +617,8 @@ fn otsu(values: &[f32]) -> Option<f32> {
     let total = values.len() as f64;
     let weighted_total: f64 = (0..BINS).map(|i| i as f64 * histogram[i] as f64).sum();
     let (mut below, mut below_weighted) = (0.0, 0.0);
-    let (mut best, mut best_bin) = (-1.0, 0);
+    // Between two clusters every threshold in the gap is equally good: take the gap's middle.
+    let (mut best, mut first_best, mut last_best) = (-1.0, 0, 0);
     for (i, &count) in histogram.iter().enumerate().take(BINS - 1) {
         below += count as f64;
         below_weighted += i as f64 * count as f64;
@@ -530,11 +628,14 @@ fn otsu(values: &[f32]) -> Option<f32> {
         }
         let mean_gap = below_weighted / below - (weighted_total - below_weighted) / above;
         let between = below * above * mean_gap * mean_gap;
-        if between > best {
-            (best, best_bin) = (between, i);
+        if between > best * (1.0 + 1e-9) {
+            (best, first_best, last_best) = (between, i, i);
+        } else if between >= best * (1.0 - 1e-9) {
+            last_best = i;
         }
     }
-    Some(lo + (best_bin + 1) as f32 * (hi - lo) / BINS as f32)
+    let bin = (first_best + last_best) as f32 / 2.0 + 1.0;
+    Some(lo + bin * (hi - lo) / BINS as f32)
 }
 
 /// Step 3's result: each pixel's ink coverage in [0, 1] and which pixels are ink.
@@ -919,6 +1020,44 @@ mod tests {
             ..page
         };
         assert!(Paper::fit(&blank).is_none(), "a gradient alone is blank");
+    }
+
+    /// Two strokes, one in the light and one in a soft shadow that dims the page's right half by
+    /// 40%, prepare as they do in even light.
+    #[test]
+    fn a_soft_shadow_is_not_ink() {
+        let page = |shadow: f32| {
+            GrayImage::from_fn(200, 120, |x, y| {
+                let stroke =
+                    ((60..70).contains(&x) || (120..130).contains(&x)) && (20..100).contains(&y);
+                let edge = ((x as f32 - 70.0) / 60.0).clamp(0.0, 1.0);
+                let light = 1.0 - shadow * edge * edge * (3.0 - 2.0 * edge);
+                Luma([((if stroke { 0.1 } else { 0.9 }) * light * 255.0) as u8])
+            })
+        };
+        let even = prepare_gray(page(0.0)).unwrap();
+        let shadowed = prepare_gray(page(0.4)).unwrap();
+        let worst = even
+            .iter()
+            .zip(&shadowed)
+            .map(|(&a, &b)| a.abs_diff(b))
+            .max()
+            .unwrap();
+        assert!(worst <= 8, "{worst}");
+    }
+
+    /// A canvas's drawing: black strokes on transparent pixels, which are white paper.
+    #[test]
+    fn transparent_pixels_are_paper() {
+        let bar = |x: u32, y: u32| (30..40).contains(&x) && (20..100).contains(&y);
+        let drawing = image::RgbaImage::from_fn(200, 120, |x, y| {
+            image::Rgba([0, 0, 0, if bar(x, y) { 255 } else { 0 }])
+        });
+        let on_white = GrayImage::from_fn(200, 120, |x, y| Luma([if bar(x, y) { 0 } else { 255 }]));
+        assert_eq!(
+            prepare_image(&DynamicImage::ImageRgba8(drawing)).unwrap(),
+            prepare_gray(on_white).unwrap()
+        );
     }
 
     #[test]

@@ -312,7 +312,7 @@ fn each_image_problem_says_what_is_wrong() {
     );
     assert_eq!(
         message(&page_with(50, 50, |x, y| (x, y) == (3, 4))),
-        "no digit found: the ink is too small: 1 pixels across, the least is 8"
+        "no digit found: the ink is too small: 1 pixel across, the least is 8"
     );
     let dir = scratch("problems");
     let missing = prepare_file(&dir.join("missing.png")).unwrap_err();
@@ -406,4 +406,25 @@ fn predict_goes_on_past_images_it_cannot_read() {
             bad[0]
         )
     );
+}
+
+/// Every format's file cut short at many lengths and with bytes changed: each is an error or a
+/// prediction, never a panic.
+#[test]
+fn damaged_files_are_errors_not_panics() {
+    let test = Split::test(&data(), Some(FORMATS.len())).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for (format, digit) in test.images.chunks(IMAGE_LEN).enumerate() {
+        let file = render(digit, format, &mut rng);
+        for _ in 0..40 {
+            let cut = rng.random_range(0..file.len());
+            let _ = prepare_bytes(&file[..cut]);
+            let mut changed = file.clone();
+            for _ in 0..rng.random_range(1..8) {
+                let at = rng.random_range(0..changed.len());
+                changed[at] = rng.random();
+            }
+            let _ = prepare_bytes(&changed);
+        }
+    }
 }

@@ -5,7 +5,8 @@
 //   gemm_lab_naive  one thread per element of C, reading A and B from global memory
 //   gemm_lab_tiled  16x16 tiles of A and B staged in shared memory, one element per thread
 //   gemm_lab_simt   gemm.cuh's tile loop on the SIMT engine: 64x64 tiles, a 4x4 register
-//                   micro-tile per thread, double-buffered cp.async staging (fp32, exact)
+//                   micro-tile per thread, double-buffered staging (cp.async from sm_80 on,
+//                   else through registers), one fmaf per product
 //   gemm_lab_tf32   the same loop on the tensor-core engine (mma.sync m16n8k8, TF32 operands)
 // The last two are the production engines that conv2d.cu and linear.cu run, here on plain
 // row-major operands.

@@ -12,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::io::Cursor;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
@@ -309,7 +310,15 @@ impl Network {
                     Err(e) => return drop(ready.send(Err(e))),
                 };
                 for job in queue {
-                    let answer = classify(&mut net, &job.image);
+                    // A bug that panics on one image must not take the network from the others.
+                    let answer =
+                        panic::catch_unwind(AssertUnwindSafe(|| classify(&mut net, &job.image)))
+                            .unwrap_or_else(|_| {
+                                Err((
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "preparing or classifying this image failed".to_string(),
+                                ))
+                            });
                     // The client may have given up waiting: nothing to do then.
                     let _ = job.reply.send(answer);
                 }

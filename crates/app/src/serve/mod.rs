@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 use std::io::Cursor;
 use std::panic::{self, AssertUnwindSafe};
+use std::pin::pin;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
@@ -51,6 +52,10 @@ const MAX_SIDE: u32 = 16_384;
 /// How long a request waits for the network: far more than a queue of forwards takes, but a
 /// bound should the device hang.
 const NETWORK_TIME_LIMIT: Duration = Duration::from_secs(60);
+/// How long a connection may stay open; the page's browser opens another when it is closed.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// How long the accept loop waits after a failed accept.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// How often the accept loop looks for Ctrl-C.
 const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
@@ -109,8 +114,12 @@ async fn accept_until_stopped(listener: TcpListener, state: Arc<State>) {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                // Out of descriptors, or a connection reset before it was taken: go on.
-                Err(_) => continue,
+                // Out of descriptors, or a connection reset before it was taken: go on, after a
+                // pause, so that a lasting error does not spin.
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
             },
             _ = poll.tick() => {
                 if signals::stop_requested() {
@@ -141,8 +150,15 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, _permit: OwnedSe
         .timer(TokioTimer::new())
         .header_read_timeout(time_limit)
         .serve_connection(TokioIo::new(stream), service);
-    // A client gone mid-request is no concern of the others.
-    let _ = connection.await;
+    // A client gone mid-request is no concern of the others. One that never reads its answers
+    // would hold the connection for ever: past its lifetime it is asked to close after the
+    // request in progress, and then closed.
+    let mut connection = pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = tokio::time::timeout(time_limit, connection).await;
 }
 
 /// A canned 503 for a connection past [`MAX_CONNECTIONS`], written without reading its request.

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is only the command line over these.
 
 pub mod eval_report;
+pub mod inspect;
 pub mod metrics;
 pub mod mnist;
 pub mod options;

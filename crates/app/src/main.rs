@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use app::inspect::{inspect, InspectOptions};
 use app::options::{at_least_one, device, epochs, learning_rate, precision, seed, DEVICES};
 use app::predict::{json_error_line, json_line, prepare_file, text_line};
 use app::serve::{serve, ServeOptions};
@@ -37,6 +38,9 @@ enum Command {
     /// Serve a page to draw a digit on and watch every layer, and a JSON API (POST /predict),
     /// until Ctrl-C.
     Serve(ServeArgs),
+    /// Draw what every layer makes of one image into PNG files: the prepared input, conv1's
+    /// filters, each layer's activations and the probabilities.
+    Inspect(InspectArgs),
 }
 
 #[derive(Args)]
@@ -152,6 +156,22 @@ struct ServeArgs {
     time_limit: f64,
 }
 
+#[derive(Args)]
+struct InspectArgs {
+    /// A model.safetensors written by `handwritten train` (or by PyTorch, same names).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Where the ops run; auto picks cuda when a GPU is found, else cpu.
+    #[arg(long, default_value = "auto", value_parser = DEVICES)]
+    device: String,
+    /// The directory for the pictures, made if missing; files of the same names are replaced.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// An image of one digit: PNG, JPEG, BMP or PGM, any size, dark on light or light on dark.
+    #[arg(value_name = "IMAGE")]
+    image: PathBuf,
+}
+
 fn time_limit(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(s) if (0.001..=3600.0).contains(&s) => Ok(s),
@@ -252,6 +272,13 @@ fn main() -> ExitCode {
             device: args.device,
             time_limit: Duration::from_secs_f64(args.time_limit),
         }),
+        Command::Inspect(args) => inspect(&InspectOptions {
+            checkpoint: args.checkpoint,
+            image: args.image,
+            out: args.out,
+            device: args.device,
+        })
+        .map(|line| println!("{line}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

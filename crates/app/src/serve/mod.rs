@@ -11,6 +11,8 @@
 //! the predictions queued; past a bound it gets a JSON error, and the others go on.
 
 use std::convert::Infallible;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::pin;
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
@@ -45,6 +47,10 @@ pub const MAX_QUEUED_PREDICTIONS: usize = 8;
 /// How long a request waits for the network: far more than a queue of forwards takes, but a
 /// bound should the device hang.
 const NETWORK_TIME_LIMIT: Duration = Duration::from_secs(60);
+/// How long a connection may stay open; the page's browser opens another when it is closed.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// How long the accept loop waits after a failed accept.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 /// How often the accept loop looks for Ctrl-C.
 const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
@@ -103,8 +109,12 @@ async fn accept_until_stopped(listener: TcpListener, state: Arc<State>) {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                // Out of descriptors, or a connection reset before it was taken: go on.
-                Err(_) => continue,
+                // Out of descriptors, or a connection reset before it was taken: go on, after a
+                // pause, so that a lasting error does not spin.
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
             },
             _ = poll.tick() => {
                 if signals::stop_requested() {
@@ -135,8 +145,15 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, _permit: OwnedSe
         .timer(TokioTimer::new())
         .header_read_timeout(time_limit)
         .serve_connection(TokioIo::new(stream), service);
-    // A client gone mid-request is no concern of the others.
-    let _ = connection.await;
+    // A client gone mid-request is no concern of the others. One that never reads its answers
+    // would hold the connection for ever: past its lifetime it is asked to close after the
+    // request in progress, and then closed.
+    let mut connection = pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = tokio::time::timeout(time_limit, connection).await;
 }
 
 /// A canned 503 for a connection past [`MAX_CONNECTIONS`], written without reading its request.
@@ -304,7 +321,15 @@ impl Network {
                     Err(e) => return drop(ready.send(Err(e))),
                 };
                 for job in queue {
-                    let answer = classify(&mut net, &job.image);
+                    // A bug that panics on one image must not take the network from the others.
+                    let answer =
+                        panic::catch_unwind(AssertUnwindSafe(|| classify(&mut net, &job.image)))
+                            .unwrap_or_else(|_| {
+                                Err((
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    "preparing or classifying this image failed".to_string(),
+                                ))
+                            });
                     // The client may have given up waiting: nothing to do then.
                     let _ = job.reply.send(answer);
                 }

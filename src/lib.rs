@@ -26,6 +26,7 @@ pub mod launch;
 pub mod reference;
 mod shapes;
 
+pub use cpu::gemm::CPU_ISA_VARIABLE;
 pub use cuda::Gpu;
 pub use device::{Buffer, Device, Element, Graph, TensorTable, EMULATED_CC_VARIABLE};
 pub use error::{Error, Result};

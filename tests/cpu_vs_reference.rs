@@ -24,7 +24,7 @@ fn fallback_kernels_match_reference() {
         .filter(|&k| k != Kernel::Avx512);
     let cpu = [Device::Cpu];
     for kernel in fallbacks {
-        Kernel::force(Some(kernel));
+        Kernel::force(Some(kernel)).expect("an available kernel");
         assert_eq!(Kernel::detect(), kernel);
         let random_convs: Vec<_> = (0..20).map(|_| random_conv(&mut rng)).collect();
         for s in CONV_SHAPES.iter().chain(&random_convs) {
@@ -38,8 +38,36 @@ fn fallback_kernels_match_reference() {
         {
             check_on(&cpu, s, Precision::Fp32, &mut rng);
         }
+        check_adam(&mut rng, &format!("{kernel:?}"));
     }
-    Kernel::force(None);
+    Kernel::force(None).expect("none forced");
+}
+
+/// Instruction sets by name, as `HANDWRITTEN_CPU_ISA` gives them: every one this CPU runs is
+/// taken, one it cannot run or an unknown name is refused naming the variable, the value and
+/// what this CPU allows, and forcing checks the same way.
+#[test]
+fn instruction_sets_are_chosen_by_name() {
+    let available = Kernel::available();
+    let allowed = available.iter().map(|k| k.name()).collect::<Vec<_>>();
+    let names_allowed = |e: &str| allowed.iter().all(|name| e.contains(name));
+    for kernel in [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Portable] {
+        let chosen = Kernel::from_name(kernel.name());
+        if available.contains(&kernel) {
+            assert_eq!(chosen, Ok(kernel));
+            continue;
+        }
+        let e = chosen.expect_err("a kernel this CPU lacks");
+        let named = format!("HANDWRITTEN_CPU_ISA={}: this CPU cannot run", kernel.name());
+        assert!(e.contains(&named) && names_allowed(&e), "{e}");
+        let forced = Kernel::force(Some(kernel)).expect_err("forcing a kernel this CPU lacks");
+        assert_eq!(forced, e);
+    }
+    for bad in ["avx1024", "AVX2", ""] {
+        let e = Kernel::from_name(bad).expect_err("an unknown name");
+        let named = format!("HANDWRITTEN_CPU_ISA={bad}: unknown instruction set");
+        assert!(e.contains(&named) && names_allowed(&e), "{e}");
+    }
 }
 
 #[test]
@@ -54,10 +82,15 @@ fn init_threads_is_idempotent() {
 }
 
 /// Adam over one slice, long enough to be split in chunks across threads, against the
-/// reference.
+/// reference (the fallbacks' Adam is checked with their layers, above).
 #[test]
 fn adam_matches_reference() {
-    let mut rng = StdRng::seed_from_u64(14);
+    check_adam(&mut StdRng::seed_from_u64(14), "fastest");
+}
+
+/// Adam on the kernel [`Kernel::detect`] picks, on slices of one element, of a vector and a
+/// tail, and of several chunks.
+fn check_adam(rng: &mut StdRng, kernel: &str) {
     for (len, step) in [(1, 1), (1000, 2), (3 * 16384 + 5, 37)] {
         let step = AdamStep {
             lr: 0.01,
@@ -68,10 +101,10 @@ fn adam_matches_reference() {
         };
         // Parameters of about the update's size (lr): p + update then rounds by a few ulps of
         // the update, which is compared, not of a weight near 1.
-        let params: Vec<f32> = random(&mut rng, len).iter().map(|v| 0.01 * v).collect();
-        let grads = random(&mut rng, len);
-        let m: Vec<f32> = random(&mut rng, len).iter().map(|v| 0.1 * v).collect();
-        let v: Vec<f32> = random(&mut rng, len).iter().map(|v| 0.01 * v * v).collect();
+        let params: Vec<f32> = random(rng, len).iter().map(|v| 0.01 * v).collect();
+        let grads = random(rng, len);
+        let m: Vec<f32> = random(rng, len).iter().map(|v| 0.1 * v).collect();
+        let v: Vec<f32> = random(rng, len).iter().map(|v| 0.01 * v * v).collect();
         let (mut p, mut got_m, mut got_v) = (params.clone(), m.clone(), v.clone());
         cpu::adam_update(
             &step.hyper(),
@@ -94,9 +127,10 @@ fn adam_matches_reference() {
             .zip(&params)
             .map(|(n, &o)| n - o as f64)
             .collect();
-        assert_close(&format!("update, {len} elements"), &update, &want_update);
-        assert_close(&format!("m, {len} elements"), &got_m, &want_m);
-        assert_close(&format!("v, {len} elements"), &got_v, &want_v);
+        let what = |name| format!("{kernel} Adam: {name}, {len} elements");
+        assert_close(&what("update"), &update, &want_update);
+        assert_close(&what("m"), &got_m, &want_m);
+        assert_close(&what("v"), &got_v, &want_v);
     }
 }
 
@@ -188,8 +222,8 @@ fn gemm_every_kernel_matches_reference() {
             }
         }
         let (a_matrix, b_matrix) = (Matrix::new(&a, a_layout), Matrix::new(&b, b_layout));
-        let packed = PackedA::new(a_matrix);
         for &kernel in &kernels {
+            let packed = PackedA::for_kernel(kernel, a_matrix);
             for a_operand in [A::Matrix(a_matrix), A::Packed(&packed)] {
                 let mut c = c0.clone();
                 gemm_with(kernel, &mut c, c_layout, a_operand, &b_matrix, epilogue);

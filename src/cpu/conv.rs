@@ -74,7 +74,7 @@ impl<'a> ImageConv<'a> {
     pub(super) fn new(s: &'a Conv2dShape, w: &'a [f32], b: Option<&'a [f32]>) -> Self {
         #[cfg(target_arch = "x86_64")]
         if let Some(b) = b.filter(|_| shallow::applies(Kernel::detect(), s)) {
-            return ImageConv::Shallow(shallow::Shallow::new(s, w, b));
+            return ImageConv::Shallow(shallow::Shallow::new(Kernel::detect(), s, w, b));
         }
         ImageConv::Product(Convolution::new(s, w, b))
     }
@@ -260,12 +260,13 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
 pub(super) enum WeightGrad<'a> {
     #[cfg(target_arch = "x86_64")]
     Shallow(shallow::ShallowGrad<'a>),
-    /// At stride 1 on AVX-512: dwᵀ[(c,di,dj), o] += Σ_q patches[(c,di,dj), q]·dy[o, q] over the
+    /// At stride 1 on a kernel that reads A in place: dwᵀ[(c,di,dj), o] += Σ_q patches[(c,di,dj), q]·dy[o, q] over the
     /// wide positions q (dy zero past each row's end), the patches read in place as A, a row
     /// per tap, so nothing is gathered; the partial sums hold dwᵀ, transposed at the end.
     #[cfg(target_arch = "x86_64")]
     Wide {
         s: &'a Conv2dShape,
+        kernel: Kernel,
         taps: Vec<usize>,
     },
     /// dw[o, (c,di,dj)] += Σ_pixels dy[o, pixel]·columns[(c,di,dj), pixel], one product per image.
@@ -281,12 +282,13 @@ impl<'a> WeightGrad<'a> {
     pub(super) fn new(s: &'a Conv2dShape) -> Self {
         #[cfg(target_arch = "x86_64")]
         if shallow::applies(Kernel::detect(), s) {
-            return WeightGrad::Shallow(shallow::ShallowGrad::new(s));
+            return WeightGrad::Shallow(shallow::ShallowGrad::new(Kernel::detect(), s));
         }
         #[cfg(target_arch = "x86_64")]
-        if s.stride == 1 && Kernel::detect() == Kernel::Avx512 {
+        if s.stride == 1 && Kernel::detect().reads_in_place() {
             return WeightGrad::Wide {
                 s,
+                kernel: Kernel::detect(),
                 taps: tap_offsets(s),
             };
         }
@@ -346,7 +348,9 @@ impl<'a> WeightGrad<'a> {
             #[cfg(target_arch = "x86_64")]
             WeightGrad::Shallow(grad) => return grad.add_image(x, dy, partial),
             #[cfg(target_arch = "x86_64")]
-            WeightGrad::Wide { s, taps } => return add_wide_image(s, taps, x, dy, partial),
+            WeightGrad::Wide { s, kernel, taps } => {
+                return add_wide_image(s, *kernel, taps, x, dy, partial)
+            }
             WeightGrad::Product { s, kernel, offsets } => (*s, *kernel, offsets),
         };
         let accumulate = Epilogue {
@@ -399,9 +403,16 @@ pub(super) fn sum_per_thread(
     })
 }
 
-/// [`WeightGrad::add_image`] at stride 1 on AVX-512: dwᵀ += patches·dyᵀ over the wide positions.
+/// [`WeightGrad::add_image`] at stride 1: dwᵀ += patches·dyᵀ over the wide positions.
 #[cfg(target_arch = "x86_64")]
-fn add_wide_image(s: &Conv2dShape, taps: &[usize], x: &[f32], dy: &[f32], partial: &mut [f32]) {
+fn add_wide_image(
+    s: &Conv2dShape,
+    kernel: Kernel,
+    taps: &[usize],
+    x: &[f32],
+    dy: &[f32],
+    partial: &mut [f32],
+) {
     let (ow, pw) = (s.out_width(), s.width + 2 * s.padding);
     let positions = s.out_height() * pw;
     // The last row's extra positions read k−1 floats past the image.
@@ -412,7 +423,7 @@ fn add_wide_image(s: &Conv2dShape, taps: &[usize], x: &[f32], dy: &[f32], partia
         padded_len + s.out_channels * positions,
         |scratch| {
             let (padded, dy_wide) = scratch.split_at_mut(padded_len);
-            pad(Kernel::Avx512, s, x, padded);
+            pad(kernel, s, x, padded);
             // dy in the wide layout: each output row, then zeros to the padded width.
             for (wide, row) in dy_wide.chunks_exact_mut(pw).zip(dy.chunks_exact(ow)) {
                 wide[..ow].copy_from_slice(row);
@@ -420,7 +431,8 @@ fn add_wide_image(s: &Conv2dShape, taps: &[usize], x: &[f32], dy: &[f32], partia
             }
             let dy_t = Matrix::new(dy_wide, Layout::row_major(s.out_channels, positions).t());
             let taps_layout = Layout::row_major(taps.len(), s.out_channels);
-            gemm_a_in_place(pdw_t, taps_layout, (padded, Rows::Offsets(taps)), &dy_t);
+            let a = (&*padded, Rows::Offsets(taps));
+            gemm_a_in_place(kernel, pdw_t, taps_layout, a, &dy_t);
         },
     );
     let plane = s.out_height() * ow;

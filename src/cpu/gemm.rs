@@ -6,10 +6,11 @@
 //! (`microkernel.rs`). B is anything that can pack its own panels ([`PackB`]): a strided
 //! matrix, or a convolution's image patches, which are then never written out as im2col columns.
 //!
-//! The micro-kernel is picked at run time: AVX-512 where the CPU has it, else the portable loops
-//! compiled for AVX2+FMA, else plain.
+//! The micro-kernel is picked at run time: AVX-512 where the CPU has it, else AVX2+FMA, else the
+//! portable loops; `HANDWRITTEN_CPU_ISA` chooses another (see [`Kernel::from_env`]). Each kernel
+//! packs A in panels as high as its tile ([`Kernel::mr`]).
 
-use super::microkernel::{self, Store, MR, NR};
+use super::microkernel::{self, Store, MR, MR_AVX2, NR};
 #[cfg(target_arch = "x86_64")]
 use super::pack;
 use super::scratch::{with_scratch, PACKED_A, PACKED_B};
@@ -28,10 +29,10 @@ fn depth_blocks(k: usize) -> impl Iterator<Item = Range<usize>> + Clone {
 }
 /// Bytes of packed A per block: stays in L2.
 const A_BLOCK_BYTES: usize = 512 << 10;
-/// The most rows of C for which B is read in place ([`PackB::in_place`]): a panel read in place
-/// costs strided loads, from L2 where its rows alias in L1, at every tile that reads it, and a
-/// packed one a copy; eight tiles a panel are about where the copy stops paying.
-const IN_PLACE_ROWS: usize = 8 * MR;
+/// The most tiles of rows of C for which B is read in place ([`PackB::in_place`]): a panel read
+/// in place costs strided loads, from L2 where its rows alias in L1, at every tile that reads
+/// it, and a packed one a copy; eight tiles a panel are about where the copy stops paying.
+const IN_PLACE_TILES: usize = 8;
 /// Below this many flops a product runs on one thread: splitting it costs more than it saves.
 const PARALLEL_FLOPS: usize = 1 << 21;
 
@@ -88,23 +89,24 @@ impl<'a> Matrix<'a> {
         Matrix { data, layout }
     }
 
-    /// Packs rows `rows` x depth `depth` of this matrix, as A, into MR-row panels:
-    /// `packed[panel·depth·MR + p·MR + i]`, rows past the end zero.
+    /// Packs rows `rows` x depth `depth` of this matrix, as A, into panels of MR = `kernel.mr()`
+    /// rows: `packed[panel·depth·MR + p·MR + i]`, rows past the end zero.
     fn pack_a(&self, kernel: Kernel, rows: Range<usize>, depth: Range<usize>, packed: &mut [f32]) {
         let Layout {
             row_stride,
             col_stride,
             ..
         } = self.layout;
-        let panel_len = depth.len() * MR;
+        let mr = kernel.mr();
+        let panel_len = depth.len() * mr;
         for (panel, first) in packed
             .chunks_exact_mut(panel_len)
-            .zip(rows.clone().step_by(MR))
+            .zip(rows.clone().step_by(mr))
         {
-            let height = (rows.end - first).min(MR);
+            let height = (rows.end - first).min(mr);
             if col_stride == 1 {
                 // Rows contiguous along the depth: a transpose.
-                if height < MR {
+                if height < mr {
                     panel.fill(0.0);
                 }
                 #[cfg(target_arch = "x86_64")]
@@ -114,18 +116,18 @@ impl<'a> Matrix<'a> {
                     // Matrix::new) and the panel holds MR floats per depth.
                     unsafe {
                         let dst = panel.as_mut_ptr();
-                        pack::transpose(src, row_stride, height, depth.len(), dst, MR)
+                        pack::transpose(src, row_stride, height, depth.len(), dst, mr)
                     };
                     continue;
                 }
                 for i in 0..height {
                     let row = &self.data[(first + i) * row_stride + depth.start..][..depth.len()];
                     for (p, &v) in row.iter().enumerate() {
-                        panel[p * MR + i] = v;
+                        panel[p * mr + i] = v;
                     }
                 }
             } else {
-                for (p, column) in depth.clone().zip(panel.chunks_exact_mut(MR)) {
+                for (p, column) in depth.clone().zip(panel.chunks_exact_mut(mr)) {
                     for (i, out) in column.iter_mut().enumerate() {
                         *out = if i < height {
                             self.data[(first + i) * row_stride + p * col_stride]
@@ -140,17 +142,24 @@ impl<'a> Matrix<'a> {
 }
 
 /// A left-hand operand packed once for many products (a convolution's weight, used by every
-/// image): every depth block of `depth_blocks`, each as the MR-row panels of all its rows.
+/// image): every depth block of `depth_blocks`, each as the panels of all its rows, as high as
+/// the tile of the kernel it was packed for.
 pub struct PackedA {
     data: Vec<f32>,
     layout: Layout,
+    kernel: Kernel,
 }
 
 impl PackedA {
+    /// Packed for the kernel [`Kernel::detect`] picks.
     pub fn new(a: Matrix) -> Self {
-        let kernel = Kernel::detect();
+        PackedA::for_kernel(Kernel::detect(), a)
+    }
+
+    /// Packed for `kernel`, which then is the only one that can multiply it.
+    pub fn for_kernel(kernel: Kernel, a: Matrix) -> Self {
         let (m, k) = (a.layout.rows, a.layout.cols);
-        let padded_rows = m.next_multiple_of(MR);
+        let padded_rows = m.next_multiple_of(kernel.mr());
         let mut data = vec![0.0; padded_rows * k];
         for depth in depth_blocks(k) {
             let block = &mut data[depth.start * padded_rows..][..depth.len() * padded_rows];
@@ -159,14 +168,16 @@ impl PackedA {
         PackedA {
             data,
             layout: a.layout,
+            kernel,
         }
     }
 
     /// The panels of rows `rows` (starting at a multiple of MR) in the block `depth`.
     fn panels(&self, rows: &Range<usize>, depth: &Range<usize>) -> &[f32] {
-        let padded_rows = self.layout.rows.next_multiple_of(MR);
+        let mr = self.kernel.mr();
+        let padded_rows = self.layout.rows.next_multiple_of(mr);
         let block = &self.data[depth.start * padded_rows..][..depth.len() * padded_rows];
-        &block[rows.start * depth.len()..][..rows.len().next_multiple_of(MR) * depth.len()]
+        &block[rows.start * depth.len()..][..rows.len().next_multiple_of(mr) * depth.len()]
     }
 }
 
@@ -231,7 +242,7 @@ impl Rows<'_> {
 
 /// A right-hand operand that packs its own panels.
 pub trait PackB: Sync {
-    /// Its rows as they lie, when they are contiguous runs the AVX-512 tile can read in place
+    /// Its rows as they lie, when they are contiguous runs the vector tiles can read in place
     /// (copying them into panels would cost more than it saves). None by default.
     fn in_place(&self) -> Option<InPlace<'_>> {
         None
@@ -357,33 +368,73 @@ pub enum Kernel {
 /// The kernel [`Kernel::force`] chose, as its index in [`Kernel::ALL`] + 1; 0 for none.
 static FORCED: AtomicUsize = AtomicUsize::new(0);
 
+/// The variable that chooses the cpu device's instruction set (see [`Kernel::from_env`]).
+pub const CPU_ISA_VARIABLE: &str = "HANDWRITTEN_CPU_ISA";
+
 impl Kernel {
     const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Portable];
 
-    /// The kernel every product uses: the fastest this CPU runs (detected once), unless
-    /// [`Kernel::force`] chose another.
+    /// The kernel every product uses: the one `HANDWRITTEN_CPU_ISA` names, else the fastest this
+    /// CPU runs (read once), unless [`Kernel::force`] chose another. A value [`Kernel::from_env`]
+    /// refuses leaves the fastest; opening the cpu device reports it.
     pub fn detect() -> Kernel {
-        static BEST: OnceLock<Kernel> = OnceLock::new();
+        static CHOSEN: OnceLock<Kernel> = OnceLock::new();
         match FORCED.load(Ordering::Relaxed) {
-            0 => *BEST.get_or_init(|| Kernel::available()[0]),
+            0 => *CHOSEN.get_or_init(|| Kernel::from_env().unwrap_or(Kernel::available()[0])),
             forced => Kernel::ALL[forced - 1],
         }
     }
 
-    /// Makes every later product of the process use `kernel` (`None`: the fastest again), so
-    /// that the fallbacks, their packing included, can be tested and timed on a CPU that has
-    /// better.
-    ///
-    /// # Panics
-    /// If this CPU cannot run `kernel`.
-    pub fn force(kernel: Option<Kernel>) {
+    /// The name [`CPU_ISA_VARIABLE`] gives the kernel's instruction set.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx2Fma => "avx2",
+            Kernel::Portable => "portable",
+        }
+    }
+
+    /// The kernel named `name` (`avx512`, `avx2` or `portable`), where this CPU runs it; the
+    /// error names the variable, the value and the names this CPU allows.
+    pub fn from_name(name: &str) -> Result<Kernel, String> {
+        let allowed = Kernel::available().into_iter().map(Kernel::name);
+        let allowed = allowed.collect::<Vec<_>>().join(", ");
+        match Kernel::ALL.into_iter().find(|k| k.name() == name) {
+            None => Err(format!(
+                "{CPU_ISA_VARIABLE}={name}: unknown instruction set; this CPU allows {allowed}"
+            )),
+            Some(kernel) => kernel.runnable().map_err(|why| {
+                format!("{CPU_ISA_VARIABLE}={name}: {why}; this CPU allows {allowed}")
+            }),
+        }
+    }
+
+    /// The kernel `HANDWRITTEN_CPU_ISA` names ([`Kernel::from_name`]), or the fastest this CPU
+    /// runs where it is unset.
+    pub fn from_env() -> Result<Kernel, String> {
+        match std::env::var_os(CPU_ISA_VARIABLE) {
+            None => Ok(Kernel::available()[0]),
+            Some(value) => Kernel::from_name(&value.to_string_lossy()),
+        }
+    }
+
+    /// This kernel, where this CPU runs it.
+    fn runnable(self) -> Result<Kernel, String> {
+        match Kernel::available().contains(&self) {
+            true => Ok(self),
+            false => Err(format!("this CPU cannot run {}", self.name())),
+        }
+    }
+
+    /// Makes every later product of the process use `kernel` (`None`: the one [`Kernel::detect`]
+    /// picks again), so that the fallbacks, their packing included, can be tested and timed on
+    /// a CPU that has better. A kernel this CPU cannot run is refused as [`Kernel::from_name`]
+    /// refuses it.
+    pub fn force(kernel: Option<Kernel>) -> Result<(), String> {
         let index = match kernel {
             None => 0,
             Some(kernel) => {
-                assert!(
-                    Kernel::available().contains(&kernel),
-                    "{kernel:?} unavailable"
-                );
+                Kernel::from_name(kernel.name())?;
                 Kernel::ALL
                     .iter()
                     .position(|&k| k == kernel)
@@ -392,12 +443,27 @@ impl Kernel {
             }
         };
         FORCED.store(index, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Whether packing may use AVX-512 moves: only alongside the AVX-512 micro-kernel, so that
     /// forcing a fallback runs the portable packing too.
     pub(super) fn vector_packing(self) -> bool {
         self == Kernel::Avx512
+    }
+
+    /// The height of this kernel's tile, and so of its A panels.
+    pub fn mr(self) -> usize {
+        match self {
+            Kernel::Avx2Fma => MR_AVX2,
+            Kernel::Avx512 | Kernel::Portable => MR,
+        }
+    }
+
+    /// Whether this kernel has tiles that read A or B in place ([`gemm_a_in_place`],
+    /// [`PackB::in_place`]): the hand-written ones.
+    pub(super) fn reads_in_place(self) -> bool {
+        matches!(self, Kernel::Avx512 | Kernel::Avx2Fma)
     }
 
     /// Every kernel this CPU runs, fastest first.
@@ -425,7 +491,7 @@ impl Kernel {
             Kernel::Avx512 => microkernel::avx512_tile(depth, a, b, store),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Fma => microkernel::avx2_tile(depth, a, b, store),
-            _ => microkernel::portable_tile::<false>(depth, a, b, store),
+            _ => microkernel::portable_tile(depth, a, b, store),
         }
     }
 }
@@ -511,7 +577,11 @@ fn multiply(
     // Split the longer side of C, columns in whole panels, so every thread's tiles are full.
     use rayon::prelude::*;
     let split_rows = m > n;
-    let (len, unit) = if split_rows { (m, MR) } else { (n, NR) };
+    let (len, unit) = if split_rows {
+        (m, kernel.mr())
+    } else {
+        (n, NR)
+    };
     let units = len.div_ceil(unit);
     let parts = threads.min(units);
     (0..parts).into_par_iter().for_each(|part| {
@@ -528,7 +598,8 @@ fn multiply(
     });
 }
 
-/// C += A·B on the calling thread with the AVX-512 tile, A read in place: row i of A is
+/// C += A·B on the calling thread with `kernel`'s tile (one that [`Kernel::reads_in_place`]), A
+/// read in place: row i of A is
 /// `a[a_rows.offset(i)..]`, its depth contiguous (a stride-1 convolution's patches, a row per
 /// tap; a row-major weight), which packing would have to transpose. A short last panel of rows
 /// repeats its first row's pointer; those rows are dropped at the store.
@@ -537,6 +608,7 @@ fn multiply(
 /// If a row's depth runs past `a`, the shapes disagree or C is too short: bugs in the caller.
 #[cfg(target_arch = "x86_64")]
 pub(super) fn gemm_a_in_place(
+    kernel: Kernel,
     c: &mut [f32],
     c_layout: Layout,
     (a, a_rows): (&[f32], Rows),
@@ -550,8 +622,8 @@ pub(super) fn gemm_a_in_place(
     );
     assert!(c.len() >= c_layout.extent(), "gemm: c too short");
     assert!(
-        is_x86_feature_detected!("avx512f"),
-        "gemm: AVX-512 unavailable"
+        kernel.reads_in_place() && Kernel::available().contains(&kernel),
+        "gemm: {kernel:?} cannot read A in place here"
     );
     assert!(
         m == 0 || a_rows.last(m) + k <= a.len(),
@@ -560,15 +632,15 @@ pub(super) fn gemm_a_in_place(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    let kernel = Kernel::Avx512;
+    let mr = kernel.mr();
     with_scratch(&PACKED_B, KC * NR, |packed_b| {
         for depth in depth_blocks(k) {
             let packed_b = &mut packed_b[..depth.len() * NR];
             for col in (0..n).step_by(NR) {
                 let width = (n - col).min(NR);
                 b.pack_b(kernel, depth.clone(), col, width, packed_b);
-                for row in (0..m).step_by(MR) {
-                    let height = (m - row).min(MR);
+                for row in (0..m).step_by(mr) {
+                    let height = (m - row).min(mr);
                     let rows = std::array::from_fn(|i| {
                         let r = if i < height { row + i } else { row };
                         a[a_rows.offset(r) + depth.start..].as_ptr()
@@ -583,12 +655,17 @@ pub(super) fn gemm_a_in_place(
                         col_bias: std::ptr::null(),
                         relu: false,
                     };
-                    // SAFETY: the CPU has AVX-512F and every row has the block's depth in
+                    // SAFETY: the CPU runs the kernel and every row has the block's depth in
                     // `a` (both checked above), the panel holds that depth, and the tile's
                     // corner lies in C.
                     unsafe {
-                        let b = packed_b.as_ptr();
-                        microkernel::avx512_tile_a_in_place(depth.len(), rows, b, store)
+                        let (depth, b) = (depth.len(), packed_b.as_ptr());
+                        match kernel {
+                            Kernel::Avx512 => {
+                                microkernel::avx512_tile_a_in_place(depth, rows, b, store)
+                            }
+                            _ => microkernel::avx2_tile_a_in_place(depth, rows, b, store),
+                        }
                     }
                 }
             }
@@ -622,25 +699,29 @@ impl<B: PackB> Product<'_, B> {
             return self.epilogue_only(rows, cols);
         }
         let kc_max = depth_blocks(k).map(|d| d.len()).max().unwrap_or(0);
+        let mr = self.kernel.mr();
         // Packed beforehand, A is read from where it lies: one block of all the rows.
         let mc_max = match self.a {
-            A::Matrix(_) => A_BLOCK_BYTES / 4 / kc_max / MR * MR,
-            A::Packed(_) => rows.len(),
+            A::Matrix(_) => A_BLOCK_BYTES / 4 / kc_max / mr * mr,
+            A::Packed(a) => {
+                assert!(a.kernel == self.kernel, "gemm: A packed for {:?}", a.kernel);
+                rows.len()
+            }
         }
-        .max(MR)
-        .min(rows.len().next_multiple_of(MR));
+        .max(mr)
+        .min(rows.len().next_multiple_of(mr));
         let scratch_a = match self.a {
             A::Matrix(_) => mc_max * kc_max,
             A::Packed(_) => 0,
         };
-        // B in place: only on the AVX-512 tile, for at most IN_PLACE_ROWS rows of C, and where
-        // every row's last panel (which starts a multiple of NR past the first and reads NR)
-        // lies inside the slice; else packed.
+        // B in place: only on the hand-written tiles, for at most IN_PLACE_TILES tiles of rows
+        // of C, and where every row's last panel (which starts a multiple of NR past the first
+        // and reads NR) lies inside the slice; else packed.
         let end = cols.start + (cols.len() - 1) / NR * NR + NR;
-        let few_rows = rows.len() <= IN_PLACE_ROWS;
+        let few_rows = rows.len() <= IN_PLACE_TILES * mr;
         let in_place = self.b.in_place().filter(|b| {
             let inside = b.rows.last(k) + end <= b.data.len();
-            self.kernel == Kernel::Avx512 && few_rows && b.rows.has(k) && inside
+            self.kernel.reads_in_place() && few_rows && b.rows.has(k) && inside
         });
         with_scratch(&PACKED_A, scratch_a, |scratch_a| {
             with_scratch(&PACKED_B, KC * NR, |packed_b| {
@@ -650,7 +731,7 @@ impl<B: PackB> Product<'_, B> {
                         let block = row_start..(row_start + mc_max).min(rows.end);
                         let packed_a = match self.a {
                             A::Matrix(a) => {
-                                let len = block.len().next_multiple_of(MR) * depth.len();
+                                let len = block.len().next_multiple_of(mr) * depth.len();
                                 let packed = &mut scratch_a[..len];
                                 a.pack_a(self.kernel, block.clone(), depth.clone(), packed);
                                 &*packed
@@ -664,12 +745,12 @@ impl<B: PackB> Product<'_, B> {
                                 self.b
                                     .pack_b(self.kernel, depth.clone(), col, width, packed_b);
                             }
-                            let a_panels = packed_a.chunks_exact(depth.len() * MR);
-                            for (a_panel, row) in a_panels.zip(block.clone().step_by(MR)) {
+                            let a_panels = packed_a.chunks_exact(depth.len() * mr);
+                            for (a_panel, row) in a_panels.zip(block.clone().step_by(mr)) {
                                 let store = Store {
                                     c: self.c.add(row * self.ldc + col),
                                     ldc: self.ldc,
-                                    rows: (block.end - row).min(MR),
+                                    rows: (block.end - row).min(mr),
                                     cols: width,
                                     load: !first || e.accumulate,
                                     row_bias: match e.row_bias {
@@ -684,6 +765,7 @@ impl<B: PackB> Product<'_, B> {
                                 };
                                 let a = a_panel.as_ptr();
                                 let depth_len = depth.len();
+                                let avx512 = self.kernel == Kernel::Avx512;
                                 match in_place
                                     .as_ref()
                                     .map(|b| (b.data.as_ptr().add(col), b.rows))
@@ -691,16 +773,28 @@ impl<B: PackB> Product<'_, B> {
                                     #[cfg(target_arch = "x86_64")]
                                     Some((b, Rows::Offsets(offsets))) => {
                                         let offsets = offsets[depth.clone()].as_ptr();
-                                        microkernel::avx512_tile_rows_at(
-                                            depth_len, a, b, offsets, store,
-                                        )
+                                        if avx512 {
+                                            microkernel::avx512_tile_rows_at(
+                                                depth_len, a, b, offsets, store,
+                                            )
+                                        } else {
+                                            microkernel::avx2_tile_rows_at(
+                                                depth_len, a, b, offsets, store,
+                                            )
+                                        }
                                     }
                                     #[cfg(target_arch = "x86_64")]
                                     Some((b, Rows::Stride(stride))) => {
                                         let b = b.add(depth.start * stride);
-                                        microkernel::avx512_tile_strided(
-                                            depth_len, a, b, stride, store,
-                                        )
+                                        if avx512 {
+                                            microkernel::avx512_tile_strided(
+                                                depth_len, a, b, stride, store,
+                                            )
+                                        } else {
+                                            microkernel::avx2_tile_strided(
+                                                depth_len, a, b, stride, store,
+                                            )
+                                        }
                                     }
                                     _ => self.kernel.tile(depth_len, a, packed_b.as_ptr(), store),
                                 }

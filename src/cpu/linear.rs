@@ -5,7 +5,6 @@ use super::gemm::{gemm, Epilogue, Layout, Matrix, A};
 #[cfg(target_arch = "x86_64")]
 use super::{
     gemm::{gemm_a_in_place, Kernel, Rows},
-    microkernel::MR,
     scratch::{with_scratch, PARTIALS},
 };
 use crate::LinearShape;
@@ -23,7 +22,7 @@ fn layouts(s: &LinearShape) -> (Layout, Layout, Layout) {
 /// y leaves the registers, so y is written once.
 pub fn forward(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bool, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if Kernel::detect() == Kernel::Avx512
+    if Kernel::detect().reads_in_place()
         && s.batch * s.in_features * s.out_features > 0
         && s.out_features >= s.batch
         && !s.in_features.is_multiple_of(ALIASING_FLOATS)
@@ -76,12 +75,13 @@ const ALIASING_FLOATS: usize = 1024;
 #[cfg(target_arch = "x86_64")]
 fn forward_transposed(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bool, y: &mut [f32]) {
     use rayon::prelude::*;
+    let kernel = Kernel::detect();
     let (batch, out) = (s.batch, s.out_features);
     let x_t = Matrix::new(x, Layout::row_major(batch, s.in_features).t());
     with_scratch(&PARTIALS, out * batch, |y_t| {
         y_t.fill(0.0);
         let threads = rayon::current_num_threads();
-        let per_part = out.div_ceil(threads).next_multiple_of(MR);
+        let per_part = out.div_ceil(threads).next_multiple_of(kernel.mr());
         y_t.par_chunks_mut(per_part * batch)
             .enumerate()
             .for_each(|(part, c)| {
@@ -89,6 +89,7 @@ fn forward_transposed(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bo
                 let w = &w[part * per_part * s.in_features..];
                 let rows = Rows::Stride(s.in_features);
                 gemm_a_in_place(
+                    kernel,
                     c,
                     Layout::row_major(c.len() / batch, batch),
                     (w, rows),

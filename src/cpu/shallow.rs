@@ -1,5 +1,6 @@
 //! Convolutions too shallow for a GEMM: at most [`MAX_TAPS`] taps (in·k·k), stride 1, computed
-//! straight from the zero-padded image with AVX-512.
+//! straight from the zero-padded image with AVX-512 (16 lanes, 32 registers) or AVX2 (8 lanes,
+//! 16 registers).
 //!
 //! conv1 has one input channel and a 3x3 kernel: its product has a depth of 9, so every 8x32
 //! GEMM tile would load and store its 16 accumulators for nine steps of FMAs, and its patches
@@ -14,7 +15,8 @@
 //! weight gradient is the same sum the other way round: each tap's shifted vector times the
 //! output gradient, summed over positions and images, in registers until the images are done.
 //! Shapes with fewer taps run as nine, the extra ones with a zero weight (forward) or a sum that
-//! is dropped (weight gradient).
+//! is dropped (weight gradient). The AVX2 code is the same loops at half the width, with the
+//! blocks of channels cut to what 16 registers hold.
 
 use super::conv::{self, pad, padded_len, sum_per_thread};
 use super::gemm::Kernel;
@@ -27,7 +29,7 @@ pub const MAX_TAPS: usize = 9;
 
 /// Whether [`Shallow`] and [`ShallowGrad`] take this shape on this kernel.
 pub fn applies(kernel: Kernel, s: &Conv2dShape) -> bool {
-    kernel == Kernel::Avx512
+    matches!(kernel, Kernel::Avx512 | Kernel::Avx2Fma)
         && s.stride == 1
         && s.in_channels * s.kernel * s.kernel <= MAX_TAPS
         && s.out_width() > 0
@@ -70,17 +72,19 @@ const OUT_BLOCK: usize = 8;
 /// A shallow convolution's weight and tap offsets, prepared once for all its images.
 pub struct Shallow<'a> {
     s: &'a Conv2dShape,
+    kernel: Kernel,
     offsets: [usize; MAX_TAPS],
     w: Vec<[f32; MAX_TAPS]>,
     b: &'a [f32],
 }
 
 impl<'a> Shallow<'a> {
-    /// For a shape [`applies`] takes.
-    pub fn new(s: &'a Conv2dShape, w: &[f32], b: &'a [f32]) -> Self {
+    /// For a shape [`applies`] takes on `kernel`.
+    pub fn new(kernel: Kernel, s: &'a Conv2dShape, w: &[f32], b: &'a [f32]) -> Self {
         let (offsets, taps) = tap_offsets(s);
         Shallow {
             s,
+            kernel,
             offsets,
             w: weight_rows(s, w, taps),
             b,
@@ -94,7 +98,11 @@ impl<'a> Shallow<'a> {
         let plane = oh * ow;
         let pw = s.width + 2 * s.padding;
         with_scratch(&COLUMNS, padded_len(s), |padded| {
-            pad(Kernel::Avx512, s, x, padded);
+            pad(self.kernel, s, x, padded);
+            if self.kernel == Kernel::Avx2Fma {
+                // SAFETY: the CPU has AVX2 and FMA (`applies`).
+                return unsafe { self.image_avx2(padded, y) };
+            }
             // A block of channels at a time, row after row: its planes are written as a few
             // sequential streams, and the input taps are reloaded from L1 per block.
             for block in (0..s.out_channels).step_by(OUT_BLOCK) {
@@ -116,6 +124,93 @@ impl<'a> Shallow<'a> {
                 }
             }
         })
+    }
+
+    /// [`Shallow::image`]'s loops on AVX2, from the padded image: eight channels at a time,
+    /// each tap's input vector loaded once and multiplied into all eight (8 accumulators, the
+    /// input and a broadcast: 10 of the 16 registers).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `padded` is the padded image and `y` the image's output.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn image_avx2(&self, padded: &[f32], y: &mut [f32]) {
+        let s = self.s;
+        let (oh, ow) = (s.out_height(), s.out_width());
+        let plane = oh * ow;
+        let pw = s.width + 2 * s.padding;
+        for block in (0..s.out_channels).step_by(OUT_BLOCK) {
+            let o: [usize; OUT_BLOCK] =
+                std::array::from_fn(|i| (block + i).min(s.out_channels - 1));
+            for oy in 0..oh {
+                for (ox, width) in row_vectors_avx2(ow) {
+                    let mask = lane_mask(width);
+                    let at = padded[oy * pw + ox..].as_ptr();
+                    let mut acc = o.map(|o| _mm256_set1_ps(self.b[o]));
+                    for (t, &offset) in self.offsets.iter().enumerate() {
+                        // The lanes `width` keeps are output positions of this row, whose taps
+                        // lie in the padded image.
+                        let input = load_lanes(at.add(offset), width, mask);
+                        for (acc, &o) in acc.iter_mut().zip(&o) {
+                            *acc = _mm256_fmadd_ps(_mm256_set1_ps(self.w[o][t]), input, *acc);
+                        }
+                    }
+                    for (acc, &o) in acc.iter().zip(&o) {
+                        let y = y[o * plane + oy * ow + ox..].as_mut_ptr();
+                        store_lanes(y, *acc, width, mask);
+                        _mm_prefetch::<_MM_HINT_ET0>(y.wrapping_add(OUT_BLOCK * plane).cast());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`row_vectors`] for 8 lanes: where each vector starts and how many of its lanes are kept.
+fn row_vectors_avx2(ow: usize) -> impl Iterator<Item = (usize, usize)> {
+    let full = ow / 8 * 8;
+    let tail = match ow - full {
+        0 => None,
+        _ if ow >= 8 => Some((ow - 8, 8)),
+        rest => Some((0, rest)),
+    };
+    (0..full).step_by(8).map(|x| (x, 8)).chain(tail)
+}
+
+/// The mask of AVX2's masked moves that keeps the first `width` of 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn lane_mask(width: usize) -> __m256i {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32), lanes)
+}
+
+/// The first `width` floats at `src` (`mask` is [`lane_mask`]`(width)`), zero after; a whole
+/// vector is a plain load.
+///
+/// # Safety
+/// The CPU must have AVX2; `src` must be valid for `width` floats.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load_lanes(src: *const f32, width: usize, mask: __m256i) -> __m256 {
+    if width == 8 {
+        _mm256_loadu_ps(src)
+    } else {
+        _mm256_maskload_ps(src, mask)
+    }
+}
+
+/// Stores the first `width` lanes of `v` at `dst` (AMD's masked stores are slow: a whole
+/// vector is a plain store).
+///
+/// # Safety
+/// The CPU must have AVX2; `dst` must be valid for `width` floats.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_lanes(dst: *mut f32, v: __m256, width: usize, mask: __m256i) {
+    if width == 8 {
+        _mm256_storeu_ps(dst, v)
+    } else {
+        _mm256_maskstore_ps(dst, mask, v)
     }
 }
 
@@ -158,30 +253,48 @@ unsafe fn forward_vector(
     }
 }
 
-/// Output channels whose tap sums are held in registers at once: 2 x 9 sums, 2 bias sums, 9
-/// inputs and 2 output gradients fill 31 of the 32 vector registers.
+/// Output channels whose tap sums are held in registers at once on AVX-512: 2 x 9 sums, 2 bias
+/// sums, 9 inputs and 2 output gradients fill 31 of the 32 vector registers. On AVX2 one channel:
+/// 10 sums, the gradient and an input.
 const GRAD_BLOCK: usize = 2;
 
 /// The weight gradient of a shallow convolution, summed image by image:
 /// `dw[o, t] = Σ_{n,oy,ox} dy[n, o, oy, ox]·padded_n[taps[t] + oy·pw + ox]` and `db[o] = Σ dy`.
 pub struct ShallowGrad<'a> {
     s: &'a Conv2dShape,
+    kernel: Kernel,
     offsets: [usize; MAX_TAPS],
     taps: usize,
+    /// Lanes of a vector, and channels summed together.
+    lanes: usize,
+    block: usize,
 }
 
-/// Per block of channels: GRAD_BLOCK x (MAX_TAPS + 1) vectors of 16 lanes.
-const BLOCK_SUMS: usize = GRAD_BLOCK * (MAX_TAPS + 1) * 16;
-
 impl<'a> ShallowGrad<'a> {
-    /// For a shape [`applies`] takes.
-    pub fn new(s: &'a Conv2dShape) -> Self {
+    /// For a shape [`applies`] takes on `kernel`.
+    pub fn new(kernel: Kernel, s: &'a Conv2dShape) -> Self {
         let (offsets, taps) = tap_offsets(s);
-        ShallowGrad { s, offsets, taps }
+        let (lanes, block) = match kernel {
+            Kernel::Avx2Fma => (8, 1),
+            _ => (16, GRAD_BLOCK),
+        };
+        ShallowGrad {
+            s,
+            kernel,
+            offsets,
+            taps,
+            lanes,
+            block,
+        }
+    }
+
+    /// Per channel: MAX_TAPS + 1 vectors of sums (the taps', then the bias's).
+    fn channel_sums(&self) -> usize {
+        (MAX_TAPS + 1) * self.lanes
     }
 
     fn sums_len(&self) -> usize {
-        self.s.out_channels.div_ceil(GRAD_BLOCK) * BLOCK_SUMS
+        self.s.out_channels.div_ceil(self.block) * self.block * self.channel_sums()
     }
 
     /// Splits the images into one run per thread, has `add` sum each run into its thread's
@@ -197,19 +310,16 @@ impl<'a> ShallowGrad<'a> {
         sum_per_thread(s.batch, sums_len, add, |partials| {
             dw.fill(0.0);
             db.fill(0.0);
+            let width = self.lanes;
             for sums in partials.chunks_exact(sums_len) {
-                for (block, sums) in sums.chunks_exact(BLOCK_SUMS).enumerate() {
-                    for (i, sums) in sums.chunks_exact(BLOCK_SUMS / GRAD_BLOCK).enumerate() {
-                        let o = block * GRAD_BLOCK + i;
-                        if o >= s.out_channels {
-                            continue; // A repeat of the last channel in a short block.
-                        }
-                        let lanes = |t: usize| sums[t * 16..][..16].iter().sum::<f32>();
-                        for t in 0..self.taps {
-                            dw[o * self.taps + t] += lanes(t);
-                        }
-                        db[o] += lanes(MAX_TAPS);
+                // Channels past the last are the repeats of a short block.
+                let channels = sums.chunks_exact(self.channel_sums()).take(s.out_channels);
+                for (o, sums) in channels.enumerate() {
+                    let lanes = |t: usize| sums[t * width..][..width].iter().sum::<f32>();
+                    for t in 0..self.taps {
+                        dw[o * self.taps + t] += lanes(t);
                     }
+                    db[o] += lanes(MAX_TAPS);
                 }
             }
         });
@@ -220,8 +330,18 @@ impl<'a> ShallowGrad<'a> {
         let s = self.s;
         let plane = s.out_height() * s.out_width();
         with_scratch(&COLUMNS, padded_len(s), |padded| {
-            pad(Kernel::Avx512, s, x, padded);
-            for (block, sums) in sums.chunks_exact_mut(BLOCK_SUMS).enumerate() {
+            pad(self.kernel, s, x, padded);
+            if self.kernel == Kernel::Avx2Fma {
+                let channels = sums.chunks_exact_mut(self.channel_sums());
+                for (dy, sums) in dy.chunks_exact(plane).zip(channels) {
+                    // SAFETY: the CPU has AVX2 and FMA (`applies`); reads are masked to the
+                    // output positions of each row, and `sums` holds one channel's.
+                    unsafe { grad_channel_avx2(s, padded.as_ptr(), &self.offsets, dy, sums) };
+                }
+                return;
+            }
+            let block_sums = GRAD_BLOCK * self.channel_sums();
+            for (block, sums) in sums.chunks_exact_mut(block_sums).enumerate() {
                 let o = std::array::from_fn(|i| (block * GRAD_BLOCK + i).min(s.out_channels - 1));
                 // SAFETY: the CPU has AVX-512F (`applies`); reads are masked to the output
                 // positions of each row (as in `Shallow::image`), and `sums` holds one block.
@@ -278,5 +398,40 @@ unsafe fn grad_block(
         for (t, &sum) in acc.iter().enumerate() {
             _mm512_storeu_ps(sums[i * stride + t * 16..].as_mut_ptr(), sum);
         }
+    }
+}
+
+/// [`grad_block`] on AVX2 for one channel: `sums` holds its MAX_TAPS tap sums then its bias
+/// sum, 8 lanes each; `dy` is its output gradient plane.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn grad_channel_avx2(
+    s: &Conv2dShape,
+    padded: *const f32,
+    offsets: &[usize; MAX_TAPS],
+    dy: &[f32],
+    sums: &mut [f32],
+) {
+    let (oh, ow) = (s.out_height(), s.out_width());
+    let pw = s.width + 2 * s.padding;
+    let mut acc: [__m256; MAX_TAPS + 1] =
+        std::array::from_fn(|t| _mm256_loadu_ps(sums[t * 8..].as_ptr()));
+    let full = ow / 8 * 8;
+    for oy in 0..oh {
+        // Every vector of the row once: the tail masked, so that no position counts twice.
+        let vectors = (0..full).step_by(8).map(|x| (x, 8));
+        let tail = (full < ow).then(|| (full, ow - full));
+        for (ox, width) in vectors.chain(tail) {
+            let mask = lane_mask(width);
+            let at = padded.add(oy * pw + ox);
+            let grad = load_lanes(dy[oy * ow + ox..].as_ptr(), width, mask);
+            for (acc, &offset) in acc.iter_mut().zip(offsets) {
+                *acc = _mm256_fmadd_ps(grad, load_lanes(at.add(offset), width, mask), *acc);
+            }
+            acc[MAX_TAPS] = _mm256_add_ps(acc[MAX_TAPS], grad);
+        }
+    }
+    for (t, &sum) in acc.iter().enumerate() {
+        _mm256_storeu_ps(sums[t * 8..].as_mut_ptr(), sum);
     }
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 pub use buffer::{Buffer, Element};
 pub use ops::TensorTable;
 
+use crate::cpu::gemm::Kernel;
 use crate::cuda::{self, Gpu};
 use crate::gpu_arch::ComputeCapability;
 use crate::launch::gemm::{gemm_parts_len, GemmContext};
@@ -60,14 +61,18 @@ impl PartialEq for Device {
 impl Eq for Device {}
 
 impl Device {
-    /// `cpu`, `cuda`, `emulated` (as a GPU of the capability `HANDWRITTEN_EMULATED_CC` names,
-    /// 9.0 by default) or `auto` (see [`Device::auto`]).
+    /// `cpu` (on the instruction set `HANDWRITTEN_CPU_ISA` names, the fastest by default),
+    /// `cuda`, `emulated` (as a GPU of the capability `HANDWRITTEN_EMULATED_CC` names, 9.0 by
+    /// default) or `auto` (see [`Device::auto`]).
     pub fn from_name(name: &str) -> Result<Device> {
         match name {
-            "cpu" => Ok(Device::Cpu),
+            "cpu" => cpu_device(),
             "emulated" => Ok(Device::Emulated(emulated_capability()?)),
             "cuda" => Ok(Device::Cuda(Arc::new(Gpu::new()?))),
-            "auto" => Ok(Device::auto().0),
+            "auto" => match Device::auto().0 {
+                Device::Cpu => cpu_device(),
+                device => Ok(device),
+            },
             other => Err(Error::Device {
                 device: other.to_string(),
                 what: "unknown device: expected cpu, cuda, emulated or auto".to_string(),
@@ -100,11 +105,12 @@ impl Device {
         }
     }
 
-    /// The device's name with the GPU it runs on, for the first line of a run:
-    /// `cuda (NVIDIA H200, compute capability 9.0)`, `emulated (compute capability 7.5)`.
+    /// The device's name with the instruction set or GPU it runs on, for the first line of a
+    /// run: `cpu (avx2)`, `cuda (NVIDIA H200, compute capability 9.0)`, `emulated (compute
+    /// capability 7.5)`.
     pub fn describe(&self) -> String {
         match self {
-            Device::Cpu => "cpu".to_string(),
+            Device::Cpu => format!("cpu ({})", Kernel::detect().name()),
             Device::Emulated(cc) => format!("emulated (compute capability {cc})"),
             Device::Cuda(gpu) => format!(
                 "cuda ({}, compute capability {})",
@@ -442,6 +448,18 @@ impl Drop for OpenCapture<'_> {
 }
 
 /// The compute capability `HANDWRITTEN_EMULATED_CC` names, or 9.0.
+/// The cpu device, where `HANDWRITTEN_CPU_ISA` is unset or names an instruction set this CPU
+/// runs.
+fn cpu_device() -> Result<Device> {
+    match Kernel::from_env() {
+        Ok(_) => Ok(Device::Cpu),
+        Err(what) => Err(Error::Device {
+            device: "cpu".to_string(),
+            what,
+        }),
+    }
+}
+
 fn emulated_capability() -> Result<ComputeCapability> {
     let Some(value) = std::env::var_os(EMULATED_CC_VARIABLE) else {
         return Ok(ComputeCapability::EMULATED_DEFAULT);

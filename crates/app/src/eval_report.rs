@@ -9,9 +9,10 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 use crate::mnist::CLASSES;
-use crate::plot::FONT;
+use crate::plot::{rgb_len, write_png, FONT};
 
 pub const CONFUSION_PLOT_FILE: &str = "confusion.png";
+const SIZE: (u32, u32) = (720, 720);
 
 /// Counts of (true class, predicted class) over a test set.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +40,8 @@ impl ClassReport {
     pub fn draw(&self, path: &Path) -> Result<()> {
         register_font("sans-serif", FontStyle::Normal, FONT)
             .map_err(|_| anyhow!("the embedded DejaVuSans.ttf is not a valid font"))?;
-        let root = BitMapBackend::new(path, (720, 720)).into_drawing_area();
+        let mut pixels = vec![0; rgb_len(SIZE)];
+        let root = BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area();
         root.fill(&WHITE)?;
         let n = CLASSES as i32;
         let mut chart = ChartBuilder::on(&root)
@@ -79,8 +81,10 @@ impl ClassReport {
                 chart.draw_series([label])?;
             }
         }
-        root.present()
-            .map_err(|err| anyhow!("drawing {}: {err}", path.display()))
+        root.present()?;
+        drop(chart);
+        drop(root);
+        write_png(path, SIZE, pixels)
     }
 }
 

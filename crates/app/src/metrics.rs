@@ -14,6 +14,32 @@ pub struct EpochMetrics {
     pub images_per_second: f64,
 }
 
+impl EpochMetrics {
+    /// Whether every figure is one a pass can give: losses, times and speeds finite and not
+    /// negative, accuracies from 0 to 1.
+    pub fn check(&self) -> Result<(), String> {
+        let figures = [
+            ("train_loss", self.train_loss, f64::INFINITY),
+            ("train_acc", self.train_acc, 1.0),
+            ("test_loss", self.test_loss, f64::INFINITY),
+            ("test_acc", self.test_acc, 1.0),
+            ("seconds", self.seconds, f64::INFINITY),
+            ("images_per_second", self.images_per_second, f64::INFINITY),
+        ];
+        for (name, value, max) in figures {
+            if !(value.is_finite() && (0.0..=max).contains(&value)) {
+                let range = if max == 1.0 {
+                    "from 0 to 1".to_string()
+                } else {
+                    "finite and at least 0".to_string()
+                };
+                return Err(format!("{name} is {value}, expected a number {range}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 pub const CSV_HEADER: &str =
     "epoch,train_loss,train_acc,test_loss,test_acc,seconds,images_per_second";
 
@@ -41,13 +67,13 @@ pub fn to_csv(history: &[EpochMetrics]) -> String {
 pub fn from_csv(csv: &str) -> anyhow::Result<Vec<EpochMetrics>> {
     let mut lines = csv.lines();
     if lines.next() != Some(CSV_HEADER) {
-        anyhow::bail!("metrics do not begin with the header {CSV_HEADER:?}");
+        anyhow::bail!("metrics do not begin with the header \"{CSV_HEADER}\"");
     }
     lines
         .enumerate()
         .map(|(row, line)| {
             let fields: Vec<&str> = line.split(',').collect();
-            let bad = || anyhow::anyhow!("metrics row {}: {line:?} is not 7 numbers", row + 1);
+            let bad = || anyhow::anyhow!("metrics row {}: \"{line}\" is not 7 numbers", row + 1);
             let [epoch, train_loss, train_acc, test_loss, test_acc, seconds, ips] = fields[..]
             else {
                 return Err(bad());

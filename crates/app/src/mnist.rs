@@ -7,12 +7,15 @@
 //! its size, a gzip file's must stay under [`MAX_RECORDS`] and match what it decompresses to, and
 //! a gzip file is read to its end so that its CRC and length trailer are verified.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use flate2::bufread::GzDecoder;
+use sha2::{Digest, Sha256};
 
 /// Images are `IMAGE_SIDE` x `IMAGE_SIDE` pixels.
 pub const IMAGE_SIDE: usize = 28;
@@ -112,8 +115,51 @@ impl Split {
         self.labels.len()
     }
 
+    /// SHA-256 of the split as the network reads it: every image's pixels, then the labels. A
+    /// `.gz` file and its raw copy decode to the same split, so they have the same fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut hash = Sha256::new();
+        hash.update(&self.images);
+        hash.update(&self.labels);
+        Fingerprint(hash.finalize().into())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+}
+
+/// A split's [`Split::fingerprint`]: written and read as 64 lowercase hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Fingerprint, String> {
+        let expected = || "expected a SHA-256: 64 lowercase hex digits".to_string();
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        if text.len() != 64 {
+            return Err(expected());
+        }
+        let mut bytes = [0; 32];
+        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks(2)) {
+            *byte = digit(pair[0])
+                .zip(digit(pair[1]))
+                .map(|(h, l)| h << 4 | l)
+                .ok_or_else(expected)?;
+        }
+        Ok(Fingerprint(bytes))
     }
 }
 
@@ -254,5 +300,33 @@ impl IdxFile {
             bail!("{path}: data after the {count} {what} the header announces");
         }
         Ok(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digest of "abc" from FIPS 180-2, appendix B.1, and its text form read back.
+    #[test]
+    fn fingerprints_are_sha256_of_pixels_then_labels() {
+        let split = Split {
+            images: b"ab".to_vec(),
+            labels: b"c".to_vec(),
+        };
+        let text = split.fingerprint().to_string();
+        assert_eq!(
+            text,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(text.parse::<Fingerprint>(), Ok(split.fingerprint()));
+        for bad in [
+            "",
+            &text[1..],
+            &text.to_uppercase(),
+            &format!("{}g", &text[1..]),
+        ] {
+            assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
+        }
     }
 }

@@ -17,7 +17,8 @@ pub fn plot_curves(path: &Path, title: &str, train: &[f64], test: &[f64]) -> Res
     // Registering again only replaces the entry: cheaper than keeping track.
     register_font("sans-serif", FontStyle::Normal, FONT)
         .map_err(|_| anyhow!("the embedded DejaVuSans.ttf is not a valid font"))?;
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    let mut pixels = vec![0; rgb_len(SIZE)];
+    let root = BitMapBackend::with_buffer(&mut pixels, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     // An axis needs two distinct ends, even after one epoch.
     let last_epoch = train.len().max(test.len()).max(2) as u32;
@@ -47,8 +48,28 @@ pub fn plot_curves(path: &Path, title: &str, train: &[f64], test: &[f64]) -> Res
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()?;
-    root.present()
-        .map_err(|err| anyhow!("drawing {}: {err}", path.display()))
+    root.present()?;
+    drop(chart);
+    drop(root);
+    write_png(path, SIZE, pixels)
+}
+
+/// Bytes of an RGB image of `size`.
+pub fn rgb_len((width, height): (u32, u32)) -> usize {
+    3 * width as usize * height as usize
+}
+
+/// Encodes the RGB `pixels` of an image of `size` into the PNG file `path`. Charts are drawn in
+/// memory and written here, so that a failed write is told as the OS told it.
+pub fn write_png(path: &Path, (width, height): (u32, u32), pixels: Vec<u8>) -> Result<()> {
+    let image = image::RgbImage::from_raw(width, height, pixels)
+        .ok_or_else(|| anyhow!("a {width}x{height} chart has the wrong number of pixels"))?;
+    image
+        .save_with_format(path, image::ImageFormat::Png)
+        .map_err(|err| match err {
+            image::ImageError::IoError(err) => anyhow!("writing {}: {err}", path.display()),
+            err => anyhow!("encoding {}: {err}", path.display()),
+        })
 }
 
 /// The values' range widened by a margin, never below zero (losses and accuracies are not
@@ -94,6 +115,18 @@ mod tests {
             assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_says_what_the_os_said() {
+        let path = Path::new("/nonexistent-handwritten-dir/Loss.png");
+        let err = plot_curves(path, "Loss", &[1.0], &[1.0])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "writing /nonexistent-handwritten-dir/Loss.png: No such file or directory (os error 2)"
+        );
     }
 
     #[test]

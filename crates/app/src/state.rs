@@ -19,10 +19,15 @@ use nn::{read_f32_tensor, state_dict_shapes, AdamState, ConvNetConfig, MAX_CHECK
 use safetensors::{Dtype, SafeTensors};
 
 use crate::metrics::{from_csv, to_csv, EpochMetrics};
+use crate::mnist::Fingerprint;
+use crate::options;
 
 pub const STATE_FILE: &str = "training_state.safetensors";
 const FORMAT: &str = "handwritten training state";
 const VERSION: u32 = 1;
+/// The data's fingerprints; a state without them is from before runs recorded their data.
+const TRAIN_SHA256: &str = "train_sha256";
+const TEST_SHA256: &str = "test_sha256";
 /// Weights and two moments: three networks' worth, and the metadata.
 const MAX_STATE_BYTES: u64 = 3 * MAX_CHECKPOINT_BYTES + (1 << 20);
 
@@ -41,6 +46,13 @@ pub struct RunOptions {
     pub test_limit: Option<usize>,
 }
 
+/// The data a run trains and tests on, as [`Split::fingerprint`](crate::mnist::Split)s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DataFingerprints {
+    pub train: Fingerprint,
+    pub test: Fingerprint,
+}
+
 /// A run as of the end of its epoch `epoch` (0: not yet trained).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainingState {
@@ -52,6 +64,8 @@ pub struct TrainingState {
     pub weights: Vec<Vec<f32>>,
     pub adam: AdamState,
     pub history: Vec<EpochMetrics>,
+    /// None in a state written before runs recorded their data, and until the data is read.
+    pub fingerprints: Option<DataFingerprints>,
 }
 
 impl TrainingState {
@@ -63,7 +77,7 @@ impl TrainingState {
             .data
             .to_str()
             .ok_or_else(|| anyhow!("--data {}: not UTF-8", o.data.display()))?;
-        let metadata: HashMap<String, String> = [
+        let mut metadata: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("version", VERSION.to_string()),
             ("epoch", self.epoch.to_string()),
@@ -87,6 +101,10 @@ impl TrainingState {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        if let Some(data) = &self.fingerprints {
+            metadata.insert(TRAIN_SHA256.to_string(), data.train.to_string());
+            metadata.insert(TEST_SHA256.to_string(), data.test.to_string());
+        }
 
         let shapes = state_dict_shapes(&ConvNetConfig::reference());
         let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -122,56 +140,58 @@ impl TrainingState {
             .map_err(|e| anyhow!("not a complete safetensors file: {e}"))?;
         let empty = HashMap::new();
         let meta = header.metadata().as_ref().unwrap_or(&empty);
-        let text = |key: &str| {
-            meta.get(key)
-                .map(String::as_str)
-                .ok_or_else(|| anyhow!("metadata {key} is missing"))
-        };
-        fn parse<T: FromStr>(key: &str, value: &str) -> Result<T> {
-            value
-                .parse()
-                .map_err(|_| anyhow!("metadata {key} is {value:?}, not a valid value"))
+        let format = field(meta, "format", |v| Ok(v.to_string()))?;
+        if format != FORMAT {
+            bail!("not a handwritten training state (format \"{format}\")");
         }
-        let number = |key: &str| -> Result<usize> { parse(key, text(key)?) };
-        let limit = |key: &str| -> Result<Option<usize>> {
-            match text(key)? {
-                "" => Ok(None),
-                value => parse(key, value).map(Some),
-            }
-        };
-        if text("format")? != FORMAT {
-            bail!(
-                "not a handwritten training state (format {:?})",
-                text("format")?
-            );
-        }
-        let version: u32 = parse("version", text("version")?)?;
+        let version: u32 = field(meta, "version", whole)?;
         if version != VERSION {
             bail!("format version {version}, this handwritten reads version {VERSION}");
         }
         let options = RunOptions {
-            data: PathBuf::from(text("data")?),
-            epochs: number("epochs")?,
-            batch_size: number("batch_size")?,
-            lr: parse("lr", text("lr")?)?,
-            seed: parse("seed", text("seed")?)?,
-            device: text("device")?.to_string(),
-            precision: match text("precision")? {
-                "" => None,
-                value => Some(parse("precision", value)?),
-            },
-            train_limit: limit("train_limit")?,
-            test_limit: limit("test_limit")?,
+            data: field(meta, "data", |v| match v {
+                "" => Err("expected a directory".to_string()),
+                v => Ok(PathBuf::from(v)),
+            })?,
+            epochs: field(meta, "epochs", options::epochs)?,
+            batch_size: field(meta, "batch_size", options::at_least_one)?,
+            lr: field(meta, "lr", options::learning_rate)?,
+            seed: field(meta, "seed", options::seed)?,
+            device: field(meta, "device", options::device)?,
+            precision: field(meta, "precision", optional(options::precision))?,
+            train_limit: field(meta, "train_limit", optional(options::at_least_one))?,
+            test_limit: field(meta, "test_limit", optional(options::at_least_one))?,
         };
-        let epoch = number("epoch")?;
-        let history = from_csv(text("metrics")?)?;
-        if history.len() != epoch || history.iter().zip(1..).any(|(m, e)| m.epoch != e) {
-            bail!(
-                "metrics list {} epochs, expected 1 to {epoch}",
-                history.len()
-            );
-        }
-        let steps: u32 = parse("adam_steps", text("adam_steps")?)?;
+        let epoch = field(meta, "epoch", |v| match v.parse::<usize>() {
+            Ok(epoch) if epoch <= options.epochs => Ok(epoch),
+            _ => Err(format!(
+                "expected a whole number from 0 to {} (its field epochs)",
+                options.epochs
+            )),
+        })?;
+        let csv = meta
+            .get("metrics")
+            .ok_or_else(|| anyhow!("field metrics is missing"))?;
+        // Named by its row: the whole CSV is too long to quote.
+        let history = metrics(csv, epoch).map_err(|why| anyhow!("field metrics: {why}"))?;
+        let steps: u32 = field(meta, "adam_steps", |v| match v.parse::<u32>() {
+            Ok(0) if epoch > 0 => Err(format!("expected at least 1 after {epoch} epochs")),
+            Ok(steps) if steps > 0 && epoch == 0 => {
+                Err("expected 0 before the first epoch".to_string())
+            }
+            Ok(steps) => Ok(steps),
+            Err(_) => Err("expected a whole number".to_string()),
+        })?;
+        let rng_word_pos: u128 = field(meta, "rng_word_pos", whole)?;
+        let fingerprints = match (meta.get(TRAIN_SHA256), meta.get(TEST_SHA256)) {
+            (None, None) => None,
+            (Some(_), Some(_)) => Some(DataFingerprints {
+                train: field(meta, TRAIN_SHA256, str::parse)?,
+                test: field(meta, TEST_SHA256, str::parse)?,
+            }),
+            (Some(_), None) => bail!("field {TEST_SHA256} is missing"),
+            (None, Some(_)) => bail!("field {TRAIN_SHA256} is missing"),
+        };
 
         let shapes = state_dict_shapes(&ConvNetConfig::reference());
         let weights = shapes
@@ -193,6 +213,15 @@ impl TrainingState {
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(anyhow::Error::msg)?
         };
+        // Adam divides by the second moment's square root.
+        for ((name, _), (_, v)) in shapes.iter().zip(&moments) {
+            if let Some(index) = v.iter().position(|&v| v < 0.0) {
+                bail!(
+                    "tensor adam.v.{name} holds {} at index {index}: a second moment is at least 0",
+                    v[index]
+                );
+            }
+        }
         let expected = weights.len() + 2 * moments.len();
         if file.len() != expected {
             bail!("{} tensors, expected {expected}", file.len());
@@ -200,12 +229,55 @@ impl TrainingState {
         Ok(TrainingState {
             epoch,
             options,
-            rng_word_pos: parse("rng_word_pos", text("rng_word_pos")?)?,
+            rng_word_pos,
             weights,
             adam: AdamState { steps, moments },
             history,
+            fingerprints,
         })
     }
+}
+
+/// The metadata `key`, read by `check`: for an option, the check of its flag.
+fn field<T>(
+    meta: &HashMap<String, String>,
+    key: &str,
+    check: impl Fn(&str) -> Result<T, String>,
+) -> Result<T> {
+    let value = meta
+        .get(key)
+        .ok_or_else(|| anyhow!("field {key} is missing"))?;
+    check(value).map_err(|why| anyhow!("field {key} is \"{value}\": {why}"))
+}
+
+/// `check` for a field that may be empty: an option not given.
+fn optional<T>(check: fn(&str) -> Result<T, String>) -> impl Fn(&str) -> Result<Option<T>, String> {
+    move |value| match value {
+        "" => Ok(None),
+        value => check(value).map(Some),
+    }
+}
+
+fn whole<T: FromStr>(value: &str) -> Result<T, String> {
+    value
+        .parse()
+        .map_err(|_| "expected a whole number of at least 0".to_string())
+}
+
+/// The metrics CSV of a state at `epoch`: a row per epoch, each figure finite and in range.
+fn metrics(csv: &str, epoch: usize) -> Result<Vec<EpochMetrics>, String> {
+    let history = from_csv(csv).map_err(|e| e.to_string())?;
+    if history.len() != epoch || history.iter().zip(1..).any(|(m, e)| m.epoch != e) {
+        return Err(format!(
+            "{} rows, expected one for each epoch from 1 to {epoch} (its field epoch)",
+            history.len()
+        ));
+    }
+    for m in &history {
+        m.check()
+            .map_err(|why| format!("epoch {}: {why}", m.epoch))?;
+    }
+    Ok(history)
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {

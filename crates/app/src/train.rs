@@ -17,9 +17,9 @@ use rand_chacha::ChaCha12Rng;
 use crate::eval_report::ClassReport;
 use crate::metrics::EpochMetrics;
 use crate::mnist::{Split, CLASSES, IMAGE_LEN, IMAGE_SIDE};
-use crate::run_dir::RunDir;
+use crate::run_dir::{LockedDir, RunDir};
 use crate::signals;
-use crate::state::{RunOptions, TrainingState, STATE_FILE};
+use crate::state::{DataFingerprints, RunOptions, TrainingState, STATE_FILE};
 
 /// Reading the running loss for the progress bar waits for the device: only this often.
 const PROGRESS_EVERY_STEPS: usize = 50;
@@ -91,8 +91,15 @@ impl std::error::Error for Interrupted {}
 pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
     // From the start: a Ctrl-C while the data loads stops the run after its first step.
     signals::install();
-    let (mut state, resume_dir) = match start {
-        TrainStart::New { options, .. } => (initial_state(options.clone()), None),
+    // The run directory is locked before anything in it is looked at, and held to the end.
+    let (run, mut state, resumed) = match start {
+        TrainStart::New { options, out } => {
+            let run = match out {
+                Some(out) => RunDir::create(out)?,
+                None => RunDir::create_default(Path::new("runs"))?,
+            };
+            (run, initial_state(options.clone()), None)
+        }
         TrainStart::Resume {
             dir,
             epochs,
@@ -107,7 +114,16 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
                     dir.display()
                 );
             }
+            let run = RunDir::reopen(dir)?;
             let mut state = TrainingState::load(&path)?;
+            let resumed = Resumed {
+                dir: dir.clone(),
+                state_path: path,
+                stored_data: state.options.data.clone(),
+                data_given: data.clone(),
+                device_given: device.is_some(),
+                precision_given: precision.is_some(),
+            };
             let o = &mut state.options;
             o.epochs = epochs.unwrap_or(o.epochs);
             o.device = device.clone().unwrap_or_else(|| o.device.clone());
@@ -121,24 +137,50 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
                     state.epoch
                 );
             }
-            (state, Some(dir.clone()))
+            (run, state, Some(resumed))
         }
     };
-    let device = open_device(&state.options.device)?;
-    let precision = resolve_precision(&device, state.options.precision)?;
+    // An error names the flag the user gave, or else the state the option came from.
+    let name = &state.options.device;
+    let device = match &resumed {
+        Some(resumed) if !resumed.device_given => {
+            open_device_for(name, &resumed.stored("device", name))?
+        }
+        _ => open_device(name)?,
+    };
+    let precision = match (&resumed, state.options.precision) {
+        (Some(resumed), Some(stored)) if !resumed.precision_given => {
+            match device.check_precision(stored) {
+                Ok(()) => stored,
+                Err(why) => bail!(
+                    "{}: {why}; pass --precision fp32 to resume it in fp32",
+                    resumed.stored("precision", stored)
+                ),
+            }
+        }
+        (_, asked) => resolve_precision(&device, asked)?,
+    };
     state.options.precision = Some(precision);
     let options = state.options.clone();
-    let train_set = upload(&device, &Split::train(&options.data, options.train_limit)?)?;
-    let test_set = upload(&device, &Split::test(&options.data, options.test_limit)?)?;
-    let run = match start {
-        TrainStart::Resume { dir, .. } => RunDir::reopen(dir)?,
-        TrainStart::New { out: Some(out), .. } => RunDir::create(out)?,
-        TrainStart::New { out: None, .. } => RunDir::create_default(Path::new("runs"))?,
+    let train_split = Split::train(&options.data, options.train_limit)?;
+    let test_split = Split::test(&options.data, options.test_limit)?;
+    let fingerprints = DataFingerprints {
+        train: train_split.fingerprint(),
+        test: test_split.fingerprint(),
     };
+    if let (Some(resumed), Some(recorded)) = (&resumed, &state.fingerprints) {
+        resumed.check_data(recorded, &fingerprints)?;
+    }
+    // A state from before runs recorded their data takes the fingerprints of the data it
+    // resumes with.
+    state.fingerprints = Some(fingerprints);
+    let train_set = upload(&device, &train_split)?;
+    let test_set = upload(&device, &test_split)?;
+    drop((train_split, test_split));
     let mut net = ConvNet::new(&device, ConvNetConfig::reference(), options.seed)?;
     net.set_precision(precision);
     let mut adam = Adam::new(options.lr);
-    if resume_dir.is_some() {
+    if resumed.is_some() {
         for (param, values) in net.params_mut().into_iter().zip(&state.weights) {
             device.write(values, &mut param.value.data)?;
         }
@@ -146,7 +188,61 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
     }
     // A batch larger than the training set would only compute padding.
     let batch_size = options.batch_size.min(train_set.len());
+    if let Some(resumed) = &resumed {
+        let steps = state.epoch * train_set.len().div_ceil(batch_size);
+        if state.adam.steps as usize != steps {
+            bail!(
+                "{}: field adam_steps is \"{}\": expected {steps}, the steps of {} epochs over \
+                 {} training images in batches of {batch_size}",
+                resumed.state_path.display(),
+                state.adam.steps,
+                state.epoch,
+                train_set.len()
+            );
+        }
+    }
     let mut trainer = Trainer::new(net, adam, batch_size, !no_graph)?;
+    // The shuffles are replayed from the seed; the saved position checks that the replay is the
+    // run's own (the same training set, the same epochs).
+    let mut rng = ChaCha12Rng::seed_from_u64(options.seed);
+    let mut order: Vec<u32> = (0..train_set.len() as u32).collect();
+    for _ in 0..state.epoch {
+        order.shuffle(&mut rng);
+    }
+    if rng.get_word_pos() != state.rng_word_pos {
+        bail!(
+            "{}: field rng_word_pos: its shuffles do not replay on the {} training images in {}: \
+             the run trained on other data",
+            run.state_path().display(),
+            order.len(),
+            options.data.display()
+        );
+    }
+    if resumed.is_none() {
+        // Epoch 0 committed: from here on the run can be resumed, whenever it stops.
+        run.commit(
+            &state_of(&state, 0, &rng, &trainer, &state.history)?,
+            trainer.net(),
+        )?;
+    } else {
+        run.write_derived(&state.history, trainer.net())?;
+    }
+    // From here the directory holds a run to resume.
+    signals::set_second_stop_note(format!(
+        "interrupted again: stopped at once, without finishing the step; {0} keeps the epochs \
+         it completed; resume with `handwritten train --resume {0}`\n",
+        run.path.display()
+    ));
+    if resumed.is_some() && state.epoch == options.epochs {
+        println!(
+            "{} already completed {} of {} epochs; nothing to train (pass --epochs N to train \
+             further)",
+            run.path.display(),
+            state.epoch,
+            options.epochs
+        );
+        return Ok(());
+    }
     println!(
         "training on {} images, testing on {}, device {}, precision {precision}, {}, batch {}, \
          lr {}; {} {}",
@@ -160,7 +256,7 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
         },
         options.batch_size,
         options.lr,
-        if resume_dir.is_some() {
+        if resumed.is_some() {
             "resuming"
         } else {
             "writing"
@@ -168,31 +264,11 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
         run.path.display()
     );
 
-    // The shuffles are replayed from the seed; the saved position checks that the replay is the
-    // run's own (the same training set, the same epochs).
-    let mut rng = ChaCha12Rng::seed_from_u64(options.seed);
-    let mut order: Vec<u32> = (0..train_set.len() as u32).collect();
-    for _ in 0..state.epoch {
-        order.shuffle(&mut rng);
-    }
-    if rng.get_word_pos() != state.rng_word_pos {
-        bail!(
-            "{}: its shuffles do not replay on these {} training images: was --data or the data \
-             changed?",
-            run.state_path().display(),
-            order.len()
-        );
-    }
-    if resume_dir.is_none() {
-        // Epoch 0 committed: from here on the run can be resumed, whenever it stops.
-        run.commit(
-            &state_of(&state, 0, &rng, &trainer, &state.history)?,
-            trainer.net(),
-        )?;
-    } else {
-        run.write_derived(&state.history, trainer.net())?;
-    }
-
+    // --lr cannot be given to a resume: a diverging resumed run needs a new one.
+    let lr_hint = match &resumed {
+        None => "try a smaller --lr".to_string(),
+        Some(_) => format!("try a new run with an --lr below the run's {}", options.lr),
+    };
     let mut history = state.history.clone();
     for epoch in state.epoch + 1..=options.epochs {
         order.shuffle(&mut rng);
@@ -200,13 +276,14 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
         let start = Instant::now();
         let pass = train_epoch(&mut trainer, &train_set, &order, &progress);
         progress.finish_and_clear();
-        let (train_loss, train_acc) = pass.map_err(|stop| stop.into_error(epoch, &run.path))?;
+        let (train_loss, train_acc) =
+            pass.map_err(|stop| stop.into_error(epoch, &run.path, &lr_hint))?;
         let seconds = start.elapsed().as_secs_f64();
         let (test_loss, test_acc) = trainer.evaluate(&test_set, TEST_BATCH_SIZE)?;
         if !test_loss.is_finite() {
             bail!(
                 "epoch {epoch}: the test loss is {test_loss}: the weights are no longer finite; \
-                 {} keeps epoch {}; try a smaller --lr",
+                 {} keeps epoch {}; {lr_hint}",
                 run.path.display(),
                 epoch - 1
             );
@@ -243,6 +320,51 @@ pub fn train(start: &TrainStart, no_graph: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where a resumed run's state came from, and which of its options were given again.
+struct Resumed {
+    dir: PathBuf,
+    state_path: PathBuf,
+    /// The data directory the state names.
+    stored_data: PathBuf,
+    /// `--data`, when given again.
+    data_given: Option<PathBuf>,
+    device_given: bool,
+    precision_given: bool,
+}
+
+impl Resumed {
+    /// A stored option as a message names it: `the run's device cuda (from DIR/STATE)`.
+    fn stored(&self, option: &str, value: impl fmt::Display) -> String {
+        format!(
+            "the run's {option} {value} (from {})",
+            self.state_path.display()
+        )
+    }
+
+    /// Refuses data other than the run's own: `now` are the fingerprints of the data read.
+    fn check_data(&self, recorded: &DataFingerprints, now: &DataFingerprints) -> Result<()> {
+        let splits = match (recorded.train == now.train, recorded.test == now.test) {
+            (true, true) => return Ok(()),
+            (false, true) => "training images and labels",
+            (true, false) => "test images and labels",
+            (false, false) => "training and test images and labels",
+        };
+        let (dir, stored) = (self.dir.display(), self.stored_data.display());
+        let state = self.state_path.display();
+        if let Some(given) = &self.data_given {
+            bail!(
+                "--data {}: its {splits} are not those {dir} trained on, which were in {stored} \
+                 (by the fingerprints in {state}); resume with the run's own data",
+                given.display()
+            );
+        }
+        bail!(
+            "{stored} (the run's --data, from {state}): its {splits} have changed since {dir} \
+             trained on them (their fingerprints differ from the state's)"
+        )
+    }
+}
+
 /// A new run before its first epoch.
 fn initial_state(options: RunOptions) -> TrainingState {
     TrainingState {
@@ -252,6 +374,7 @@ fn initial_state(options: RunOptions) -> TrainingState {
         weights: Vec::new(),
         adam: Default::default(),
         history: Vec::new(),
+        fingerprints: None,
     }
 }
 
@@ -276,12 +399,20 @@ fn state_of(
         weights,
         adam: trainer.adam().state(net.device())?,
         history: history.to_vec(),
+        fingerprints: start.fingerprints,
     })
 }
 
 /// Prints the test loss and accuracy of a checkpoint, its accuracy per class and its confusion
 /// matrix; draws the matrix to `confusion.png` under `--out`.
 pub fn eval(options: &EvalOptions) -> Result<()> {
+    signals::install_stop_at_once();
+    // Locked before any work, as a run directory: a run writing there would be told apart.
+    let out = options
+        .out
+        .as_deref()
+        .map(|out| LockedDir::open("--out", out, false))
+        .transpose()?;
     let device = open_device(&options.device)?;
     let precision = resolve_precision(&device, options.precision)?;
     let split = Split::test(&options.data, options.test_limit)?;
@@ -305,10 +436,10 @@ pub fn eval(options: &EvalOptions) -> Result<()> {
         .collect();
     let report = ClassReport::new(&split.labels, &predictions);
     print!("{report}");
-    if let Some(out) = &options.out {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-        let path = out.join(crate::eval_report::CONFUSION_PLOT_FILE);
+    if let Some(out) = &out {
+        let path = out.path.join(crate::eval_report::CONFUSION_PLOT_FILE);
         nn::write_atomically(&path, |temp| report.draw(temp))?;
+        out.keep();
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -333,14 +464,23 @@ pub fn load_checkpoint(device: &Device, path: &Path) -> Result<ConvNet> {
 /// Opens `--device NAME`. `auto` takes the GPU where the binary runs on it, else the cpu device,
 /// saying on stderr which GPU it found and why it does not use it.
 pub fn open_device(name: &str) -> Result<Device> {
+    open_device_for(name, &format!("--device {name}"))
+}
+
+/// Opens device `name`, which errors call `origin`.
+fn open_device_for(name: &str, origin: &str) -> Result<Device> {
     if name == "auto" {
         let (device, note) = Device::auto();
         if let Some(note) = note {
             eprintln!("{note}");
         }
+        if device == Device::Cpu {
+            // The cpu device as `--device cpu` opens it: HANDWRITTEN_CPU_ISA checked.
+            return Device::from_name("cpu").context("--device auto");
+        }
         return Ok(device);
     }
-    Device::from_name(name).with_context(|| format!("--device {name}"))
+    Device::from_name(name).with_context(|| origin.to_string())
 }
 
 /// `--precision`, or the device's default: tf32 on GPUs with TF32 tensor cores (as PyTorch's for
@@ -453,7 +593,8 @@ impl From<nn::Error> for Stop {
 }
 
 impl Stop {
-    fn into_error(self, epoch: usize, dir: &Path) -> anyhow::Error {
+    /// `lr_hint` says what to do when the loss is no longer finite.
+    fn into_error(self, epoch: usize, dir: &Path, lr_hint: &str) -> anyhow::Error {
         match self {
             Stop::Signal => Interrupted {
                 epoch,
@@ -469,7 +610,7 @@ impl Stop {
                 };
                 anyhow::anyhow!(
                     "the training loss became {loss} in epoch {epoch}, {at}; {} keeps epoch {}; \
-                     try a smaller --lr",
+                     {lr_hint}",
                     dir.display(),
                     epoch - 1
                 )

@@ -47,11 +47,14 @@ fn missing_data_is_an_error_naming_the_file() {
         "--out",
         out.to_str().unwrap(),
     ]);
+    // The run directory made for it is gone again: nothing was trained.
+    let out_left = out.exists();
     std::fs::remove_dir_all(&empty).unwrap();
     assert_eq!(output.status.code(), Some(1));
     let err = stderr(&output);
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains("train-images-idx3-ubyte.gz"), "{err}");
+    assert!(!out_left, "{} was left behind", out.display());
 }
 
 #[test]

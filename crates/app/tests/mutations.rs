@@ -1,6 +1,7 @@
 //! Property tests: valid IDX files and checkpoints, mutated (truncated at every header offset, bit
 //! flips, length fields edited, gzip streams corrupted), read to a clear error or a correct
-//! result; never a panic, and never a large allocation sized by a corrupted header.
+//! result; never a panic, and never a large allocation sized by a corrupted header. Training
+//! states with a field edited out of range are refused by name and never rewritten.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
@@ -305,4 +306,263 @@ fn mutated_checkpoints_are_refused_or_read_right() {
         flipped[at] ^= 1 << rng.random_range(0..8);
         check_checkpoint(&flipped, &original);
     }
+}
+
+/// A training state's header, edited in place of the file's: the tensors after it are copied
+/// as they are (streamed, so that no allocation here is sized by the state).
+struct StateFile {
+    header: String,
+    path: std::path::PathBuf,
+}
+
+impl StateFile {
+    fn read(path: &Path) -> StateFile {
+        let mut file = std::fs::File::open(path).unwrap();
+        let mut len = [0; 8];
+        std::io::Read::read_exact(&mut file, &mut len).unwrap();
+        let mut header = vec![0; u64::from_le_bytes(len) as usize];
+        std::io::Read::read_exact(&mut file, &mut header).unwrap();
+        StateFile {
+            header: String::from_utf8(header).unwrap(),
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Metadata `key` set to `value` (JSON-escaped already).
+    fn set(&mut self, key: &str, value: &str) {
+        let start = self.header.find(&format!("\"{key}\":\"")).unwrap() + key.len() + 4;
+        let end = start + self.header[start..].find('"').unwrap();
+        self.header.replace_range(start..end, value);
+    }
+
+    /// Where tensor `name`'s data begins, from the start of the data.
+    fn offset(&self, name: &str) -> u64 {
+        let at = self.header.find(&format!("\"{name}\":{{")).unwrap();
+        let offsets = at + self.header[at..].find("\"data_offsets\":[").unwrap() + 16;
+        let end = offsets + self.header[offsets..].find(',').unwrap();
+        self.header[offsets..end].parse().unwrap()
+    }
+
+    /// Writes the edited header and the original tensors to `to`, then `values` over the first
+    /// values of each named tensor.
+    fn write(&self, to: &Path, values: &[(&str, f32)]) {
+        let mut header = self.header.clone().into_bytes();
+        while !header.len().is_multiple_of(8) {
+            header.push(b' ');
+        }
+        let mut original = std::fs::File::open(&self.path).unwrap();
+        let mut len = [0; 8];
+        std::io::Read::read_exact(&mut original, &mut len).unwrap();
+        std::io::copy(
+            &mut std::io::Read::take(&mut original, u64::from_le_bytes(len)),
+            &mut std::io::sink(),
+        )
+        .unwrap();
+        let mut out = std::fs::File::create(to).unwrap();
+        out.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+        out.write_all(&header).unwrap();
+        let data_start = 8 + header.len() as u64;
+        std::io::copy(&mut original, &mut out).unwrap();
+        for (name, value) in values {
+            let at = data_start + self.offset(name);
+            std::os::unix::fs::FileExt::write_all_at(&out, &value.to_le_bytes(), at).unwrap();
+        }
+    }
+}
+
+/// The SHA-256 of a file, streamed.
+fn file_sha256(path: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut hash).unwrap();
+    hash.finalize().to_vec()
+}
+
+fn handwritten(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_handwritten"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Each field of a training state edited out of range is refused by `train --resume`, naming the
+/// state's file, the field and what it expected, and the state is left as it was. An option's
+/// field is refused with the words its flag is.
+#[test]
+fn training_states_with_a_field_out_of_range_are_refused_and_kept() {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mutations-states");
+    let _ = std::fs::remove_dir_all(&root);
+    let run = root.join("run");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+    // One epoch of one batch of 32 images: adam_steps 1.
+    let trained = handwritten(&[
+        "train",
+        "--device",
+        "cpu",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--train-limit",
+        "32",
+        "--test-limit",
+        "10",
+    ]);
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    let state = StateFile::read(&run.join("training_state.safetensors"));
+    let metrics = |row: &str| format!("{}\\n{row}\\n", app::metrics::CSV_HEADER);
+    let whole = "expected a whole number of at least 1";
+    let epochs = "expected a whole number from 1 to at most 1000000";
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("epochs", "0".into(), epochs),
+        ("epochs", "99999999".into(), epochs),
+        ("batch_size", "0".into(), whole),
+        ("lr", "-1".into(), "expected a positive number"),
+        ("lr", "0".into(), "expected a positive number"),
+        ("lr", "NaN".into(), "expected a positive number"),
+        ("seed", "-1".into(), "expected a whole number from 0 to"),
+        (
+            "device",
+            "gpu".into(),
+            "expected one of cpu, cuda, emulated, auto",
+        ),
+        ("precision", "fp16".into(), "expected tf32 or fp32"),
+        ("train_limit", "0".into(), whole),
+        ("test_limit", "0".into(), whole),
+        ("data", "".into(), "expected a directory"),
+        ("epoch", "2".into(), "expected a whole number from 0 to 1"),
+        ("adam_steps", "0".into(), "expected at least 1"),
+        (
+            "adam_steps",
+            "3".into(),
+            "expected 1, the steps of 1 epochs",
+        ),
+        ("rng_word_pos", "-1".into(), "expected a whole number"),
+        ("train_sha256", "abc".into(), "expected a SHA-256"),
+        ("test_sha256", "".into(), "expected a SHA-256"),
+        (
+            "metrics",
+            metrics("1,NaN,0.5,0.5,0.5,1.0,10.0"),
+            "train_loss is NaN",
+        ),
+        (
+            "metrics",
+            metrics("1,0.5,1.5,0.5,0.5,1.0,10.0"),
+            "train_acc is 1.5",
+        ),
+        (
+            "metrics",
+            metrics("1,0.5,0.5,-1,0.5,1.0,10.0"),
+            "test_loss is -1",
+        ),
+        (
+            "metrics",
+            metrics("1,0.5,0.5,0.5,0.5,inf,10.0"),
+            "seconds is inf",
+        ),
+        (
+            "metrics",
+            metrics("2,0.5,0.5,0.5,0.5,1.0,10.0"),
+            "expected one for each epoch",
+        ),
+    ];
+    let tensors = [
+        (
+            "adam.v.conv2d.0.bias",
+            -1.0,
+            "tensor adam.v.conv2d.0.bias holds -1 at index 0",
+        ),
+        (
+            "adam.m.conv2d.0.bias",
+            f32::NAN,
+            "tensor adam.m.conv2d.0.bias holds NaN",
+        ),
+        (
+            "model.conv2d.0.bias",
+            f32::INFINITY,
+            "tensor model.conv2d.0.bias holds inf",
+        ),
+    ];
+    let cases = cases
+        .iter()
+        .map(|(key, value, says)| (Some((*key, value.as_str())), None, *says))
+        .chain(
+            tensors
+                .iter()
+                .map(|(name, v, says)| (None, Some((*name, *v)), *says)),
+        );
+    for (n, (field, tensor, says)) in cases.enumerate() {
+        let dir = root.join(format!("case-{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("training_state.safetensors");
+        let mut edited = StateFile::read(&state.path);
+        if let Some((key, value)) = field {
+            edited.set(key, value);
+        }
+        edited.write(&path, tensor.as_slice());
+        let before = file_sha256(&path);
+        let output = handwritten(&["train", "--resume", dir.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{field:?} {tensor:?}: {err}");
+        let named = match field {
+            Some(("metrics", _)) => format!("{}: field metrics", path.display()),
+            Some((key, value)) => format!("{}: field {key} is \"{value}\"", path.display()),
+            None => format!("{}: tensor", path.display()),
+        };
+        assert!(
+            err.contains(&named) && err.contains(says),
+            "{field:?} {tensor:?}: {err}"
+        );
+        assert!(
+            file_sha256(&path) == before,
+            "{field:?} {tensor:?}: the state was rewritten"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // The editor itself breaks nothing: a value in range resumes (the run is complete).
+    let dir = root.join("in-range");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut edited = StateFile::read(&state.path);
+    edited.set("lr", "0.002");
+    edited.write(
+        &dir.join("training_state.safetensors"),
+        &[("adam.v.conv2d.0.bias", 0.5)],
+    );
+    let output = handwritten(&[
+        "train",
+        "--resume",
+        dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The flags say what the state's fields say.
+    for (flag, value, says) in [
+        ("--epochs", "0", epochs),
+        ("--lr", "-1", "expected a positive number"),
+        ("--train-limit", "0", whole),
+        (
+            "--device",
+            "gpu",
+            "expected one of cpu, cuda, emulated, auto",
+        ),
+    ] {
+        let output = handwritten(&["train", &format!("{flag}={value}")]);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && err.contains(says),
+            "{flag}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&root).unwrap();
 }

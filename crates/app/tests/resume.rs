@@ -175,10 +175,19 @@ fn ctrl_c_keeps_the_completed_epochs_and_says_how_to_resume() {
     let mut first_line = String::new();
     stdout.read_line(&mut first_line).unwrap();
     assert!(first_line.starts_with("training on"), "{first_line}");
-    for _ in 0..2 {
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // Two signals of one kind sent together may arrive as one: a SIGINT, then a SIGTERM.
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        unsafe { libc::kill(child.id() as i32, signal) };
     }
-    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&output.stderr);
+    let says = format!(
+        "interrupted again: stopped at once, without finishing the step; {0} keeps the epochs it \
+         completed; resume with `handwritten train --resume {0}`\n",
+        dir.display()
+    );
+    assert!(err.ends_with(&says), "{err}");
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -219,6 +228,7 @@ fn out_on_a_run_directory_is_refused_and_says_how_to_resume() {
         "{err}"
     );
     assert_eq!(fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine");
+    assert!(!dir.join(".lock").exists(), "a lock file was left in it");
     let output = resume(&dir, &[]);
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(

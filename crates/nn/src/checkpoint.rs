@@ -67,7 +67,10 @@ impl ConvNet {
             .find(|n| !expected.iter().any(|(name, _)| name == n))
         {
             let names: Vec<&str> = expected.iter().map(|(name, _)| *name).collect();
-            let what = format!("unexpected tensor {extra}: a ConvNet has only {names:?}");
+            let what = format!(
+                "unexpected tensor {extra}: a ConvNet has only {}",
+                names.join(", ")
+            );
             return Err(checkpoint_error(path, what));
         }
         let values = expected

@@ -19,6 +19,41 @@ use rand::SeedableRng;
 use crate::layers::{Conv2d, Flatten, Linear, MaxPool2dRelu};
 use crate::{Error, Param, Result, Tensor};
 
+/// A tensor copied to the host: row-major values of `shape`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl HostTensor {
+    fn of(device: &Device, tensor: &Tensor) -> Result<HostTensor> {
+        Ok(HostTensor {
+            shape: tensor.shape.clone(),
+            values: tensor.to_vec(device)?,
+        })
+    }
+}
+
+/// What each layer of the network computed in one forward, copied to the host. The convolutions
+/// run fused with their max-pool and ReLU, so their maps are seen after both, as the next layer
+/// reads them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activations {
+    /// The images as the network reads them: `[N, 1, side, side]`.
+    pub input: HostTensor,
+    /// relu(maxpool(conv1(x))): `[N, conv1_channels, side/2, side/2]`.
+    pub conv1_pooled: HostTensor,
+    /// relu(maxpool(conv2(·))): `[N, conv2_channels, side/4, side/4]`.
+    pub conv2_pooled: HostTensor,
+    /// relu(fc1(·)): `[N, hidden1]`.
+    pub fc1: HostTensor,
+    /// relu(fc2(·)): `[N, hidden2]`.
+    pub fc2: HostTensor,
+    /// fc3(·): `[N, classes]`.
+    pub logits: HostTensor,
+}
+
 /// The widths of the reference network; smaller ones serve the tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvNetConfig {
@@ -162,6 +197,26 @@ impl ConvNet {
         let x = self.fc2.forward(x)?;
         self.fc3.forward(x)?;
         Ok(self.fc3.output())
+    }
+
+    /// [`ConvNet::forward`], and every layer's output copied to the host. The logits are the
+    /// same bits as the plain forward's: the same ops run, only the copies are added.
+    pub fn forward_traced(&mut self, x: &Tensor) -> Result<Activations> {
+        self.forward(x)?;
+        let device = &self.device;
+        Ok(Activations {
+            input: HostTensor::of(device, x)?,
+            conv1_pooled: HostTensor::of(device, self.pool1.output())?,
+            conv2_pooled: HostTensor::of(device, self.pool2.output())?,
+            fc1: HostTensor::of(device, self.fc1.output())?,
+            fc2: HostTensor::of(device, self.fc2.output())?,
+            logits: HostTensor::of(device, self.fc3.output())?,
+        })
+    }
+
+    /// conv1's filters, `[conv1_channels, 1, 3, 3]`: the only weights that read as pictures.
+    pub fn conv1_filters(&self) -> Result<HostTensor> {
+        HostTensor::of(&self.device, &self.conv1.params()[0].value)
     }
 
     /// Fills every parameter's grad from the gradient of the loss to the logits; `x` is the

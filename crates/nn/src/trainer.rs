@@ -65,6 +65,31 @@ impl Dataset {
     }
 }
 
+/// `pixels`, whole `side`x`side` u8 images, as the network reads them: `[N, 1, side, side]`,
+/// normalised on the device by the same gather as training's batches.
+pub fn normalized_images(device: &Device, pixels: &[u8], side: usize) -> Result<Tensor> {
+    let image_len = side * side;
+    if image_len == 0 || pixels.is_empty() || !pixels.len().is_multiple_of(image_len) {
+        return Err(Error::Shape {
+            name: "images".to_string(),
+            what: format!(
+                "{} bytes, expected a positive multiple of {side}x{side}",
+                pixels.len()
+            ),
+        });
+    }
+    let count = pixels.len() / image_len;
+    let indices: Vec<u32> = (0..count as u32).collect();
+    let mut images = Tensor::zeros(device, &[count, 1, side, side])?;
+    device.gather_images(
+        &device.upload(pixels)?,
+        image_len,
+        &device.upload(&indices)?,
+        &mut images.data,
+    )?;
+    Ok(images)
+}
+
 /// One batch's buffers on the device, reused from step to step.
 struct Batch {
     /// The indices written before the step, padded with PAD_INDEX.

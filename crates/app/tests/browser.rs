@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 mod common;
 
 use common::server::Server;
-use common::{data, handwritten, scratch};
+use common::{scratch, train_small_network};
 
 /// The W3C name of an element reference in WebDriver's JSON.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -43,22 +43,8 @@ fn the_page_recognises_digits_drawn_on_it_and_draws_every_layer() {
 
     let dir = scratch("page");
     let run = dir.join("run");
-    handwritten(&[
-        "train",
-        "--device",
-        "cpu",
-        "--data",
-        data().to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-        "--train-limit",
-        "6000",
-        "--test-limit",
-        "100",
-    ]);
-    let server = Server::start(&run.join("model.safetensors"), &[]);
+    let checkpoint = train_small_network(&run);
+    let server = Server::start(&checkpoint, &[]);
     let driver = Driver::start(&chromedriver, &chromium);
     driver.post("url", json!({ "url": server.url() }));
     let pad = driver.element("#pad");

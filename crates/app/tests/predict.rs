@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 
 mod common;
 
-use common::{data, handwritten, run, scratch, stderr};
+use common::{data, run, scratch, stderr, train_small_network};
 
 /// Digits drawn for the accuracy comparison.
 const RENDERED: usize = 1000;
@@ -26,25 +26,7 @@ const RENDERED: usize = 1000;
 /// A network trained here for one epoch on 6,000 images, shared by this file's tests.
 fn checkpoint() -> &'static Path {
     static CHECKPOINT: OnceLock<PathBuf> = OnceLock::new();
-    CHECKPOINT.get_or_init(|| {
-        let run = scratch("run");
-        handwritten(&[
-            "train",
-            "--device",
-            "cpu",
-            "--data",
-            data().to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-            "--epochs",
-            "1",
-            "--train-limit",
-            "6000",
-            "--test-limit",
-            "100",
-        ]);
-        run.join("model.safetensors")
-    })
+    CHECKPOINT.get_or_init(|| train_small_network(&scratch("run")))
 }
 
 /// The file formats a rendering is saved in, in turn.

@@ -44,3 +44,24 @@ pub fn scratch(name: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A network trained for one epoch on 6,000 images (cpu, seed 0) into `run`: the checkpoint
+/// the tests of predicting people's digits use. Returns its model file.
+pub fn train_small_network(run: &Path) -> PathBuf {
+    handwritten(&[
+        "train",
+        "--device",
+        "cpu",
+        "--data",
+        data().to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--train-limit",
+        "6000",
+        "--test-limit",
+        "100",
+    ]);
+    run.join("model.safetensors")
+}

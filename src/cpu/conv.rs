@@ -145,12 +145,12 @@ impl<'a> Convolution<'a> {
                 return;
             }
             #[cfg(target_arch = "x86_64")]
-            if kernel.vector_packing() {
+            if pack::has_moves(kernel) {
                 let rows = s.out_channels * s.out_height();
                 let (src, dst) = (wide_out.as_ptr(), y.as_mut_ptr());
-                // SAFETY: the CPU has AVX-512F; `rows` rows of `pw` (source) and of `ow`
+                // SAFETY: the CPU runs the kernel; `rows` rows of `pw` (source) and of `ow`
                 // (destination) are what the two hold.
-                return unsafe { pack::copy_rows(src, pw, dst, ow, rows, ow) };
+                return unsafe { pack::copy_rows(kernel, src, pw, dst, ow, rows, ow) };
             }
             for (y_row, wide_row) in y.chunks_exact_mut(ow).zip(wide_out.chunks_exact(pw)) {
                 y_row.copy_from_slice(&wide_row[..ow]);
@@ -454,11 +454,11 @@ pub(super) fn pad(kernel: Kernel, s: &Conv2dShape, image: &[f32], padded: &mut [
         .zip(image.chunks_exact(s.height * s.width));
     for (padded, image) in planes {
         #[cfg(target_arch = "x86_64")]
-        if kernel.vector_packing() {
+        if pack::has_moves(kernel) {
             let dst = padded[s.padding * pw + s.padding..].as_mut_ptr();
-            // SAFETY: the CPU has AVX-512F; the image's rows and their places in the padded
+            // SAFETY: the CPU runs the kernel; the image's rows and their places in the padded
             // plane both lie inside their planes.
-            unsafe { pack::copy_rows(image.as_ptr(), s.width, dst, pw, s.height, s.width) };
+            unsafe { pack::copy_rows(kernel, image.as_ptr(), s.width, dst, pw, s.height, s.width) };
             continue;
         }
         let rows = padded[s.padding * pw..]
@@ -586,11 +586,13 @@ impl PackB for Patches<'_> {
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            if kernel.vector_packing() {
+            if pack::has_moves(kernel) {
                 let (src, dst) = (self.padded.as_ptr(), panel.as_mut_ptr());
-                // SAFETY: the CPU has AVX-512F; every run lies in the image (checked above) and
+                // SAFETY: the CPU runs the kernel; every run lies in the image (checked above) and
                 // in a panel row, and the panel holds NR floats per depth row.
-                return unsafe { pack::copy_runs(src, &rows[depth], &runs[..count], width, dst) };
+                return unsafe {
+                    pack::copy_runs(kernel, src, &rows[depth], &runs[..count], width, dst)
+                };
             }
             for (&row, out) in rows[depth].iter().zip(panel.chunks_exact_mut(NR)) {
                 for &(j, len, start) in &runs[..count] {
@@ -601,9 +603,9 @@ impl PackB for Patches<'_> {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if kernel.vector_packing() && last_col <= i32::MAX as usize {
+        if kernel == Kernel::Avx512 && last_col <= i32::MAX as usize {
             let rows = rows[depth].iter().copied();
-            // SAFETY: the CPU has AVX-512F; every element lies in the image (checked above), at
+            // SAFETY: the CPU runs the kernel; every element lies in the image (checked above), at
             // a column offset an i32 holds, and the panel holds a row of NR per depth row.
             return unsafe { pack::gather(self.padded.as_ptr(), rows, cols, panel.as_mut_ptr()) };
         }

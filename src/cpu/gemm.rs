@@ -110,13 +110,13 @@ impl<'a> Matrix<'a> {
                     panel.fill(0.0);
                 }
                 #[cfg(target_arch = "x86_64")]
-                if kernel.vector_packing() {
+                if pack::has_moves(kernel) {
                     let src = self.data[first * row_stride + depth.start..].as_ptr();
-                    // SAFETY: the CPU has AVX-512F; the rows lie in the matrix (checked by
+                    // SAFETY: the CPU runs the kernel; the rows lie in the matrix (checked by
                     // Matrix::new) and the panel holds MR floats per depth.
                     unsafe {
                         let dst = panel.as_mut_ptr();
-                        pack::transpose(src, row_stride, height, depth.len(), dst, mr)
+                        pack::transpose(kernel, src, row_stride, height, depth.len(), dst, mr)
                     };
                     continue;
                 }
@@ -290,12 +290,13 @@ impl PackB for Matrix<'_> {
         } = self.layout;
         if col_stride == 1 {
             #[cfg(target_arch = "x86_64")]
-            if kernel.vector_packing() {
+            if pack::has_moves(kernel) {
                 let src = self.data[depth.start * row_stride + col..].as_ptr();
-                // SAFETY: the CPU has AVX-512F; the rows lie in the matrix (checked by
+                // SAFETY: the CPU runs the kernel; the rows lie in the matrix (checked by
                 // Matrix::new) and the panel holds NR floats per depth row.
                 unsafe {
                     pack::copy_rows(
+                        kernel,
                         src,
                         row_stride,
                         panel.as_mut_ptr(),
@@ -321,13 +322,13 @@ impl PackB for Matrix<'_> {
                 panel.fill(0.0);
             }
             #[cfg(target_arch = "x86_64")]
-            if kernel.vector_packing() && row_stride == 1 {
+            if pack::has_moves(kernel) && row_stride == 1 {
                 let src = self.data[col * col_stride + depth.start..].as_ptr();
-                // SAFETY: the CPU has AVX-512F; the columns lie in the matrix (checked by
+                // SAFETY: the CPU runs the kernel; the columns lie in the matrix (checked by
                 // Matrix::new) and the panel holds NR floats per depth.
                 unsafe {
                     let dst = panel.as_mut_ptr();
-                    pack::transpose(src, col_stride, width, depth.len(), dst, NR)
+                    pack::transpose(kernel, src, col_stride, width, depth.len(), dst, NR)
                 };
                 return;
             }
@@ -444,12 +445,6 @@ impl Kernel {
         };
         FORCED.store(index, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Whether packing may use AVX-512 moves: only alongside the AVX-512 micro-kernel, so that
-    /// forcing a fallback runs the portable packing too.
-    pub(super) fn vector_packing(self) -> bool {
-        self == Kernel::Avx512
     }
 
     /// The height of this kernel's tile, and so of its A panels.

@@ -258,21 +258,16 @@ fn conv_pool_benches(c: &mut Criterion, device: &Device) {
                     (zeros(device, s.weight_len()), zeros(device, s.out_channels));
                 let flops = s.forward_flops();
                 let pr = precision;
+                let mut forward = |scratch: &mut _, y: &mut _, argmax: &mut _| {
+                    device.conv2d_maxpool2d_relu_forward(&s, pr, &x, &w, &b, scratch, y, argmax)
+                };
+                // The backward pass reads the argmax the forward one writes: run it once, so that
+                // the backward bench also runs alone (`cargo bench ... conv2_backward`).
+                forward(&mut scratch, &mut y, &mut argmax).unwrap_or_else(|e| panic!("{e}"));
                 family.bench(
                     id(format!("{name}_forward{suffix}"), batch),
                     &Flops(flops),
-                    || {
-                        device.conv2d_maxpool2d_relu_forward(
-                            &s,
-                            pr,
-                            &x,
-                            &w,
-                            &b,
-                            &mut scratch,
-                            &mut y,
-                            &mut argmax,
-                        )
-                    },
+                    || forward(&mut scratch, &mut y, &mut argmax),
                 );
                 let passes = if input_grad { 2 } else { 1 };
                 let backward = Flops(passes * flops);

@@ -258,7 +258,7 @@ fn conv_pool_benches(c: &mut Criterion, device: &Device) {
                     (zeros(device, s.weight_len()), zeros(device, s.out_channels));
                 let flops = s.forward_flops();
                 let pr = precision;
-                let mut forward = |scratch: &mut _, y: &mut _, argmax: &mut _| {
+                let forward = |scratch: &mut _, y: &mut _, argmax: &mut _| {
                     device.conv2d_maxpool2d_relu_forward(&s, pr, &x, &w, &b, scratch, y, argmax)
                 };
                 // The backward pass reads the argmax the forward one writes: run it once, so that

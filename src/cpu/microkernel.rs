@@ -167,10 +167,31 @@ pub unsafe fn avx2_tile_strided(
 }
 
 /// The AVX2 tile with A's element (i, p) `a_at(p, i)` and B's depth row p at `b_row(p)`.
+///
+/// A tile of C's last rows computes only the rows it stores, rounded up to a pair: M = 64 is
+/// ten tiles of 6 and one of 4, M = 32 five of 6 and one of 2, where a full tile would spend a
+/// third or two thirds of its FMAs on rows that are dropped.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_tile_rows(
+    depth: usize,
+    a_at: impl Fn(usize, usize) -> f32,
+    b_row: impl Fn(usize) -> *const f32,
+    store: Store,
+) {
+    match store.rows {
+        0..=2 => avx2_tile_first_rows::<2>(depth, a_at, b_row, store),
+        3..=4 => avx2_tile_first_rows::<4>(depth, a_at, b_row, store),
+        _ => avx2_tile_first_rows::<MR_AVX2>(depth, a_at, b_row, store),
+    }
+}
+
+/// [`avx2_tile_rows`] on the tile's first `ROWS` rows (`store.rows ≤ ROWS ≤ MR_AVX2`).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_tile_first_rows<const ROWS: usize>(
     depth: usize,
     a_at: impl Fn(usize, usize) -> f32,
     b_row: impl Fn(usize) -> *const f32,
@@ -181,7 +202,7 @@ unsafe fn avx2_tile_rows(
         c, ldc, rows, cols, ..
     } = store;
     for col0 in (0..cols).step_by(16) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR_AVX2];
+        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
         for p in 0..depth {
             let b = b_row(p).add(col0);
             let b0 = _mm256_loadu_ps(b);

@@ -128,7 +128,9 @@ impl<'a> Shallow<'a> {
 
     /// [`Shallow::image`]'s loops on AVX2, from the padded image: eight channels at a time,
     /// each tap's input vector loaded once and multiplied into all eight (8 accumulators, the
-    /// input and a broadcast: 10 of the 16 registers).
+    /// input and a broadcast: 10 of the 16 registers). The block's weights and the tap offsets
+    /// are copied to the stack first, so that the loop over taps, unrolled, broadcasts from
+    /// fixed addresses instead of reloading nine pointers.
     ///
     /// # Safety
     /// The CPU must have AVX2 and FMA; `padded` is the padded image and `y` the image's output.
@@ -138,22 +140,34 @@ impl<'a> Shallow<'a> {
         let (oh, ow) = (s.out_height(), s.out_width());
         let plane = oh * ow;
         let pw = s.width + 2 * s.padding;
+        let offsets = self.offsets;
         for block in (0..s.out_channels).step_by(OUT_BLOCK) {
             let o: [usize; OUT_BLOCK] =
                 std::array::from_fn(|i| (block + i).min(s.out_channels - 1));
+            let w: [[f32; OUT_BLOCK]; MAX_TAPS] = std::array::from_fn(|t| o.map(|o| self.w[o][t]));
+            let bias = o.map(|o| self.b[o]);
+            // The eight channels' sums for the output vector whose taps `load` reads.
+            let sums = |load: &dyn Fn(usize) -> __m256| {
+                let mut acc = bias.map(|b| _mm256_set1_ps(b));
+                for (w, &offset) in w.iter().zip(&offsets) {
+                    let input = load(offset);
+                    for (acc, &w) in acc.iter_mut().zip(w) {
+                        *acc = _mm256_fmadd_ps(_mm256_set1_ps(w), input, *acc);
+                    }
+                }
+                acc
+            };
             for oy in 0..oh {
                 for (ox, width) in row_vectors_avx2(ow) {
                     let mask = lane_mask(width);
                     let at = padded[oy * pw + ox..].as_ptr();
-                    let mut acc = o.map(|o| _mm256_set1_ps(self.b[o]));
-                    for (t, &offset) in self.offsets.iter().enumerate() {
-                        // The lanes `width` keeps are output positions of this row, whose taps
-                        // lie in the padded image.
-                        let input = load_lanes(at.add(offset), width, mask);
-                        for (acc, &o) in acc.iter_mut().zip(&o) {
-                            *acc = _mm256_fmadd_ps(_mm256_set1_ps(self.w[o][t]), input, *acc);
-                        }
-                    }
+                    // The lanes `width` keeps are output positions of this row, whose taps lie
+                    // in the padded image.
+                    let acc = if width == 8 {
+                        sums(&|offset| _mm256_loadu_ps(at.add(offset)))
+                    } else {
+                        sums(&|offset| _mm256_maskload_ps(at.add(offset), mask))
+                    };
                     for (acc, &o) in acc.iter().zip(&o) {
                         let y = y[o * plane + oy * ow + ox..].as_mut_ptr();
                         store_lanes(y, *acc, width, mask);

@@ -198,21 +198,6 @@ fn lane_mask(width: usize) -> __m256i {
     _mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32), lanes)
 }
 
-/// The first `width` floats at `src` (`mask` is [`lane_mask`]`(width)`), zero after; a whole
-/// vector is a plain load.
-///
-/// # Safety
-/// The CPU must have AVX2; `src` must be valid for `width` floats.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn load_lanes(src: *const f32, width: usize, mask: __m256i) -> __m256 {
-    if width == 8 {
-        _mm256_loadu_ps(src)
-    } else {
-        _mm256_maskload_ps(src, mask)
-    }
-}
-
 /// Stores the first `width` lanes of `v` at `dst` (AMD's masked stores are slow: a whole
 /// vector is a plain store).
 ///
@@ -430,19 +415,28 @@ unsafe fn grad_channel_avx2(
     let pw = s.width + 2 * s.padding;
     let mut acc: [__m256; MAX_TAPS + 1] =
         std::array::from_fn(|t| _mm256_loadu_ps(sums[t * 8..].as_ptr()));
+    let offsets = *offsets;
+    // One vector's products, its taps read by `load`.
+    let mut add = |grad: __m256, load: &dyn Fn(usize) -> __m256| {
+        for (acc, &offset) in acc.iter_mut().zip(&offsets) {
+            *acc = _mm256_fmadd_ps(grad, load(offset), *acc);
+        }
+        acc[MAX_TAPS] = _mm256_add_ps(acc[MAX_TAPS], grad);
+    };
     let full = ow / 8 * 8;
+    let tail_mask = lane_mask(ow - full);
     for oy in 0..oh {
-        // Every vector of the row once: the tail masked, so that no position counts twice.
-        let vectors = (0..full).step_by(8).map(|x| (x, 8));
-        let tail = (full < ow).then(|| (full, ow - full));
-        for (ox, width) in vectors.chain(tail) {
-            let mask = lane_mask(width);
-            let at = padded.add(oy * pw + ox);
-            let grad = load_lanes(dy[oy * ow + ox..].as_ptr(), width, mask);
-            for (acc, &offset) in acc.iter_mut().zip(offsets) {
-                *acc = _mm256_fmadd_ps(grad, load_lanes(at.add(offset), width, mask), *acc);
-            }
-            acc[MAX_TAPS] = _mm256_add_ps(acc[MAX_TAPS], grad);
+        let (at, dy) = (padded.add(oy * pw), dy[oy * ow..].as_ptr());
+        for ox in (0..full).step_by(8) {
+            let grad = _mm256_loadu_ps(dy.add(ox));
+            add(grad, &|offset| _mm256_loadu_ps(at.add(ox + offset)));
+        }
+        // The tail masked, so that no position counts twice.
+        if full < ow {
+            let grad = _mm256_maskload_ps(dy.add(full), tail_mask);
+            add(grad, &|offset| {
+                _mm256_maskload_ps(at.add(full + offset), tail_mask)
+            });
         }
     }
     for (t, &sum) in acc.iter().enumerate() {

@@ -36,8 +36,8 @@ const IN_PLACE_TILES: usize = 8;
 /// The same for B's rows a fixed stride apart (a weight's rows, 12 KB apart in fc1): each of a
 /// panel's rows lies on its own page, a stride no prefetcher follows, at every tile that reads it.
 /// At batch 64 (eight tiles) on Zen 4, packing fc1's and fc2's W for their input gradients took
-/// an epoch from 21.5 to 20.8 s; one tile, which would read its copy once, is where in place
-/// still wins.
+/// an epoch from 21.5 to 20.8 s. A single tile would read its copy only once, so it reads B in
+/// place.
 const IN_PLACE_STRIDED_TILES: usize = 1;
 /// Below this many flops a product runs on one thread: splitting it costs more than it saves.
 const PARALLEL_FLOPS: usize = 1 << 21;

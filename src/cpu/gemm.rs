@@ -34,7 +34,7 @@ const A_BLOCK_BYTES: usize = 512 << 10;
 /// it, and a packed one a copy; eight tiles a panel are about where the copy stops paying.
 const IN_PLACE_TILES: usize = 8;
 /// The same for B's rows a fixed stride apart (a weight's rows, 12 KB apart in fc1): each of a
-/// panel's rows lies on its own page, a stride no prefetcher follows, at every tile that reads it.
+/// panel's rows lies on its own page, likely a stride no prefetcher follows, at every tile.
 /// At batch 64 (eight tiles) on Zen 4, packing fc1's and fc2's W for their input gradients took
 /// an epoch from 21.5 to 20.8 s. A single tile would read its copy only once, so it reads B in
 /// place.

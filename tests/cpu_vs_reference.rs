@@ -14,10 +14,15 @@ use kernels::{cpu, reference as r, AdamStep, Device, Precision};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// Held by the tests that force a micro-kernel for the whole process, so that none of them sees
+/// another's choice midway.
+static FORCING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Every layer through each fallback micro-kernel and its packing, as a CPU without AVX-512
 /// (or without AVX2) would run them, on the op suite's shapes.
 #[test]
 fn fallback_kernels_match_reference() {
+    let _forcing = FORCING.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(18);
     let fallbacks = Kernel::available()
         .into_iter()
@@ -39,6 +44,83 @@ fn fallback_kernels_match_reference() {
             check_on(&cpu, s, Precision::Fp32, &mut rng);
         }
         check_adam(&mut rng, &format!("{kernel:?}"));
+    }
+    Kernel::force(None).expect("none forced");
+}
+
+/// fc1's weight gradient with Adam's step fused into it is, bit for bit, the weight gradient and
+/// then Adam (each checked against the reference elsewhere), on every micro-kernel: a batch of
+/// one, odd sizes, shapes under the threshold for threads and over it, a depth over several
+/// blocks (batch 300), columns in several chunks (4000), and fc1 itself.
+#[test]
+fn fused_weight_step_is_the_gradient_then_adam_on_every_kernel() {
+    let _forcing = FORCING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rng = StdRng::seed_from_u64(19);
+    let shapes = [
+        (1, 7, 3),
+        (5, 37, 13),
+        (13, 100, 70),
+        (300, 40, 50),
+        (64, 4000, 20),
+        (64, 3136, 1024),
+    ];
+    let step = AdamStep {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        step: 3,
+    };
+    let (hyper, scalars) = (step.hyper(), step.scalars());
+    for kernel in Kernel::available() {
+        Kernel::force(Some(kernel)).expect("an available kernel");
+        for &(batch, in_features, out_features) in &shapes {
+            let s = kernels::LinearShape {
+                batch,
+                in_features,
+                out_features,
+            };
+            let name = format!("{kernel:?} {s:?}");
+            let (x, dy) = (
+                random(&mut rng, s.input_len()),
+                random(&mut rng, s.output_len()),
+            );
+            let w = random(&mut rng, s.weight_len());
+            let m: Vec<f32> = random(&mut rng, w.len()).iter().map(|v| 0.1 * v).collect();
+            let v: Vec<f32> = random(&mut rng, w.len())
+                .iter()
+                .map(|v| 0.01 * v * v)
+                .collect();
+
+            let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; out_features]);
+            let (mut w_apart, mut m_apart, mut v_apart) = (w.clone(), m.clone(), v.clone());
+            cpu::linear_backward_weight(&s, &x, &dy, &mut dw, &mut db);
+            cpu::adam_update(
+                &hyper,
+                scalars,
+                &mut w_apart,
+                &dw,
+                &mut m_apart,
+                &mut v_apart,
+            );
+
+            let (mut w_fused, mut m_fused, mut v_fused) = (w.clone(), m.clone(), v.clone());
+            let mut db_fused = vec![f32::NAN; out_features];
+            cpu::linear_backward_weight_adam(
+                &s,
+                &x,
+                &dy,
+                (&hyper, scalars),
+                (&mut w_fused, &mut m_fused, &mut v_fused),
+                &mut db_fused,
+            );
+            let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert!(w_apart != w, "{name}: the step moved no weight");
+            assert_eq!(bits(&w_fused), bits(&w_apart), "{name}: weights");
+            assert_eq!(bits(&m_fused), bits(&m_apart), "{name}: first moments");
+            assert_eq!(bits(&v_fused), bits(&v_apart), "{name}: second moments");
+            assert_eq!(bits(&db_fused), bits(&db), "{name}: bias gradient");
+        }
     }
     Kernel::force(None).expect("none forced");
 }

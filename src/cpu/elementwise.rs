@@ -50,7 +50,7 @@ pub fn adam_update(
 /// One chunk of [`adam_update`], in the vectors of the kernel [`Kernel::detect`] picks: 16
 /// floats on AVX-512, 8 on AVX2. The same operations in the same order (no fused multiply-add),
 /// so every path rounds alike.
-fn adam_chunk(
+pub(super) fn adam_chunk(
     hyper: &AdamHyper,
     scalars: [f32; 2],
     params: &mut [f32],

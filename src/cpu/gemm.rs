@@ -826,3 +826,130 @@ impl<B: PackB> Product<'_, B> {
         }
     }
 }
+
+/// Where [`gemm_bands`] hands each finished band of C, which it never stores.
+pub(super) trait BandSink: Sync {
+    /// Rows `rows` x columns `cols` of C are being computed: a hint to fetch what
+    /// [`BandSink::take`] will read with them.
+    fn prefetch(&self, rows: Range<usize>, cols: Range<usize>);
+    /// C[rows, cols], `band[i·ld + j]` for row `rows.start + i` and column `cols.start + j`.
+    fn take(&self, rows: Range<usize>, cols: Range<usize>, band: &[f32], ld: usize);
+}
+
+/// Packed B of one band product's chunk of columns, all depth blocks: small enough to stay in
+/// L2 while every band of rows passes over it.
+const BAND_B_BYTES: usize = 256 << 10;
+
+/// C = A·B, handed to `sink` one band of MR rows (by a chunk of columns) at a time instead of
+/// being stored: an epilogue that reads C once, while it is in L1, then drops it (Adam on a
+/// weight gradient, which then never goes to memory). The band of each A panel runs along C's
+/// rows, so what `sink` reads and writes alongside is read along rows too.
+///
+/// The same tiles and the same depth blocks, in the same order per tile, as [`gemm`]: every
+/// element of C is the same bits as [`gemm`]'s.
+///
+/// # Panics
+/// If the shapes disagree or the kernel is not available: bugs in the caller.
+pub(super) fn gemm_bands(kernel: Kernel, a: Matrix, b: &impl PackB, sink: &impl BandSink) {
+    let (m, k) = (a.layout.rows, a.layout.cols);
+    let n = b.shape().1;
+    assert!(
+        b.shape().0 == k,
+        "gemm_bands shapes: a {:?}, b {:?}",
+        a.layout,
+        b.shape()
+    );
+    assert!(
+        Kernel::available().contains(&kernel),
+        "gemm: {kernel:?} unavailable"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let mr = kernel.mr();
+    let threads = rayon::current_num_threads();
+    let panels = n.div_ceil(NR);
+    let parts = if 2 * m * n * k < PARALLEL_FLOPS {
+        1
+    } else {
+        threads.min(panels)
+    };
+    // Columns in whole panels per part, as `gemm` splits them.
+    let part_cols = |part: usize| {
+        (part * panels / parts * NR).min(n)..((part + 1) * panels / parts * NR).min(n)
+    };
+    let chunk_cols = (BAND_B_BYTES / 4 / k.max(1) / NR).max(1) * NR;
+    let blocks: Vec<Range<usize>> = depth_blocks(k).collect();
+    let run_part = |cols: Range<usize>| {
+        let a_len = m.next_multiple_of(mr) * k;
+        with_scratch(&PACKED_A, a_len, |packed_a| {
+            // All of A, block after block: each block's panels as `gemm` packs them.
+            let mut offsets = Vec::with_capacity(blocks.len());
+            let mut at = 0;
+            for depth in &blocks {
+                let len = m.next_multiple_of(mr) * depth.len();
+                a.pack_a(kernel, 0..m, depth.clone(), &mut packed_a[at..at + len]);
+                offsets.push(at);
+                at += len;
+            }
+            for chunk in cols.clone().step_by(chunk_cols) {
+                let chunk = chunk..(chunk + chunk_cols).min(cols.end);
+                let chunk_panels = chunk.len().div_ceil(NR);
+                let band_len = mr * chunk.len();
+                let b_len = chunk_panels * k * NR;
+                with_scratch(&PACKED_B, b_len + band_len, |scratch| {
+                    let (packed_b, band) = scratch.split_at_mut(b_len);
+                    // Panel p of block d at (block start·panels + p·depth)·NR.
+                    for depth in &blocks {
+                        let block = &mut packed_b[depth.start * chunk_panels * NR..];
+                        for (p, col) in chunk.clone().step_by(NR).enumerate() {
+                            let width = (chunk.end - col).min(NR);
+                            let panel = &mut block[p * depth.len() * NR..][..depth.len() * NR];
+                            b.pack_b(kernel, depth.clone(), col, width, panel);
+                        }
+                    }
+                    for row in (0..m).step_by(mr) {
+                        let rows = row..(row + mr).min(m);
+                        for (p, col) in chunk.clone().step_by(NR).enumerate() {
+                            let width = (chunk.end - col).min(NR);
+                            for (d, depth) in blocks.iter().enumerate() {
+                                let a_panel = &packed_a[offsets[d] + row * depth.len()..];
+                                let b_start = (depth.start * chunk_panels + p * depth.len()) * NR;
+                                let store = Store {
+                                    c: band[col - chunk.start..].as_mut_ptr(),
+                                    ldc: chunk.len(),
+                                    rows: rows.len(),
+                                    cols: width,
+                                    load: d > 0,
+                                    row_bias: std::ptr::null(),
+                                    col_bias: std::ptr::null(),
+                                    relu: false,
+                                };
+                                // SAFETY: the CPU runs the kernel (checked above); both panels
+                                // hold the block's depth, and the tile's `rows x width` corner
+                                // lies in the band (`ldc` its chunk's width).
+                                unsafe {
+                                    kernel.tile(
+                                        depth.len(),
+                                        a_panel.as_ptr(),
+                                        packed_b[b_start..].as_ptr(),
+                                        store,
+                                    )
+                                };
+                            }
+                            sink.prefetch(rows.clone(), col..col + width);
+                        }
+                        sink.take(rows, chunk.clone(), &band[..], chunk.len());
+                    }
+                })
+            }
+        })
+    };
+    if parts == 1 {
+        return run_part(0..n);
+    }
+    use rayon::prelude::*;
+    (0..parts)
+        .into_par_iter()
+        .for_each(|part| run_part(part_cols(part)));
+}

@@ -1,13 +1,15 @@
 //! Fully connected layers: each pass is one GEMM, split across threads by [`gemm`] (fc1's forward
 //! pass turned over, see `forward_transposed`).
 
-use super::gemm::{gemm, Epilogue, Layout, Matrix, A};
+use super::elementwise::adam_chunk;
+use super::gemm::{gemm, gemm_bands, BandSink, Epilogue, Kernel, Layout, Matrix, A};
 #[cfg(target_arch = "x86_64")]
 use super::{
-    gemm::{gemm_a_in_place, Kernel, Rows},
+    gemm::{gemm_a_in_place, Rows},
     scratch::{with_scratch, PARTIALS},
 };
-use crate::LinearShape;
+use crate::{AdamHyper, LinearShape};
+use std::ops::Range;
 
 /// x `[batch, in]`, W `[out, in]`, y `[batch, out]`.
 fn layouts(s: &LinearShape) -> (Layout, Layout, Layout) {
@@ -55,10 +57,97 @@ pub fn backward_weight(s: &LinearShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
         &x_matrix,
         Epilogue::default(),
     );
+    bias_grad(s, dy, db);
+}
+
+/// db = Σ_batch dy.
+fn bias_grad(s: &LinearShape, dy: &[f32], db: &mut [f32]) {
     db.fill(0.0);
     if s.out_features > 0 {
         for row in dy.chunks_exact(s.out_features) {
             db.iter_mut().zip(row).for_each(|(sum, g)| *sum += g);
+        }
+    }
+}
+
+/// [`backward_weight`] and then Adam's step on W, fused: each band of dW's rows is handed, while
+/// in L1, to Adam ([`gemm_bands`]), which updates the same rows of W, m and v, so dW is never
+/// written to memory nor read back: of Adam's pass over fc1's 3.2 M weights (g, W, m and v read,
+/// three written), the gradient's write and read go. W, m and v are prefetched while each band
+/// is computed. Bit for bit the results of [`backward_weight`] and then
+/// [`super::elementwise::adam_update`]. W must not be read by anything after this in the step:
+/// the input gradient comes first.
+#[allow(clippy::too_many_arguments)] // the op's operands, and Adam's
+pub fn backward_weight_adam(
+    s: &LinearShape,
+    x: &[f32],
+    dy: &[f32],
+    (hyper, scalars): (&AdamHyper, [f32; 2]),
+    (w, m, v): (&mut [f32], &mut [f32], &mut [f32]),
+    db: &mut [f32],
+) {
+    let (x_layout, _, y_layout) = layouts(s);
+    let len = s.out_features * s.in_features;
+    assert!(
+        w.len() == len && m.len() == len && v.len() == len,
+        "linear adam: lengths"
+    );
+    let sink = AdamRows {
+        w: w.as_mut_ptr(),
+        m: m.as_mut_ptr(),
+        v: v.as_mut_ptr(),
+        row_len: s.in_features,
+        hyper: *hyper,
+        scalars,
+    };
+    let (dy_t, x_matrix) = (Matrix::new(dy, y_layout.t()), Matrix::new(x, x_layout));
+    gemm_bands(Kernel::detect(), dy_t, &x_matrix, &sink);
+    bias_grad(s, dy, db);
+}
+
+/// Adam on the rows of W that a band of dW covers: W, m and v are `[out, in]` like dW.
+struct AdamRows {
+    w: *mut f32,
+    m: *mut f32,
+    v: *mut f32,
+    row_len: usize,
+    hyper: AdamHyper,
+    scalars: [f32; 2],
+}
+
+// SAFETY: the bands handed to the threads cover disjoint elements of W, m and v.
+unsafe impl Sync for AdamRows {}
+
+impl BandSink for AdamRows {
+    fn prefetch(&self, rows: Range<usize>, cols: Range<usize>) {
+        #[cfg(target_arch = "x86_64")]
+        for row in rows {
+            for col in cols.clone().step_by(16) {
+                let at = row * self.row_len + col;
+                // SAFETY: (row, col) lies in W, m and v; a prefetch reads nothing.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                    for array in [self.w, self.m, self.v] {
+                        _mm_prefetch::<_MM_HINT_T1>(array.add(at) as *const i8);
+                    }
+                }
+            }
+        }
+    }
+
+    fn take(&self, rows: Range<usize>, cols: Range<usize>, band: &[f32], ld: usize) {
+        for (i, row) in rows.enumerate() {
+            let at = row * self.row_len + cols.start;
+            let grads = &band[i * ld..][..cols.len()];
+            // SAFETY: the row's columns lie in W, m and v, and no other band covers them.
+            let (w, m, v) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(self.w.add(at), cols.len()),
+                    std::slice::from_raw_parts_mut(self.m.add(at), cols.len()),
+                    std::slice::from_raw_parts_mut(self.v.add(at), cols.len()),
+                )
+            };
+            adam_chunk(&self.hyper, self.scalars, w, grads, m, v);
         }
     }
 }

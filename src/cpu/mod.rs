@@ -181,6 +181,21 @@ pub fn linear_backward_weight(
     linear::backward_weight(s, x, dy, dw, db)
 }
 
+/// [`linear_backward_weight`] and then [`adam_update`] on the weight, fused: the weight gradient
+/// is never stored (see `linear.rs`); the bias gradient is, for its own Adam step. W, m and v
+/// are `[out, in]`; the bits are those of the two ops.
+pub fn linear_backward_weight_adam(
+    s: &LinearShape,
+    x: &[f32],
+    dy: &[f32],
+    adam: (&AdamHyper, [f32; 2]),
+    weight: (&mut [f32], &mut [f32], &mut [f32]),
+    db: &mut [f32],
+) {
+    init_threads();
+    linear::backward_weight_adam(s, x, dy, adam, weight, db)
+}
+
 /// One Adam step over any slice of parameters, a whole flat buffer included; `scalars` are the
 /// step's [`crate::AdamStep::scalars`] (step size and √(1 − β2ᵗ)), computed once per step.
 pub fn adam_update(

@@ -414,6 +414,59 @@ impl Device {
         Ok(())
     }
 
+    /// Whether [`Device::linear_backward_weight_adam`] runs here: on the cpu device, where
+    /// Adam's pass over a large weight is a pass over memory that fusing it saves. (A GPU's
+    /// Adam is already one launch over every tensor, inside the step's graph.)
+    pub fn fuses_weight_updates(&self) -> bool {
+        matches!(self, Device::Cpu)
+    }
+
+    /// [`Device::linear_backward_weight`], then Adam's step on the weight alone, in one op that
+    /// never stores the weight gradient: W and its moments m and v (the tensor's own, `[out,
+    /// in]`) are updated, and db is written for the bias's own step. `scalars` are the step's
+    /// [`crate::AdamStep::scalars`]. The same bits as the two ops. Only where
+    /// [`Device::fuses_weight_updates`]; elsewhere an error.
+    #[allow(clippy::too_many_arguments)] // the op's operands, and Adam's
+    pub fn linear_backward_weight_adam(
+        &self,
+        s: &LinearShape,
+        precision: Precision,
+        x: &Buffer<f32>,
+        dy: &Buffer<f32>,
+        (hyper, scalars): (&AdamHyper, &Buffer<f32>),
+        (w, m, v): (&mut Buffer<f32>, &mut Buffer<f32>, &mut Buffer<f32>),
+        db: &mut Buffer<f32>,
+    ) -> Result<()> {
+        let op = "linear_backward_weight_adam";
+        s.check(op)?;
+        self.check_op_precision(op, precision)?;
+        self.expect(op, "x", x, s.input_len())?;
+        self.expect(op, "dy", dy, s.output_len())?;
+        self.expect(op, "weight", w, s.weight_len())?;
+        self.expect(op, "m", m, s.weight_len())?;
+        self.expect(op, "v", v, s.weight_len())?;
+        self.expect(op, "dbias", db, s.out_features)?;
+        self.expect(op, "scalars", scalars, 2)?;
+        match self {
+            Device::Cpu => {
+                let scalars = scalars.host()?;
+                cpu::linear_backward_weight_adam(
+                    s,
+                    x.host()?,
+                    dy.host()?,
+                    (hyper, [scalars[0], scalars[1]]),
+                    (w.host_mut()?, m.host_mut()?, v.host_mut()?),
+                    db.host_mut()?,
+                );
+                Ok(())
+            }
+            Device::Emulated(_) | Device::Cuda(_) => Err(Error::Device {
+                device: self.name().to_string(),
+                what: format!("{op}: runs on the cpu device only (see fuses_weight_updates)"),
+            }),
+        }
+    }
+
     /// The loss forward and backward in one op, over the rows whose label is not
     /// [`IGNORE_LABEL`](crate::IGNORE_LABEL) (padding): adds their loss sum to `totals[0]` and
     /// their correct count to `totals[1]`, and writes dlogits = (softmax − onehot) / rows for

@@ -9,9 +9,15 @@
 //! A step is two halves, so that the second can be captured in a CUDA graph: [`Adam::begin_step`]
 //! counts the step and writes its bias corrections to a small device buffer (a host write, never
 //! in a graph), and [`Adam::apply`] launches the update, which reads them from there.
+//!
+//! A parameter can instead be stepped by its layer, in the op that computes its gradient (on the
+//! cpu device, fc1's weight: [`crate::layers::Linear::backward_stepping_weight`]). Its moments
+//! are then its own buffers ([`Adam::weight_step`]), outside the flat ones, and
+//! [`Adam::apply`] steps only the others; [`Adam::state`] reads them all, in order, alike.
 
-use kernels::{AdamStep, Buffer, Device, TensorTable};
+use kernels::{AdamHyper, AdamStep, Buffer, Device, TensorTable};
 
+use crate::layers::WeightStep;
 use crate::{Error, Param, Result};
 
 pub struct Adam {
@@ -37,13 +43,20 @@ pub struct AdamState {
     pub moments: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
-/// Everything the one launch reads, on the device.
+/// Everything the one launch reads, on the device, and the moments of the parameters their
+/// layers step.
 struct FlatState {
+    /// The parameters [`Adam::apply`] steps: those no layer steps.
     table: TensorTable,
     m: Buffer<f32>,
     v: Buffer<f32>,
     /// This step's [`AdamStep::scalars`]: step size and √(1 − β2ᵗ).
     scalars: Buffer<f32>,
+    /// Every parameter's length, in the order passed.
+    lens: Vec<usize>,
+    /// Per parameter, its own moments `(m, v)` where its layer steps it; None where they lie
+    /// in `m` and `v`.
+    own: Vec<Option<(Buffer<f32>, Buffer<f32>)>>,
 }
 
 impl Adam {
@@ -83,9 +96,9 @@ impl Adam {
         let Some(state) = &self.state else {
             return Err(not_prepared());
         };
-        let lens: Vec<usize> = state.table.lens().collect();
+        let lens = &state.lens;
         let given: Vec<usize> = params.iter().map(|p| p.value.data.len()).collect();
-        if given != lens {
+        if given != *lens {
             return Err(Error::Shape {
                 name: "adam".to_string(),
                 what: format!(
@@ -98,29 +111,95 @@ impl Adam {
 
     /// Allocates the moments and the tensor table for `params` if this is the first step.
     pub fn prepare(&mut self, device: &Device, params: &[&mut Param]) -> Result<()> {
-        if self.state.is_some() {
+        self.prepare_stepping(device, params, &vec![false; params.len()])
+    }
+
+    /// [`Adam::prepare`], where `in_layer[i]` says that params[i] is stepped by its layer
+    /// ([`Adam::weight_step`]), not by [`Adam::apply`]. Every later step must say the same.
+    pub fn prepare_stepping(
+        &mut self,
+        device: &Device,
+        params: &[&mut Param],
+        in_layer: &[bool],
+    ) -> Result<()> {
+        if let Some(state) = &self.state {
+            let prepared: Vec<bool> = state.own.iter().map(Option::is_some).collect();
+            if prepared != in_layer {
+                return Err(Error::Shape {
+                    name: "adam".to_string(),
+                    what: format!(
+                        "parameters stepped in their layers {in_layer:?}, but prepared for \
+                         {prepared:?}"
+                    ),
+                });
+            }
             return Ok(());
         }
-        let values: Vec<&Buffer<f32>> = params.iter().map(|p| &p.value.data).collect();
-        let grads: Vec<&Buffer<f32>> = params.iter().map(|p| &p.grad.data).collect();
-        let table = device.tensor_table(&values, &grads)?;
-        let total = table.total_len();
-        let (m, v) = match self.pending.take() {
-            // As torch, both moments start at zero.
-            None => (device.zeros(total)?, device.zeros(total)?),
-            Some(moments) => {
-                let lens: Vec<usize> = table.lens().collect();
-                let (m, v) = flatten_moments(&lens, moments)?;
-                (device.upload(&m)?, device.upload(&v)?)
-            }
+        if in_layer.len() != params.len() {
+            return Err(Error::Shape {
+                name: "adam".to_string(),
+                what: format!(
+                    "{} flags for {} parameters stepped in their layers",
+                    in_layer.len(),
+                    params.len()
+                ),
+            });
+        }
+        let lens: Vec<usize> = params.iter().map(|p| p.value.data.len()).collect();
+        // As torch, both moments start at zero.
+        let moments = match self.pending.take() {
+            None => lens.iter().map(|&l| (vec![0.0; l], vec![0.0; l])).collect(),
+            Some(moments) => moments,
         };
+        let (flat, own) = split_moments(&lens, moments, in_layer)?;
+        let (values, grads): (Vec<&Buffer<f32>>, Vec<&Buffer<f32>>) = params
+            .iter()
+            .zip(in_layer)
+            .filter(|(_, &in_layer)| !in_layer)
+            .map(|(p, _)| (&p.value.data, &p.grad.data))
+            .unzip();
+        let table = device.tensor_table(&values, &grads)?;
+        let (m, v) = flatten_moments(&table.lens().collect::<Vec<_>>(), flat)?;
+        let own = own
+            .into_iter()
+            .map(|moments| match moments {
+                None => Ok(None),
+                Some((m, v)) => Ok(Some((device.upload(&m)?, device.upload(&v)?))),
+            })
+            .collect::<Result<_>>()?;
         self.state = Some(FlatState {
             table,
-            m,
-            v,
+            m: device.upload(&m)?,
+            v: device.upload(&v)?,
             scalars: device.zeros(2)?,
+            lens,
+            own,
         });
         Ok(())
+    }
+
+    /// The step [`Adam::begin_step`] began, for params[index], which its layer steps (see
+    /// [`Adam::prepare_stepping`]): the hyperparameters, the step's scalars and its moments.
+    pub fn weight_step(&mut self, index: usize) -> Result<WeightStep<'_>> {
+        let Some(state) = &mut self.state else {
+            return Err(not_prepared());
+        };
+        let Some(Some((m, v))) = state.own.get_mut(index) else {
+            return Err(Error::Shape {
+                name: "adam".to_string(),
+                what: format!("parameter {index} is not stepped by its layer"),
+            });
+        };
+        Ok(WeightStep {
+            hyper: AdamHyper {
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+            },
+            scalars: &state.scalars,
+            m,
+            v,
+        })
     }
 
     /// Counts a step and writes its bias corrections where [`Adam::apply`] reads them. Not a
@@ -152,9 +231,12 @@ impl Adam {
             beta2: self.beta2,
             eps: self.eps,
         };
+        // The parameters their layers step have had their step.
         let (mut values, grads): (Vec<&mut Buffer<f32>>, Vec<&Buffer<f32>>) = params
             .iter_mut()
-            .map(|p| (&mut p.value.data, &p.grad.data))
+            .zip(&state.own)
+            .filter(|(_, own)| own.is_none())
+            .map(|(p, _)| (&mut p.value.data, &p.grad.data))
             .unzip();
         let (m, v) = (&mut state.m, &mut state.v);
         device.adam_update_tensors(
@@ -177,15 +259,18 @@ impl Adam {
             Some(state) => {
                 let (m, v) = (device.download(&state.m)?, device.download(&state.v)?);
                 let mut start = 0;
-                state
-                    .table
-                    .lens()
-                    .map(|len| {
-                        let range = start..start + len;
-                        start = range.end;
-                        (m[range.clone()].to_vec(), v[range].to_vec())
-                    })
-                    .collect()
+                let mut moments = Vec::with_capacity(state.lens.len());
+                for (&len, own) in state.lens.iter().zip(&state.own) {
+                    moments.push(match own {
+                        Some((m, v)) => (device.download(m)?, device.download(v)?),
+                        None => {
+                            let range = start..start + len;
+                            start = range.end;
+                            (m[range.clone()].to_vec(), v[range].to_vec())
+                        }
+                    });
+                }
+                moments
             }
         };
         Ok(AdamState {
@@ -236,17 +321,59 @@ impl Adam {
             Some(flat) if state.steps == 0 => {
                 device.fill_zero(&mut flat.m)?;
                 device.fill_zero(&mut flat.v)?;
+                for (m, v) in flat.own.iter_mut().flatten() {
+                    device.fill_zero(m)?;
+                    device.fill_zero(v)?;
+                }
             }
             Some(flat) => {
-                let lens: Vec<usize> = flat.table.lens().collect();
-                let (m, v) = flatten_moments(&lens, state.moments.clone())?;
+                let in_layer: Vec<bool> = flat.own.iter().map(Option::is_some).collect();
+                let moments = state.moments.clone();
+                let (applied, own) = split_moments(&flat.lens, moments, &in_layer)?;
+                let (m, v) = flatten_moments(&flat.table.lens().collect::<Vec<_>>(), applied)?;
                 device.write(&m, &mut flat.m)?;
                 device.write(&v, &mut flat.v)?;
+                for (buffers, moments) in flat.own.iter_mut().zip(own) {
+                    if let (Some((m, v)), Some((hm, hv))) = (buffers, moments) {
+                        device.write(&hm, m)?;
+                        device.write(&hv, v)?;
+                    }
+                }
             }
         }
         self.steps = state.steps;
         Ok(())
     }
+}
+
+/// Each parameter's moments (checked against `lens`) split into those [`Adam::apply`] steps, in
+/// order, and per parameter those its layer steps (`in_layer`).
+#[allow(clippy::type_complexity)]
+fn split_moments(
+    lens: &[usize],
+    moments: Vec<(Vec<f32>, Vec<f32>)>,
+    in_layer: &[bool],
+) -> Result<(Vec<(Vec<f32>, Vec<f32>)>, Vec<Option<(Vec<f32>, Vec<f32>)>>)> {
+    let fits = moments.len() == lens.len()
+        && (moments.iter().zip(lens)).all(|((m, v), &len)| m.len() == len && v.len() == len);
+    if !fits {
+        let got: Vec<usize> = moments.iter().map(|(m, _)| m.len()).collect();
+        return Err(Error::Shape {
+            name: "adam".to_string(),
+            what: format!("moments of lengths {got:?} for parameters of lengths {lens:?}"),
+        });
+    }
+    let mut applied = Vec::new();
+    let mut own = Vec::with_capacity(moments.len());
+    for (moments, &in_layer) in moments.into_iter().zip(in_layer) {
+        if in_layer {
+            own.push(Some(moments));
+        } else {
+            own.push(None);
+            applied.push(moments);
+        }
+    }
+    Ok((applied, own))
 }
 
 /// The per-tensor moments laid end to end, checked against the tensors' lengths.

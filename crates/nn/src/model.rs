@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::layers::{Conv2d, Flatten, Linear, MaxPool2dRelu};
-use crate::{Error, Param, Result, Tensor};
+use crate::{Adam, Error, Param, Result, Tensor};
 
 /// A tensor copied to the host: row-major values of `shape`.
 #[derive(Clone, Debug, PartialEq)]
@@ -223,12 +223,53 @@ impl ConvNet {
     /// input of the last forward, unchanged since. Each layer's input is read where it lives
     /// (the previous layer's output), never copied.
     pub fn backward(&mut self, x: &Tensor, dlogits: &Tensor) -> Result<()> {
+        self.backward_with(x, dlogits, None)
+    }
+
+    /// Per parameter (state_dict order), whether [`ConvNet::backward_stepping`] steps it in its
+    /// layer: fc1's weight (3.2 M of the 3.8 M parameters) where the device
+    /// [fuses weight updates](kernels::Device::fuses_weight_updates); else none.
+    pub fn stepped_in_layer(&self) -> Vec<bool> {
+        let fused = self.device.fuses_weight_updates();
+        let params = self.params();
+        let fc1_weight = self.fc1.params()[0];
+        params
+            .iter()
+            .map(|&p| fused && std::ptr::eq(p, fc1_weight))
+            .collect()
+    }
+
+    /// [`ConvNet::backward`], except that the parameters [`ConvNet::stepped_in_layer`] names
+    /// take `adam`'s step (begun: [`Adam::begin_step`]) in the op that computes their
+    /// gradient, which then is not stored (see `Linear::backward_stepping_weight`);
+    /// [`Adam::apply`] steps the rest.
+    pub fn backward_stepping(
+        &mut self,
+        x: &Tensor,
+        dlogits: &Tensor,
+        adam: &mut Adam,
+    ) -> Result<()> {
+        self.backward_with(x, dlogits, Some(adam))
+    }
+
+    fn backward_with(
+        &mut self,
+        x: &Tensor,
+        dlogits: &Tensor,
+        adam: Option<&mut Adam>,
+    ) -> Result<()> {
+        let fc1_weight = self.stepped_in_layer().iter().position(|&s| s);
         let d = self
             .fc3
             .backward(self.fc2.output().view(), dlogits.view())?;
         let d = self.fc2.backward(self.fc1.output().view(), d)?;
         let fc1_input = self.flatten.output(&self.pool2.output().data);
-        let d = self.fc1.backward(fc1_input, d)?;
+        let d = match (adam, fc1_weight) {
+            (Some(adam), Some(index)) => {
+                (self.fc1).backward_stepping_weight(fc1_input, d, adam.weight_step(index)?)?
+            }
+            _ => self.fc1.backward(fc1_input, d)?,
+        };
         let d = self.flatten.backward(d)?;
         let conv2_input = self.pool1.output().view();
         let d = self

@@ -277,7 +277,8 @@ impl Trainer {
         self.check_labels(data)?;
         // What changes from step to step goes to device memory first, outside any graph.
         self.batch.write_indices(&self.device, indices)?;
-        self.adam.prepare(&self.device, &self.net.params_mut())?;
+        let in_layer = self.net.stepped_in_layer();
+        (self.adam).prepare_stepping(&self.device, &self.net.params_mut(), &in_layer)?;
         self.adam.begin_step(&self.device)?;
         if !self.use_graph {
             return self.step_launches(data);
@@ -312,7 +313,7 @@ impl Trainer {
         let dlogits = self
             .loss
             .forward_backward(logits, &self.batch.labels, &mut self.totals)?;
-        self.net.backward(&self.batch.images, dlogits)?;
+        (self.net).backward_stepping(&self.batch.images, dlogits, &mut self.adam)?;
         self.adam.apply(&self.device, &mut self.net.params_mut())
     }
 

@@ -149,3 +149,72 @@ fn labels_past_the_networks_classes_are_refused_on_every_device() {
         assert!(err.contains(&said), "{}: {err}", device.name());
     }
 }
+
+/// On the cpu device the Trainer steps fc1's weight inside the op that computes its gradient
+/// (`ConvNet::backward_stepping`); its steps are, bit for bit, the plain backward pass and then
+/// Adam over every parameter, and so are Adam's moments after them.
+#[test]
+fn the_cpu_trainer_s_weight_step_in_its_layer_is_backward_then_adam() {
+    let device = Device::Cpu;
+    let net = ConvNet::new(&device, SMALL, 7).unwrap();
+    let stepped = net.stepped_in_layer();
+    assert_eq!(stepped.iter().filter(|&&s| s).count(), 1, "{stepped:?}");
+    assert!(
+        stepped[net
+            .params()
+            .iter()
+            .position(|p| p.name == "fc1.weight")
+            .unwrap()],
+        "{stepped:?}"
+    );
+    let data = random_dataset(&device, 2 * BATCH);
+    let batches: [Vec<u32>; 3] = [
+        (0..BATCH as u32).collect(),
+        (BATCH as u32..2 * BATCH as u32).collect(),
+        (0..BATCH as u32).rev().collect(),
+    ];
+    let mut trainer = Trainer::new(net, Adam::new(0.01), BATCH, false).unwrap();
+    for batch in &batches {
+        trainer.step(&data, batch).unwrap();
+    }
+
+    // The same steps by hand: every gradient stored, then Adam over all of them.
+    let rng = &mut StdRng::seed_from_u64(11);
+    let image_len = SMALL.image_size * SMALL.image_size;
+    let pixels: Vec<u8> = (0..2 * BATCH * image_len).map(|_| rng.random()).collect();
+    let labels: Vec<u8> = (0..2 * BATCH).map(|_| rng.random_range(0..10)).collect();
+    let mut net = ConvNet::new(&device, SMALL, 7).unwrap();
+    let (mut xent, mut adam) = (SoftmaxCrossEntropy::new(&device), Adam::new(0.01));
+    for batch in &batches {
+        let batch_pixels: Vec<u8> = batch
+            .iter()
+            .flat_map(|&i| &pixels[i as usize * image_len..][..image_len])
+            .copied()
+            .collect();
+        let x = nn::normalized_images(&device, &batch_pixels, SMALL.image_size).unwrap();
+        let batch_labels: Vec<u32> = batch.iter().map(|&i| labels[i as usize] as u32).collect();
+        let batch_labels = device.upload(&batch_labels).unwrap();
+        let mut totals = device.zeros(2).unwrap();
+        let logits = net.forward(&x).unwrap();
+        let dlogits = xent
+            .forward_backward(logits, &batch_labels, &mut totals)
+            .unwrap();
+        net.backward(&x, dlogits).unwrap();
+        adam.step(&device, net.params_mut()).unwrap();
+    }
+
+    let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (stepped, by_hand) in trainer.net().params().iter().zip(net.params()) {
+        let (a, b) = (
+            stepped.value.to_vec(&device).unwrap(),
+            by_hand.value.to_vec(&device).unwrap(),
+        );
+        assert_eq!(bits(&a), bits(&b), "{}", by_hand.name);
+    }
+    let (in_layer, apart) = (
+        trainer.adam().state(&device).unwrap(),
+        adam.state(&device).unwrap(),
+    );
+    assert_eq!(in_layer.steps, 3);
+    assert_eq!(in_layer, apart, "Adam's moments");
+}

@@ -334,3 +334,65 @@ fn adam_follows_torch_over_two_steps() {
         assert_eq!(adam.steps(), 2, "a refused step is not counted");
     }
 }
+
+/// A parameter its layer steps keeps its moments apart from the flat ones: `apply` leaves it
+/// alone, Adam's state still lists every parameter's moments in order, a state loaded before or
+/// after preparing lands in both places, and other flags for the same Adam are refused.
+#[test]
+fn moments_of_a_parameter_stepped_in_its_layer_keep_their_place_in_the_state() {
+    let rng = &mut StdRng::seed_from_u64(15);
+    let mut applied = Param::new(&DEVICE, "a".to_string(), &[3], &random(rng, 3)).unwrap();
+    let mut in_layer = Param::new(&DEVICE, "b".to_string(), &[2], &random(rng, 2)).unwrap();
+    let before = host(&in_layer.value.data);
+    DEVICE
+        .write(&random(rng, 3), &mut applied.grad.data)
+        .unwrap();
+    DEVICE
+        .write(&random(rng, 2), &mut in_layer.grad.data)
+        .unwrap();
+    let flags = [false, true];
+
+    let mut adam = Adam::new(1e-2);
+    adam.prepare_stepping(&DEVICE, &[&mut applied, &mut in_layer], &flags)
+        .unwrap();
+    adam.begin_step(&DEVICE).unwrap();
+    assert!(
+        adam.weight_step(0).is_err(),
+        "parameter 0 is Adam's to step"
+    );
+    let own = ([0.25f32, -0.5], [0.125f32, 0.0625]);
+    let step = adam.weight_step(1).unwrap();
+    DEVICE.write(&own.0, step.m).unwrap();
+    DEVICE.write(&own.1, step.v).unwrap();
+    adam.apply(&DEVICE, &mut [&mut applied, &mut in_layer])
+        .unwrap();
+    assert_eq!(
+        host(&in_layer.value.data),
+        before,
+        "apply stepped the layer's parameter"
+    );
+
+    let state = adam.state(&DEVICE).unwrap();
+    assert_eq!(state.moments.len(), 2);
+    assert_eq!(state.moments[1], (own.0.to_vec(), own.1.to_vec()));
+    assert!(state.moments[0].0.iter().all(|&m| m != 0.0), "{state:?}");
+
+    // Loaded before the first step (pending), and into an Adam already prepared.
+    for prepare_first in [false, true] {
+        let mut resumed = Adam::new(1e-2);
+        let params = [&mut applied, &mut in_layer];
+        if prepare_first {
+            resumed.prepare_stepping(&DEVICE, &params, &flags).unwrap();
+        }
+        let shared: Vec<&Param> = params.iter().map(|p| &**p).collect();
+        resumed.load_state(&DEVICE, &state, &shared).unwrap();
+        resumed.prepare_stepping(&DEVICE, &params, &flags).unwrap();
+        assert_eq!(
+            resumed.state(&DEVICE).unwrap(),
+            state,
+            "prepared first: {prepare_first}"
+        );
+        let refused = resumed.prepare_stepping(&DEVICE, &params, &[false, false]);
+        assert!(matches!(refused, Err(Error::Shape { .. })), "{refused:?}");
+    }
+}

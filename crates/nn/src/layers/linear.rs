@@ -2,11 +2,20 @@
 //! ReLU applied in the product's epilogue (`relu(fc(x))` in one op, as the ConvNet's fc1 and
 //! fc2 have it).
 
-use kernels::{Activation, Device, LinearShape, Precision};
+use kernels::{Activation, AdamHyper, Buffer, Device, LinearShape, Precision};
 use rand::rngs::StdRng;
 
 use crate::error::expect_shape;
 use crate::{init, Error, Param, Result, Tensor, TensorView};
+
+/// Adam's step for one weight, applied by the layer ([`Linear::backward_stepping_weight`]):
+/// the hyperparameters, the step's scalars on the device, and the weight's own moments.
+pub struct WeightStep<'a> {
+    pub hyper: AdamHyper,
+    pub scalars: &'a Buffer<f32>,
+    pub m: &'a mut Buffer<f32>,
+    pub v: &'a mut Buffer<f32>,
+}
 
 pub struct Linear {
     device: Device,
@@ -116,22 +125,66 @@ impl Linear {
     /// Fills only the weight gradient dzᵀ·x and the bias gradient Σ_batch dz, where dz is dy
     /// (or, with the ReLU, dy where the output is positive and 0 elsewhere).
     pub fn backward_params(&mut self, x: TensorView, dy: TensorView) -> Result<()> {
-        expect_shape(&self.name, "x", x.shape, &self.input_shape)?;
-        expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
-        let s = self.op_shape(x.shape)?;
+        let s = self.backward_shape(x, dy)?;
+        self.mask_output_grad(dy)?;
         let dz = match self.activation {
-            Activation::Relu => {
-                let dz = &mut self.pre_activation_grad;
-                dz.resize(&self.device, dy.shape)?;
-                self.device
-                    .relu_backward(&self.output.data, dy.data, &mut dz.data)?;
-                &dz.data
-            }
+            Activation::Relu => &self.pre_activation_grad.data,
             Activation::None => dy.data,
         };
         let (dw, db) = (&mut self.weight.grad.data, &mut self.bias.grad.data);
         self.device
             .linear_backward_weight(&s, self.precision, x.data, dz, dw, db)?;
+        Ok(())
+    }
+
+    /// [`Linear::backward`], except that the weight takes Adam's step (`step`, its own moments)
+    /// in the op that computes its gradient, which is never stored (the weight's `grad` keeps
+    /// what it held); the bias gradient is filled for the bias's own step. The input gradient is
+    /// computed first, from the weight before its step. Only where the device
+    /// [fuses weight updates](kernels::Device::fuses_weight_updates).
+    pub fn backward_stepping_weight(
+        &mut self,
+        x: TensorView,
+        dy: TensorView,
+        step: WeightStep,
+    ) -> Result<TensorView<'_>> {
+        let s = self.backward_shape(x, dy)?;
+        self.mask_output_grad(dy)?;
+        let dz = match self.activation {
+            Activation::Relu => &self.pre_activation_grad.data,
+            Activation::None => dy.data,
+        };
+        self.input_grad.resize(&self.device, x.shape)?;
+        let w = &mut self.weight.value.data;
+        self.device
+            .linear_backward_input(&s, self.precision, w, dz, &mut self.input_grad.data)?;
+        self.device.linear_backward_weight_adam(
+            &s,
+            self.precision,
+            x.data,
+            dz,
+            (&step.hyper, step.scalars),
+            (w, step.m, step.v),
+            &mut self.bias.grad.data,
+        )?;
+        Ok(self.input_grad.view())
+    }
+
+    fn backward_shape(&self, x: TensorView, dy: TensorView) -> Result<LinearShape> {
+        expect_shape(&self.name, "x", x.shape, &self.input_shape)?;
+        expect_shape(&self.name, "dy", dy.shape, &self.output.shape)?;
+        self.op_shape(x.shape)
+    }
+
+    /// With the ReLU, writes dz, the gradient to x·Wᵀ + b: dy where the output is positive, 0
+    /// elsewhere (without, dz is dy itself).
+    fn mask_output_grad(&mut self, dy: TensorView) -> Result<()> {
+        if self.activation == Activation::Relu {
+            let dz = &mut self.pre_activation_grad;
+            dz.resize(&self.device, dy.shape)?;
+            self.device
+                .relu_backward(&self.output.data, dy.data, &mut dz.data)?;
+        }
         Ok(())
     }
 

@@ -12,5 +12,5 @@ mod maxpool2d_relu;
 
 pub use conv2d::Conv2d;
 pub use flatten::Flatten;
-pub use linear::Linear;
+pub use linear::{Linear, WeightStep};
 pub use maxpool2d_relu::MaxPool2dRelu;

@@ -368,6 +368,30 @@ fn linear_benches(c: &mut Criterion, device: &Device) {
                     &flops,
                     || device.linear_backward_weight(&s, p, &x, &dy, &mut dw, &mut db),
                 );
+                if !device.fuses_weight_updates() {
+                    continue;
+                }
+                // The weight gradient with Adam's step on the weight in it: against the two
+                // benches above it, `adam/fc1_weight` is what it saves.
+                let mut weight = upload(device, &filled(w.len(), 0.02));
+                let (mut m, mut v) = (zeros(device, w.len()), zeros(device, w.len()));
+                let step = AdamStep {
+                    lr: 1e-3,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    step: 1,
+                };
+                let (scalars, hyper) = (upload(device, &step.scalars()), step.hyper());
+                family.bench(
+                    id(format!("{name}_backward_weight_adam{suffix}"), batch),
+                    &flops,
+                    || {
+                        let moments = (&mut weight, &mut m, &mut v);
+                        let adam = (&hyper, &scalars);
+                        device.linear_backward_weight_adam(&s, p, &x, &dy, adam, moments, &mut db)
+                    },
+                );
             }
         }
     }

@@ -50,14 +50,16 @@ fn fallback_kernels_match_reference() {
 
 /// fc1's weight gradient with Adam's step fused into it is, bit for bit, the weight gradient and
 /// then Adam (each checked against the reference elsewhere), on every micro-kernel: a batch of
-/// one, odd sizes, shapes under the threshold for threads and over it, a depth over several
-/// blocks (batch 300), columns in several chunks (4000), and fc1 itself.
+/// one, an empty batch (a zero gradient, after a shape that leaves its scratch dirty), odd
+/// sizes, shapes under the threshold for threads and over it, a depth over several blocks (batch
+/// 300), columns in several chunks (4000), and fc1 itself.
 #[test]
 fn fused_weight_step_is_the_gradient_then_adam_on_every_kernel() {
     let _forcing = FORCING.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::seed_from_u64(19);
     let shapes = [
         (1, 7, 3),
+        (0, 5, 3),
         (5, 37, 13),
         (13, 100, 70),
         (300, 40, 50),

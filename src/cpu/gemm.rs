@@ -899,6 +899,9 @@ pub(super) fn gemm_bands(kernel: Kernel, a: Matrix, b: &impl PackB, sink: &impl 
                 let b_len = chunk_panels * k * NR;
                 with_scratch(&PACKED_B, b_len + band_len, |scratch| {
                     let (packed_b, band) = scratch.split_at_mut(b_len);
+                    if blocks.is_empty() {
+                        band.fill(0.0); // No depth: the product is zero.
+                    }
                     // Panel p of block d at (block start·panels + p·depth)·NR.
                     for depth in &blocks {
                         let block = &mut packed_b[depth.start * chunk_panels * NR..];

@@ -64,3 +64,101 @@ fn linear_tf32_rounds_operands_to_nearest_ties_away() {
         }
     }
 }
+
+/// fc1's weight step inside its gradient's product, through the device API: where the device
+/// fuses weight updates, the same bits as the gradient and then Adam over the weight's tensor;
+/// elsewhere refused, naming the op; moments of the wrong length refused, naming them.
+#[test]
+fn linear_weight_step_in_the_gradient_is_the_gradient_then_adam_or_refused() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let s = linear(13, 70, 33);
+    let step = kernels::AdamStep {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        step: 2,
+    };
+    let hyper = step.hyper();
+    let values = |rng: &mut StdRng, len| crate::common::random(rng, len);
+    let (x, dy, w) = (
+        values(&mut rng, s.input_len()),
+        values(&mut rng, s.output_len()),
+        values(&mut rng, s.weight_len()),
+    );
+    let moment: Vec<f32> = values(&mut rng, w.len()).iter().map(|v| v * v).collect();
+    for dev in devices() {
+        let (x, dy, scalars) = (
+            upload(dev, &x),
+            upload(dev, &dy),
+            upload(dev, &step.scalars()),
+        );
+        let (mut weight, mut m, mut v) =
+            (upload(dev, &w), upload(dev, &moment), upload(dev, &moment));
+        let mut db = upload(dev, &vec![0.0; s.out_features]);
+        let fused = dev.linear_backward_weight_adam(
+            &s,
+            Precision::Fp32,
+            &x,
+            &dy,
+            (&hyper, &scalars),
+            (&mut weight, &mut m, &mut v),
+            &mut db,
+        );
+        if !dev.fuses_weight_updates() {
+            let e = fused.expect_err("a device that does not fuse").to_string();
+            assert!(
+                e.contains("linear_backward_weight_adam") && e.contains("cpu"),
+                "{e}"
+            );
+            continue;
+        }
+        fused.unwrap();
+
+        let (mut apart, mut m_apart, mut v_apart) =
+            (upload(dev, &w), upload(dev, &moment), upload(dev, &moment));
+        let (mut dw, mut db_apart) = (upload(dev, &w), upload(dev, &vec![0.0; s.out_features]));
+        dev.linear_backward_weight(&s, Precision::Fp32, &x, &dy, &mut dw, &mut db_apart)
+            .unwrap();
+        let table = dev.tensor_table(&[&apart], &[&dw]).unwrap();
+        let params = &mut [&mut apart];
+        dev.adam_update_tensors(
+            &hyper,
+            &scalars,
+            &table,
+            params,
+            &[&dw],
+            &mut m_apart,
+            &mut v_apart,
+        )
+        .unwrap();
+        let bits = |b| {
+            download(dev, b)
+                .iter()
+                .map(|v: &f32| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&weight), bits(&apart), "{}: weight", dev.name());
+        assert_eq!(bits(&m), bits(&m_apart), "{}: m", dev.name());
+        assert_eq!(bits(&v), bits(&v_apart), "{}: v", dev.name());
+        assert_eq!(bits(&db), bits(&db_apart), "{}: bias gradient", dev.name());
+
+        let mut short = upload(dev, &moment[1..]);
+        let e = dev
+            .linear_backward_weight_adam(
+                &s,
+                Precision::Fp32,
+                &x,
+                &dy,
+                (&hyper, &scalars),
+                (&mut weight, &mut short, &mut v),
+                &mut db,
+            )
+            .expect_err("a short m")
+            .to_string();
+        assert!(
+            e.contains("linear_backward_weight_adam") && e.contains("m"),
+            "{e}"
+        );
+    }
+}

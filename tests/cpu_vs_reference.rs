@@ -6,7 +6,8 @@
 mod common;
 
 use common::gemm::{
-    check_on, random_conv, random_linear, CONV_SHAPES, LINEAR_LARGE, LINEAR_SHAPES,
+    check_on, random_conv, random_deep_conv, random_linear, CONV_SHAPES, LINEAR_LARGE,
+    LINEAR_SHAPES,
 };
 use common::{assert_close, random, widen};
 use kernels::cpu::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, PackedA, A};
@@ -31,7 +32,8 @@ fn fallback_kernels_match_reference() {
     for kernel in fallbacks {
         Kernel::force(Some(kernel)).expect("an available kernel");
         assert_eq!(Kernel::detect(), kernel);
-        let random_convs: Vec<_> = (0..20).map(|_| random_conv(&mut rng)).collect();
+        let mut random_convs: Vec<_> = (0..20).map(|_| random_conv(&mut rng)).collect();
+        random_convs.extend((0..5).map(|_| random_deep_conv(&mut rng)));
         for s in CONV_SHAPES.iter().chain(&random_convs) {
             check_on(&cpu, s, Precision::Fp32, &mut rng);
         }

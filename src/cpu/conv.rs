@@ -23,6 +23,7 @@ use super::pack;
 use super::scratch::{with_scratch, COLUMNS, PARTIALS};
 #[cfg(target_arch = "x86_64")]
 use super::shallow;
+use super::winograd::{self, Winograd};
 use crate::{reference, Conv2dShape};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -62,10 +63,12 @@ pub fn forward(s: &Conv2dShape, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) 
 }
 
 /// A convolution's weight prepared once for all its images, one image at a time: straight from
-/// the image where the shape is shallow enough, else as a product on its patches.
+/// the image where the shape is shallow enough, by Winograd's transforms where it is a deep
+/// 3x3 convolution that keeps the image's size, else as a product on its patches.
 pub(super) enum ImageConv<'a> {
     #[cfg(target_arch = "x86_64")]
     Shallow(shallow::Shallow<'a>),
+    Winograd(Winograd),
     Product(Convolution<'a>),
 }
 
@@ -76,6 +79,9 @@ impl<'a> ImageConv<'a> {
         if let Some(b) = b.filter(|_| shallow::applies(Kernel::detect(), s)) {
             return ImageConv::Shallow(shallow::Shallow::new(Kernel::detect(), s, w, b));
         }
+        if winograd::applies(s) {
+            return ImageConv::Winograd(Winograd::new(s, w, b));
+        }
         ImageConv::Product(Convolution::new(s, w, b))
     }
 
@@ -84,6 +90,7 @@ impl<'a> ImageConv<'a> {
         match self {
             #[cfg(target_arch = "x86_64")]
             ImageConv::Shallow(conv) => conv.image(x, y),
+            ImageConv::Winograd(conv) => conv.image(x, y),
             ImageConv::Product(conv) => conv.image(x, y),
         }
     }
@@ -177,6 +184,8 @@ pub(super) enum InputGrad<'a> {
     /// dx[c, y, x] = Σ_{o,di,dj} w[o, c, di, dj]·dy[o, y+p−di, x+p−dj]; with di' = k−1−di that
     /// is a convolution of dy padded by k−1−p with w'[c, o, di', dj'].
     Transposed(Convolution<'a>),
+    /// The same convolution by Winograd's transforms, where it is one they compute.
+    Winograd(Winograd),
     /// Else the columns dcol = wᵀ·dy, added back onto the pixels they came from (col2im).
     Columns {
         s: &'a Conv2dShape,
@@ -210,6 +219,9 @@ impl<'a> InputGrad<'a> {
                 );
                 flipped[((c * s.out_channels + o) * k + k - 1 - di) * k + k - 1 - dj] = value;
             }
+            if winograd::applies(&transposed) {
+                return InputGrad::Winograd(Winograd::new(&transposed, &flipped, None));
+            }
             return InputGrad::Transposed(Convolution::new(&transposed, &flipped, None));
         }
         InputGrad::Columns {
@@ -223,6 +235,7 @@ impl<'a> InputGrad<'a> {
     pub(super) fn image(&self, dy: &[f32], dx: &mut [f32]) {
         let (s, kernel, w_t) = match self {
             InputGrad::Transposed(conv) => return conv.image(dy, dx),
+            InputGrad::Winograd(conv) => return conv.image(dy, dx),
             InputGrad::Columns { s, kernel, w_t } => (*s, *kernel, w_t),
         };
         let columns = columns_layout(s);
@@ -432,7 +445,7 @@ fn add_wide_image(
             let dy_t = Matrix::new(dy_wide, Layout::row_major(s.out_channels, positions).t());
             let taps_layout = Layout::row_major(taps.len(), s.out_channels);
             let a = (&*padded, Rows::Offsets(taps));
-            gemm_a_in_place(kernel, pdw_t, taps_layout, a, &dy_t);
+            gemm_a_in_place(kernel, pdw_t, taps_layout, a, &dy_t, true);
         },
     );
     let plane = s.out_height() * ow;

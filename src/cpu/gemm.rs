@@ -599,8 +599,8 @@ fn multiply(
     });
 }
 
-/// C += A·B on the calling thread with `kernel`'s tile (one that [`Kernel::reads_in_place`]), A
-/// read in place: row i of A is
+/// C (+)= A·B on the calling thread with `kernel`'s tile (one that [`Kernel::reads_in_place`]),
+/// A read in place, the product added to C where `accumulate`: row i of A is
 /// `a[a_rows.offset(i)..]`, its depth contiguous (a stride-1 convolution's patches, a row per
 /// tap; a row-major weight), which packing would have to transpose. A short last panel of rows
 /// repeats its first row's pointer; those rows are dropped at the store.
@@ -614,6 +614,7 @@ pub(super) fn gemm_a_in_place(
     c_layout: Layout,
     (a, a_rows): (&[f32], Rows),
     b: &impl PackB,
+    accumulate: bool,
 ) {
     let (m, n, ldc) = (c_layout.rows, c_layout.cols, c_layout.row_stride);
     let k = b.shape().0;
@@ -651,7 +652,8 @@ pub(super) fn gemm_a_in_place(
                         ldc,
                         rows: height,
                         cols: width,
-                        load: true,
+                        // Later depth blocks add to what the first stored.
+                        load: accumulate || depth.start > 0,
                         row_bias: std::ptr::null(),
                         col_bias: std::ptr::null(),
                         relu: false,

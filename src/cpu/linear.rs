@@ -183,6 +183,7 @@ fn forward_transposed(s: &LinearShape, x: &[f32], w: &[f32], b: &[f32], relu: bo
                     Layout::row_major(c.len() / batch, batch),
                     (w, rows),
                     &x_t,
+                    true,
                 );
             });
         for (n, y) in y.chunks_exact_mut(out).enumerate() {

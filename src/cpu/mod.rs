@@ -27,6 +27,7 @@ mod pool;
 mod scratch;
 #[cfg(target_arch = "x86_64")]
 mod shallow;
+mod winograd;
 
 use crate::{reference, AdamHyper, Conv2dShape, LinearShape, Pool2dShape, XentShape};
 use std::sync::Once;

@@ -16,6 +16,9 @@ thread_local! {
     /// Working floats of the calling thread for one op: the per-thread partial sums of a weight
     /// gradient (which that thread reduces), or a convolution's flipped weight.
     pub(super) static PARTIALS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// A convolution's filter transformed for Winograd's products, kept for the next one: at
+    /// 128 KB for conv2, a fresh allocation each op would be fresh pages each op.
+    pub(super) static FILTERS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` on `len` floats of this thread's `buffer` (contents unspecified).

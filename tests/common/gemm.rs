@@ -15,7 +15,7 @@ use super::{
 };
 
 /// Convolutions checked in both precisions.
-pub const CONV_SHAPES: [Conv2dShape; 19] = [
+pub const CONV_SHAPES: [Conv2dShape; 22] = [
     // The network's two layers, with small batches.
     conv(1, 1, 32, 28, 28, 3, 1, 1),
     conv(3, 1, 32, 28, 28, 3, 1, 1),
@@ -42,6 +42,13 @@ pub const CONV_SHAPES: [Conv2dShape; 19] = [
     conv(2, 1, 9, 20, 37, 3, 1, 1),
     conv(2, 2, 3, 6, 17, 2, 1, 0),
     conv(3, 9, 5, 5, 4, 1, 1, 0),
+    // Deep 3x3 convolutions that keep the image's size, which the cpu device computes by
+    // Winograd's transforms in 2x2 blocks: odd sides (a last block half outside), channels no
+    // multiple of a vector, more than a tile of output channels, one row; the input gradient
+    // too, where the output channels are as many.
+    conv(3, 8, 5, 7, 9, 3, 1, 1),
+    conv(2, 13, 70, 6, 11, 3, 1, 1),
+    conv(2, 9, 16, 1, 3, 3, 1, 1),
 ];
 
 /// A shape with every size random: batches, channels and sides that are multiples of nothing.
@@ -58,6 +65,21 @@ pub fn random_conv(rng: &mut StdRng) -> Conv2dShape {
         kernel,
         stride: rng.random_range(1..=3),
         padding,
+    }
+}
+
+/// A random deep 3x3 convolution that keeps the image's size (the cpu device's Winograd
+/// shapes, and their input gradients where the output channels are 8 or more).
+pub fn random_deep_conv(rng: &mut StdRng) -> Conv2dShape {
+    Conv2dShape {
+        batch: rng.random_range(1..=3),
+        in_channels: rng.random_range(8..=40),
+        out_channels: rng.random_range(1..=70),
+        height: rng.random_range(1..=17),
+        width: rng.random_range(1..=17),
+        kernel: 3,
+        stride: 1,
+        padding: 1,
     }
 }
 

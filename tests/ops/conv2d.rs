@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::common::conv;
-use crate::common::gemm::{check, random_conv, CONV_SHAPES};
+use crate::common::gemm::{check, random_conv, random_deep_conv, CONV_SHAPES};
 
 #[test]
 fn conv2d_fp32_matches_reference() {
@@ -22,6 +22,10 @@ fn conv2d_fp32_matches_reference() {
     }
     for _ in 0..20 {
         let s = random_conv(&mut rng);
+        check(&s, Precision::Fp32, &mut rng);
+    }
+    for _ in 0..5 {
+        let s = random_deep_conv(&mut rng);
         check(&s, Precision::Fp32, &mut rng);
     }
 }

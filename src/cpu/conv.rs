@@ -23,7 +23,7 @@ use super::pack;
 use super::scratch::{with_scratch, COLUMNS, PARTIALS};
 #[cfg(target_arch = "x86_64")]
 use super::shallow;
-use super::winograd::{self, Winograd};
+use super::winograd::{self, Winograd, WinogradGrad};
 use crate::{reference, Conv2dShape};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -273,6 +273,8 @@ pub fn backward_weight(s: &Conv2dShape, x: &[f32], dy: &[f32], dw: &mut [f32], d
 pub(super) enum WeightGrad<'a> {
     #[cfg(target_arch = "x86_64")]
     Shallow(shallow::ShallowGrad<'a>),
+    /// A deep 3x3 convolution that keeps the image's size, by Winograd's transforms.
+    Winograd(WinogradGrad),
     /// At stride 1 on a kernel that reads A in place: dwᵀ[(c,di,dj), o] += Σ_q patches[(c,di,dj), q]·dy[o, q] over the
     /// wide positions q (dy zero past each row's end), the patches read in place as A, a row
     /// per tap, so nothing is gathered; the partial sums hold dwᵀ, transposed at the end.
@@ -296,6 +298,9 @@ impl<'a> WeightGrad<'a> {
         #[cfg(target_arch = "x86_64")]
         if shallow::applies(Kernel::detect(), s) {
             return WeightGrad::Shallow(shallow::ShallowGrad::new(Kernel::detect(), s));
+        }
+        if winograd::applies(s) {
+            return WeightGrad::Winograd(WinogradGrad::new(s));
         }
         #[cfg(target_arch = "x86_64")]
         if s.stride == 1 && Kernel::detect().reads_in_place() {
@@ -324,6 +329,7 @@ impl<'a> WeightGrad<'a> {
         let s = match self {
             #[cfg(target_arch = "x86_64")]
             WeightGrad::Shallow(grad) => return grad.sum_images(dw, db, add),
+            WeightGrad::Winograd(grad) => return grad.sum_images(dw, db, add),
             #[cfg(target_arch = "x86_64")]
             WeightGrad::Wide { s, .. } => s,
             WeightGrad::Product { s, .. } => s,
@@ -360,6 +366,7 @@ impl<'a> WeightGrad<'a> {
         let (s, kernel, offsets) = match self {
             #[cfg(target_arch = "x86_64")]
             WeightGrad::Shallow(grad) => return grad.add_image(x, dy, partial),
+            WeightGrad::Winograd(grad) => return grad.add_image(x, dy, partial),
             #[cfg(target_arch = "x86_64")]
             WeightGrad::Wide { s, kernel, taps } => {
                 return add_wide_image(s, *kernel, taps, x, dy, partial)
@@ -668,7 +675,7 @@ fn col2im(s: &Conv2dShape, col: &[f32], padded: &mut [f32], image: &mut [f32]) {
 
 /// A sum whose eight independent lanes the compiler can vectorise; a plain fold is one long chain
 /// of dependent additions.
-fn sum_of(values: &[f32]) -> f32 {
+pub(super) fn sum_of(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let chunks = values.chunks_exact(8);
     let tail: f32 = chunks.remainder().iter().sum();

@@ -133,6 +133,22 @@ impl<'a> Matrix<'a> {
                     }
                 }
             } else {
+                #[cfg(target_arch = "x86_64")]
+                if pack::has_moves(kernel) && row_stride == 1 {
+                    // Columns contiguous along the rows: each depth's `height` floats are one
+                    // run, copied whole.
+                    if height < mr {
+                        panel.fill(0.0);
+                    }
+                    let src = self.data[first + depth.start * col_stride..].as_ptr();
+                    // SAFETY: the CPU runs the kernel; the runs lie in the matrix (checked by
+                    // Matrix::new) and the panel holds MR floats per depth.
+                    unsafe {
+                        let dst = panel.as_mut_ptr();
+                        pack::copy_rows(kernel, src, col_stride, dst, mr, depth.len(), height)
+                    };
+                    continue;
+                }
                 for (p, column) in depth.clone().zip(panel.chunks_exact_mut(mr)) {
                     for (i, out) in column.iter_mut().enumerate() {
                         *out = if i < height {

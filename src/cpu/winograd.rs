@@ -25,6 +25,7 @@
 //! The sums are the direct ones in another order, with the transforms' few extra roundings:
 //! within the fp32 rule of the tests, not bit for bit.
 
+use super::conv::{sum_of, sum_per_thread};
 #[cfg(target_arch = "x86_64")]
 use super::gemm::{gemm_a_in_place, Rows};
 use super::gemm::{gemm_on_this_thread, Epilogue, Kernel, Layout, Matrix, A};
@@ -121,7 +122,8 @@ impl Winograd {
             let (v, rest) = rest.split_at_mut(lens[1]);
             let (m, rest) = rest.split_at_mut(lens[2]);
             let (out, rows) = rest.split_at_mut(lens[3]);
-            channels_last(self.kernel, s, tiles, x, (v, padded));
+            let image = (cin, s.height, s.width);
+            channels_last(self.kernel, image, x, (tiles.cols, 1), (v, padded));
             transform_input(self.kernel, tiles, padded, v, &mut rows[..ELEMENTS * cin]);
             self.products(tiles, v, m);
             transform_output(self.kernel, tiles, &self.bias, m, (out, rows));
@@ -178,6 +180,125 @@ impl Drop for Winograd {
     }
 }
 
+/// The weight and bias gradients of a convolution that [`applies`], by the same transforms.
+///
+/// y's blocks are linear in g: y = Aᵀ [(G g Gᵀ) ⊙ V] A. Their adjoint takes dy back:
+/// dg = Gᵀ [(A dy Aᵀ) ⊙ V] G, summed over every block of every image. The sum moves inside
+/// Gᵀ·G, so each image adds, for each element e, the product dU[e] += V[e]ᵀ·Z[e] of the
+/// transformed input `[tile, in]` with the transformed gradient Z = A dy Aᵀ `[tile, out]`; dw is
+/// Gᵀ dU G of the total.
+pub(super) struct WinogradGrad {
+    s: Conv2dShape,
+    kernel: Kernel,
+}
+
+impl WinogradGrad {
+    /// For a shape that [`applies`].
+    pub(super) fn new(s: &Conv2dShape) -> Self {
+        WinogradGrad {
+            s: *s,
+            kernel: Kernel::detect(),
+        }
+    }
+
+    /// Floats of a thread's partial sums: dU `[e, in, out]`, then db.
+    fn partial_len(&self) -> usize {
+        (ELEMENTS * self.s.in_channels + 1) * self.s.out_channels
+    }
+
+    /// As [`super::conv::WeightGrad::sum_images`]: each thread's run of images summed into its
+    /// partial dU and db by `add`, the partials added in thread order, dw = Gᵀ dU G.
+    pub(super) fn sum_images(
+        &self,
+        dw: &mut [f32],
+        db: &mut [f32],
+        add: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+    ) {
+        let (cin, cout) = (self.s.in_channels, self.s.out_channels);
+        let partial_len = self.partial_len();
+        sum_per_thread(self.s.batch, partial_len, add, |partials| {
+            let partials = || partials.chunks_exact(partial_len);
+            for (pair, dw) in dw.chunks_exact_mut(9).enumerate() {
+                let (o, c) = (pair / cin, pair % cin);
+                let at = |e: usize| (e * cin + c) * cout + o;
+                let du = std::array::from_fn(|e| partials().map(|p| p[at(e)]).sum());
+                dw.copy_from_slice(&filter_adjoint(du));
+            }
+            let db_at = ELEMENTS * cin * cout;
+            for (o, db) in db.iter_mut().enumerate() {
+                *db = partials().map(|p| p[db_at + o]).sum();
+            }
+        });
+    }
+
+    /// Adds one image's gradients, x `[in, h, w]` and dy `[out, h, w]`, to a thread's partial
+    /// sums (see [`WinogradGrad::partial_len`]).
+    pub(super) fn add_image(&self, x: &[f32], dy: &[f32], partial: &mut [f32]) {
+        let (s, tiles, kernel) = (&self.s, Tiles::new(&self.s), self.kernel);
+        let (cin, cout) = (s.in_channels, s.out_channels);
+        let (oh, ow) = (s.out_height(), s.out_width());
+        let lens = [
+            tiles.rows * tiles.cols * cin,
+            tiles.count() * ELEMENTS * cin,
+            tiles.count() * 4 * cout,
+            tiles.count() * ELEMENTS * cout,
+            ELEMENTS * cin.max(cout),
+        ];
+        let (du, db) = partial.split_at_mut(ELEMENTS * cin * cout);
+        with_scratch(&COLUMNS, lens.iter().sum(), |scratch| {
+            let (padded, rest) = scratch.split_at_mut(lens[0]);
+            let (v, rest) = rest.split_at_mut(lens[1]);
+            let (grid, rest) = rest.split_at_mut(lens[2]);
+            let (z, rows) = rest.split_at_mut(lens[3]);
+            channels_last(
+                kernel,
+                (cin, s.height, s.width),
+                x,
+                (tiles.cols, 1),
+                (v, padded),
+            );
+            transform_input(kernel, tiles, padded, v, &mut rows[..ELEMENTS * cin]);
+            // dy's blocks, the outputs past an odd side zero.
+            channels_last(
+                kernel,
+                (cout, oh, ow),
+                dy,
+                (2 * tiles.tiles_w, 0),
+                (z, grid),
+            );
+            transform_gradient(kernel, tiles, grid, z, &mut rows[..8 * cout]);
+            let accumulate = Epilogue {
+                accumulate: true,
+                ..Epilogue::default()
+            };
+            let count = tiles.count();
+            for (e, du) in du.chunks_exact_mut(cin * cout).enumerate() {
+                let v_t = Layout {
+                    rows: cin,
+                    cols: count,
+                    row_stride: 1,
+                    col_stride: ELEMENTS * cin,
+                };
+                let z_layout = Layout {
+                    rows: count,
+                    cols: cout,
+                    row_stride: ELEMENTS * cout,
+                    col_stride: 1,
+                };
+                let (v_t, z) = (
+                    A::Matrix(Matrix::new(&v[e * cin..], v_t)),
+                    Matrix::new(&z[e * cout..], z_layout),
+                );
+                let du_layout = Layout::row_major(cin, cout);
+                gemm_on_this_thread(kernel, du, du_layout, v_t, &z, accumulate);
+            }
+        });
+        for (sum, plane) in db.iter_mut().zip(dy.chunks_exact(oh * ow)) {
+            *sum += sum_of(plane);
+        }
+    }
+}
+
 /// G g Gᵀ for a 3x3 filter g (row-major), as the 16 elements of a 4x4 block.
 fn filter_transform(g: &[f32]) -> [f32; ELEMENTS] {
     // F(2, 3)'s filter transform of three taps.
@@ -192,45 +313,55 @@ fn filter_transform(g: &[f32]) -> [f32; ELEMENTS] {
     u
 }
 
-/// The image `[in, h, w]` into `[row, col, in]`, one pixel's channels contiguous, with a zero
-/// border: pixel (y, x) at (y + 1, x + 1), zeros to the blocks' last row and column. `dense`
-/// (as long as the image) holds the image channel-last before its rows are spread out.
+/// Gᵀ U G for a 4x4 block U: the adjoint of [`filter_transform`], a 3x3 filter's gradient from
+/// its transform's.
+fn filter_adjoint(u: [f32; ELEMENTS]) -> [f32; 9] {
+    // Gᵀ applied to four values.
+    let adjoint = |u0: f32, u1: f32, u2: f32, u3: f32| {
+        [u0 + (u1 + u2) * 0.5, (u1 - u2) * 0.5, (u1 + u2) * 0.5 + u3]
+    };
+    let columns: [[f32; 3]; 4] =
+        std::array::from_fn(|j| adjoint(u[j], u[4 + j], u[8 + j], u[12 + j]));
+    let mut g = [0.0; 9];
+    for i in 0..3 {
+        let row = adjoint(columns[0][i], columns[1][i], columns[2][i], columns[3][i]);
+        g[3 * i..][..3].copy_from_slice(&row);
+    }
+    g
+}
+
+/// Planes `[channels, h, w]` into `[row, col, channel]`, one pixel's channels contiguous, rows
+/// `cols` pixels long: pixel (y, x) at (y + border, x + border), zeros around it. `dense` (as
+/// long as the planes) holds them channel-last before their rows are spread out.
 fn channels_last(
     kernel: Kernel,
-    s: &Conv2dShape,
-    tiles: Tiles,
-    image: &[f32],
-    (dense, padded): (&mut [f32], &mut [f32]),
+    (channels, h, w): (usize, usize, usize),
+    planes: &[f32],
+    (cols, border): (usize, usize),
+    (dense, grid): (&mut [f32], &mut [f32]),
 ) {
-    let (cin, plane) = (s.in_channels, s.height * s.width);
-    let dense = &mut dense[..cin * plane];
-    padded.fill(0.0);
+    let plane = h * w;
+    let dense = &mut dense[..channels * plane];
+    grid.fill(0.0);
     #[cfg(target_arch = "x86_64")]
     if pack::has_moves(kernel) {
-        // SAFETY: the CPU runs the kernel; each channel's plane lies in the image and each
+        // SAFETY: the CPU runs the kernel; each channel's plane lies in `planes` and each
         // pixel's channels in `dense` (a short block spills zeros only into the next pixel's
         // channels, written after).
         unsafe {
-            pack::transpose(
-                kernel,
-                image.as_ptr(),
-                plane,
-                cin,
-                plane,
-                dense.as_mut_ptr(),
-                cin,
-            )
+            let (src, dst) = (planes.as_ptr(), dense.as_mut_ptr());
+            pack::transpose(kernel, src, plane, channels, plane, dst, channels)
         };
     } else {
-        for (c, plane) in image.chunks_exact(plane).enumerate() {
+        for (c, plane) in planes.chunks_exact(plane).enumerate() {
             for (p, &value) in plane.iter().enumerate() {
-                dense[p * cin + c] = value;
+                dense[p * channels + c] = value;
             }
         }
     }
-    let rows = dense.chunks_exact(s.width * cin).enumerate();
-    for (y, row) in rows {
-        padded[((y + 1) * tiles.cols + 1) * cin..][..row.len()].copy_from_slice(row);
+    for (y, row) in dense.chunks_exact(w * channels).enumerate() {
+        let at = ((y + border) * cols + border) * channels;
+        grid[at..][..row.len()].copy_from_slice(row);
     }
 }
 
@@ -447,9 +578,102 @@ fn output_pass([m0, m1, m2, m3]: [&[f32]; 4], bias: Option<&[f32]>, out: &mut [f
     }
 }
 
+/// A dy Aᵀ of every block, every channel: `grid` `[row, col, out]` (2·tiles_w pixels a row)
+/// into `z` `[tile, e, out]`, through `rows` (8 x channels floats).
+fn transform_gradient(kernel: Kernel, tiles: Tiles, grid: &[f32], z: &mut [f32], rows: &mut [f32]) {
+    match kernel {
+        // SAFETY: the CPU has AVX-512F (the kernel is one it runs).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { transform_gradient_avx512(tiles, grid, z, rows) },
+        // SAFETY: the CPU has AVX2 (as above).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => unsafe { transform_gradient_avx2(tiles, grid, z, rows) },
+        _ => transform_gradient_loops(tiles, grid, z, rows),
+    }
+}
+
+/// [`transform_gradient_loops`] compiled for AVX-512: 16 channels a vector.
+///
+/// # Safety
+/// The CPU must have AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_gradient_avx512(tiles: Tiles, grid: &[f32], z: &mut [f32], rows: &mut [f32]) {
+    transform_gradient_loops(tiles, grid, z, rows)
+}
+
+/// [`transform_gradient_loops`] compiled for AVX2: 8 channels a vector.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transform_gradient_avx2(tiles: Tiles, grid: &[f32], z: &mut [f32], rows: &mut [f32]) {
+    transform_gradient_loops(tiles, grid, z, rows)
+}
+
+#[inline(always)]
+fn transform_gradient_loops(tiles: Tiles, grid: &[f32], z: &mut [f32], rows: &mut [f32]) {
+    let channels = rows.len() / 8;
+    let row_len = 2 * tiles.tiles_w * channels;
+    let blocks = z.chunks_exact_mut(ELEMENTS * channels);
+    for (t, block) in blocks.enumerate().take(tiles.count()) {
+        let (ty, tx) = (t / tiles.tiles_w, t % tiles.tiles_w);
+        let corner = &grid[2 * ty * row_len + 2 * tx * channels..];
+        // Pixel (i, j) of the block's dy, its channels.
+        let dy = |i: usize, j: usize| &corner[i * row_len + j * channels..][..channels];
+        // A dy, a column at a time: `rows[4·j + i]` is row i of column j.
+        for (j, column) in rows.chunks_exact_mut(4 * channels).enumerate() {
+            gradient_pass([dy(0, j), dy(1, j)], column);
+        }
+        // (A dy) Aᵀ, a row at a time: element (i, j) of the block at 4·i + j.
+        let row = |i: usize, j: usize| &rows[(4 * j + i) * channels..][..channels];
+        for (i, elements) in block.chunks_exact_mut(4 * channels).enumerate() {
+            gradient_pass([row(i, 0), row(i, 1)], elements);
+        }
+    }
+}
+
+/// A (Aᵀ's transpose) applied to two vectors of channels, into four one after the other in
+/// `out`: the adjoint of [`output_pass`].
+#[inline(always)]
+fn gradient_pass([y0, y1]: [&[f32]; 2], out: &mut [f32]) {
+    let n = y0.len();
+    let y1 = &y1[..n];
+    let (z0, rest) = out.split_at_mut(n);
+    let (z1, rest) = rest.split_at_mut(n);
+    let (z2, z3) = rest.split_at_mut(n);
+    let (z2, z3) = (&mut z2[..n], &mut z3[..n]);
+    for c in 0..n {
+        z0[c] = y0[c];
+        z1[c] = y0[c] + y1[c];
+        z2[c] = y0[c] - y1[c];
+        z3[c] = -y1[c];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ⟨G g Gᵀ, U⟩ = ⟨g, Gᵀ U G⟩ for every g and U: the weight gradient's transform is the
+    /// forward one's adjoint.
+    #[test]
+    fn filter_adjoint_is_the_transforms_adjoint() {
+        let g: Vec<f32> = (0..9).map(|i| (i as f32 * 0.71 + 0.3).cos()).collect();
+        let u: [f32; ELEMENTS] = std::array::from_fn(|e| (e as f32 * 1.3 - 2.0).sin());
+        let forward: f64 = filter_transform(&g)
+            .iter()
+            .zip(&u)
+            .map(|(a, b)| (a * b) as f64)
+            .sum();
+        let adjoint: f64 = filter_adjoint(u)
+            .iter()
+            .zip(&g)
+            .map(|(a, b)| (a * b) as f64)
+            .sum();
+        assert!((forward - adjoint).abs() < 1e-5, "{forward} vs {adjoint}");
+    }
 
     /// The filter transform against G g Gᵀ written out as matrix products.
     #[test]

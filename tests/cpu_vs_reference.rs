@@ -10,7 +10,7 @@ use common::gemm::{
     LINEAR_SHAPES,
 };
 use common::{assert_close, random, widen};
-use kernels::cpu::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, PackedA, A};
+use kernels::cpu::gemm::{gemm_with, Epilogue, Kernel, Layout, Matrix, PackedA, Panels, A};
 use kernels::{cpu, reference as r, AdamStep, Device, Precision};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -308,13 +308,31 @@ fn gemm_every_kernel_matches_reference() {
             }
         }
         let (a_matrix, b_matrix) = (Matrix::new(&a, a_layout), Matrix::new(&b, b_layout));
+        // B packed beforehand, as a Winograd filter is.
+        let mut b_packed = vec![0.0; Panels::len(k, n)];
+        for p in 0..k {
+            for j in 0..n {
+                b_packed[Panels::offset(k, n, p, j)] = at(&b, &b_layout, p, j) as f32;
+            }
+        }
+        let b_panels = Panels::new(&b_packed, k, n);
         for &kernel in &kernels {
             let packed = PackedA::for_kernel(kernel, a_matrix);
-            for a_operand in [A::Matrix(a_matrix), A::Packed(&packed)] {
+            let operands = [
+                (A::Matrix(a_matrix), false),
+                (A::Packed(&packed), false),
+                (A::Matrix(a_matrix), true),
+            ];
+            for (a_operand, b_is_packed) in operands {
                 let mut c = c0.clone();
-                gemm_with(kernel, &mut c, c_layout, a_operand, &b_matrix, epilogue);
+                if b_is_packed {
+                    gemm_with(kernel, &mut c, c_layout, a_operand, &b_panels, epilogue);
+                } else {
+                    gemm_with(kernel, &mut c, c_layout, a_operand, &b_matrix, epilogue);
+                }
                 let name = format!(
-                    "case {case} {kernel:?} {m}x{n}x{k} a {a_layout:?} b {b_layout:?} {epilogue:?}"
+                    "case {case} {kernel:?} {m}x{n}x{k} a {a_layout:?} b {b_layout:?} \
+                     (packed: {b_is_packed}) {epilogue:?}"
                 );
                 let inside: Vec<f32> = c.chunks(ldc).flat_map(|row| &row[..n]).copied().collect();
                 assert_close(&name, &inside, &exact);

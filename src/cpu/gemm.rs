@@ -33,12 +33,14 @@ const A_BLOCK_BYTES: usize = 512 << 10;
 /// in place costs strided loads, from L2 where its rows alias in L1, at every tile that reads
 /// it, and a packed one a copy; eight tiles a panel are about where the copy stops paying.
 const IN_PLACE_TILES: usize = 8;
-/// The same for B's rows a fixed stride apart (a weight's rows, 12 KB apart in fc1): each of a
+/// The same for B's rows a page or more apart (a weight's rows, 12 KB apart in fc1): each of a
 /// panel's rows lies on its own page, likely a stride no prefetcher follows, at every tile.
 /// At batch 64 (eight tiles) on Zen 4, packing fc1's and fc2's W for their input gradients took
 /// an epoch from 21.5 to 20.8 s. A single tile would read its copy only once, so it reads B in
 /// place.
 const IN_PLACE_STRIDED_TILES: usize = 1;
+/// Floats in a 4 KiB page: rows at least this far apart are each on a page of their own.
+const PAGE_FLOATS: usize = 1024;
 /// Below this many flops a product runs on one thread: splitting it costs more than it saves.
 const PARALLEL_FLOPS: usize = 1 << 21;
 
@@ -270,6 +272,12 @@ pub trait PackB: Sync {
         None
     }
 
+    /// Its panel of depth block `depth` (one of [`depth_blocks`]) at column `col` (a multiple
+    /// of NR), where it is already packed ([`Panels`]). None by default.
+    fn packed(&self, _depth: &Range<usize>, _col: usize) -> Option<&[f32]> {
+        None
+    }
+
     /// (depth, columns).
     fn shape(&self) -> (usize, usize);
     /// Writes `panel[p·NR + j]` = element (depth.start + p, col + j) for `j < width`, zero for
@@ -364,6 +372,69 @@ impl PackB for Matrix<'_> {
                 }
             }
         }
+    }
+}
+
+/// A right-hand operand packed once for many products (a Winograd filter, which every image
+/// multiplies): for each depth block of [`depth_blocks`], its NR-column panels one after the
+/// other, the columns past the last zero. [`gemm_a_in_place`] multiplies the panels where they
+/// lie; other products copy them.
+pub struct Panels<'a> {
+    data: &'a [f32],
+    depth: usize,
+    cols: usize,
+}
+
+impl<'a> Panels<'a> {
+    /// Floats of a `depth` x `cols` operand packed.
+    pub fn len(depth: usize, cols: usize) -> usize {
+        depth * cols.next_multiple_of(NR)
+    }
+
+    /// Where element (p, j) of a `depth` x `cols` operand lies once packed.
+    pub fn offset(depth: usize, cols: usize, p: usize, j: usize) -> usize {
+        let block = depth_blocks(depth)
+            .find(|block| block.contains(&p))
+            .expect("p < depth");
+        let panel = block.len() * NR;
+        block.start * cols.next_multiple_of(NR) + j / NR * panel + (p - block.start) * NR + j % NR
+    }
+
+    /// # Panics
+    /// If `data` is not [`Panels::len`] long (a bug in the caller).
+    pub fn new(data: &'a [f32], depth: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), Panels::len(depth, cols), "panels: wrong length");
+        Panels { data, depth, cols }
+    }
+
+    fn panel(&self, depth: &Range<usize>, col: usize) -> &[f32] {
+        let block = &self.data[depth.start * self.cols.next_multiple_of(NR)..];
+        &block[col / NR * depth.len() * NR..][..depth.len() * NR]
+    }
+}
+
+impl PackB for Panels<'_> {
+    fn packed(&self, depth: &Range<usize>, col: usize) -> Option<&[f32]> {
+        Some(self.panel(depth, col))
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        (self.depth, self.cols)
+    }
+
+    fn pack_b(
+        &self,
+        _kernel: Kernel,
+        depth: Range<usize>,
+        col: usize,
+        _width: usize,
+        panel: &mut [f32],
+    ) {
+        assert!(
+            depth_blocks(self.depth).any(|block| block == depth) && col % NR == 0,
+            "panels: a block they were not packed in"
+        );
+        panel[..depth.len() * NR].copy_from_slice(self.panel(&depth, col));
     }
 }
 
@@ -656,7 +727,13 @@ pub(super) fn gemm_a_in_place(
             let packed_b = &mut packed_b[..depth.len() * NR];
             for col in (0..n).step_by(NR) {
                 let width = (n - col).min(NR);
-                b.pack_b(kernel, depth.clone(), col, width, packed_b);
+                let panel = match b.packed(&depth, col) {
+                    Some(panel) => panel,
+                    None => {
+                        b.pack_b(kernel, depth.clone(), col, width, packed_b);
+                        &*packed_b
+                    }
+                };
                 for row in (0..m).step_by(mr) {
                     let height = (m - row).min(mr);
                     let rows = std::array::from_fn(|i| {
@@ -678,7 +755,7 @@ pub(super) fn gemm_a_in_place(
                     // `a` (both checked above), the panel holds that depth, and the tile's
                     // corner lies in C.
                     unsafe {
-                        let (depth, b) = (depth.len(), packed_b.as_ptr());
+                        let (depth, b) = (depth.len(), panel.as_ptr());
                         match kernel {
                             Kernel::Avx512 => {
                                 microkernel::avx512_tile_a_in_place(depth, rows, b, store)
@@ -740,8 +817,8 @@ impl<B: PackB> Product<'_, B> {
         let end = cols.start + (cols.len() - 1) / NR * NR + NR;
         let in_place = self.b.in_place().filter(|b| {
             let most_tiles = match b.rows {
-                Rows::Offsets(_) => IN_PLACE_TILES,
-                Rows::Stride(_) => IN_PLACE_STRIDED_TILES,
+                Rows::Stride(stride) if stride >= PAGE_FLOATS => IN_PLACE_STRIDED_TILES,
+                _ => IN_PLACE_TILES,
             };
             let few_rows = rows.len() <= most_tiles * mr;
             let inside = b.rows.last(k) + end <= b.data.len();

@@ -19,8 +19,9 @@
 //! direct convolution, the transforms being additions only.
 //!
 //! The transforms run channel-last, with the channels as the vector lanes: the image is copied
-//! into `[row, col, channel]` (zero-padded), its blocks transformed into `[tile, e, channel]`,
-//! which is A read in place, and each product stores `[tile, e, out]`, whose blocks transform
+//! into `[row, col, channel]` (zero-padded), its blocks transformed into `[e, tile, channel]`,
+//! each element's `[tile, channel]` one matrix (A read in place), and each product stores
+//! `[e, tile, out]`, whose blocks transform
 //! back into `[row, col, out]` and are then transposed into the `[out, row, col]` output.
 //! The sums are the direct ones in another order, with the transforms' few extra roundings:
 //! within the fp32 rule of the tests, not bit for bit.
@@ -28,7 +29,7 @@
 use super::conv::{sum_of, sum_per_thread};
 #[cfg(target_arch = "x86_64")]
 use super::gemm::{gemm_a_in_place, Rows};
-use super::gemm::{gemm_on_this_thread, Epilogue, Kernel, Layout, Matrix, A};
+use super::gemm::{gemm_on_this_thread, Epilogue, Kernel, Layout, Matrix, Panels, A};
 #[cfg(target_arch = "x86_64")]
 use super::pack;
 use super::scratch::{with_scratch, COLUMNS, FILTERS};
@@ -51,8 +52,8 @@ pub(super) fn applies(s: &Conv2dShape) -> bool {
 pub(super) struct Winograd {
     s: Conv2dShape,
     kernel: Kernel,
-    /// U[e] = (G g Gᵀ)[e] for every (in, out) pair: `u[(e·in + c)·out + o]`, each U[e] a
-    /// row-major `[in, out]` matrix.
+    /// U[e] = (G g Gᵀ)[e] for every (in, out) pair, each U[e] an `[in, out]` operand packed
+    /// for the products ([`Panels`]), one after the other.
     u: Vec<f32>,
     /// A value per output channel, zeros where the convolution has no bias.
     bias: Vec<f32>,
@@ -91,11 +92,13 @@ impl Winograd {
         let (cin, cout) = (s.in_channels, s.out_channels);
         let mut u = FILTERS.take();
         u.clear();
-        u.resize(ELEMENTS * cin * cout, 0.0);
+        let len = Panels::len(cin, cout);
+        u.resize(ELEMENTS * len, 0.0);
         for (pair, g) in w.chunks_exact(9).enumerate() {
             let (o, c) = (pair / cin, pair % cin);
+            let at = Panels::offset(cin, cout, c, o);
             for (e, value) in filter_transform(g).into_iter().enumerate() {
-                u[(e * cin + c) * cout + o] = value;
+                u[e * len + at] = value;
             }
         }
         Winograd {
@@ -131,36 +134,22 @@ impl Winograd {
         })
     }
 
-    /// M[e] = V[e]·U[e] for each element e: `[tile, e, in]` · `[in, out]` → `[tile, e, out]`.
+    /// M[e] = V[e]·U[e] for each element e: `[e, tile, in]` · `[e, in, out]` → `[e, tile, out]`.
     fn products(&self, tiles: Tiles, v: &[f32], m: &mut [f32]) {
         let (cin, cout) = (self.s.in_channels, self.s.out_channels);
-        let c_layout = Layout {
-            rows: tiles.count(),
-            cols: cout,
-            row_stride: ELEMENTS * cout,
-            col_stride: 1,
-        };
+        let count = tiles.count();
+        let c_layout = Layout::row_major(count, cout);
         for e in 0..ELEMENTS {
-            let u = Matrix::new(
-                &self.u[e * cin * cout..][..cin * cout],
-                Layout::row_major(cin, cout),
-            );
-            let (v, m) = (&v[e * cin..], &mut m[e * cout..]);
+            let len = Panels::len(cin, cout);
+            let u = Panels::new(&self.u[e * len..][..len], cin, cout);
+            let (v, m) = (&v[e * count * cin..], &mut m[e * count * cout..]);
             #[cfg(target_arch = "x86_64")]
             if self.kernel.reads_in_place() {
-                let a = (v, Rows::Stride(ELEMENTS * cin));
+                let a = (v, Rows::Stride(cin));
                 gemm_a_in_place(self.kernel, m, c_layout, a, &u, false);
                 continue;
             }
-            let v = Matrix::new(
-                v,
-                Layout {
-                    rows: tiles.count(),
-                    cols: cin,
-                    row_stride: ELEMENTS * cin,
-                    col_stride: 1,
-                },
-            );
+            let v = Matrix::new(v, Layout::row_major(count, cin));
             gemm_on_this_thread(
                 self.kernel,
                 m,
@@ -273,21 +262,12 @@ impl WinogradGrad {
             };
             let count = tiles.count();
             for (e, du) in du.chunks_exact_mut(cin * cout).enumerate() {
-                let v_t = Layout {
-                    rows: cin,
-                    cols: count,
-                    row_stride: 1,
-                    col_stride: ELEMENTS * cin,
-                };
-                let z_layout = Layout {
-                    rows: count,
-                    cols: cout,
-                    row_stride: ELEMENTS * cout,
-                    col_stride: 1,
-                };
                 let (v_t, z) = (
-                    A::Matrix(Matrix::new(&v[e * cin..], v_t)),
-                    Matrix::new(&z[e * cout..], z_layout),
+                    A::Matrix(Matrix::new(
+                        &v[e * count * cin..],
+                        Layout::row_major(count, cin).t(),
+                    )),
+                    Matrix::new(&z[e * count * cout..], Layout::row_major(count, cout)),
                 );
                 let du_layout = Layout::row_major(cin, cout);
                 gemm_on_this_thread(kernel, du, du_layout, v_t, &z, accumulate);
@@ -396,7 +376,7 @@ fn channels_first(kernel: Kernel, s: &Conv2dShape, tiles: Tiles, blocks: &[f32],
     }
 }
 
-/// Bᵀ d B of every block, every channel: `padded` `[row, col, c]` into `v` `[tile, e, c]`,
+/// Bᵀ d B of every block, every channel: `padded` `[row, col, c]` into `v` `[e, tile, c]`,
 /// through `rows` (16 x channels floats).
 fn transform_input(kernel: Kernel, tiles: Tiles, padded: &[f32], v: &mut [f32], rows: &mut [f32]) {
     match kernel {
@@ -434,34 +414,42 @@ unsafe fn transform_input_avx2(tiles: Tiles, padded: &[f32], v: &mut [f32], rows
 fn transform_input_loops(tiles: Tiles, padded: &[f32], v: &mut [f32], rows: &mut [f32]) {
     let channels = rows.len() / ELEMENTS;
     let row_len = tiles.cols * channels;
-    let blocks = v.chunks_exact_mut(ELEMENTS * channels);
-    for (t, block) in blocks.enumerate().take(tiles.count()) {
+    let (count, plane) = (tiles.count(), tiles.count() * channels);
+    for t in 0..count {
         let (ty, tx) = (t / tiles.tiles_w, t % tiles.tiles_w);
         let corner = &padded[2 * ty * row_len + 2 * tx * channels..];
         // Pixel (i, j) of d, its channels.
         let d = |i: usize, j: usize| &corner[i * row_len + j * channels..][..channels];
         // Bᵀ d, a column at a time: `rows[4·j + i]` is row i of column j.
         for (j, column) in rows.chunks_exact_mut(4 * channels).enumerate() {
-            input_pass([d(0, j), d(1, j), d(2, j), d(3, j)], column);
+            let out = four_runs(column, channels, 0, channels);
+            input_pass([d(0, j), d(1, j), d(2, j), d(3, j)], out);
         }
-        // (Bᵀ d) B, a row at a time: element (i, j) of the block at 4·i + j.
+        // (Bᵀ d) B, a row at a time: element (i, j) of the block into plane 4·i + j.
         let row = |i: usize, j: usize| &rows[(4 * j + i) * channels..][..channels];
-        for (i, elements) in block.chunks_exact_mut(4 * channels).enumerate() {
-            input_pass([row(i, 0), row(i, 1), row(i, 2), row(i, 3)], elements);
+        for i in 0..4 {
+            let out = four_runs(v, plane, (4 * i * count + t) * channels, channels);
+            input_pass([row(i, 0), row(i, 1), row(i, 2), row(i, 3)], out);
         }
     }
 }
 
-/// F(2, 3)'s input transform Bᵀ of four vectors of channels `d` into four, `out` holding them
-/// one after the other.
+/// Four disjoint runs of `n` floats, `stride` apart from `at`: elements (i, 0..4) of a block,
+/// in planes `stride` apart, or four vectors of channels one after the other.
 #[inline(always)]
-fn input_pass([d0, d1, d2, d3]: [&[f32]; 4], out: &mut [f32]) {
+fn four_runs(buf: &mut [f32], stride: usize, at: usize, n: usize) -> [&mut [f32]; 4] {
+    let (a, rest) = buf[at..].split_at_mut(stride);
+    let (b, rest) = rest.split_at_mut(stride);
+    let (c, d) = rest.split_at_mut(stride);
+    [&mut a[..n], &mut b[..n], &mut c[..n], &mut d[..n]]
+}
+
+/// F(2, 3)'s input transform Bᵀ of four vectors of channels `d` into four.
+#[inline(always)]
+fn input_pass([d0, d1, d2, d3]: [&[f32]; 4], [y0, y1, y2, y3]: [&mut [f32]; 4]) {
     let n = d0.len();
     let (d1, d2, d3) = (&d1[..n], &d2[..n], &d3[..n]);
-    let (y0, rest) = out.split_at_mut(n);
-    let (y1, rest) = rest.split_at_mut(n);
-    let (y2, y3) = rest.split_at_mut(n);
-    let (y2, y3) = (&mut y2[..n], &mut y3[..n]);
+    let (y0, y1, y2, y3) = (&mut y0[..n], &mut y1[..n], &mut y2[..n], &mut y3[..n]);
     for c in 0..n {
         y0[c] = d0[c] - d2[c];
         y1[c] = d1[c] + d2[c];
@@ -470,7 +458,7 @@ fn input_pass([d0, d1, d2, d3]: [&[f32]; 4], out: &mut [f32]) {
     }
 }
 
-/// Aᵀ M A + bias of every block, every output channel: `m` `[tile, e, out]` into `out`
+/// Aᵀ M A + bias of every block, every output channel: `m` `[e, tile, out]` into `out`
 /// `[row, col, out]`, 2·tiles_h x 2·tiles_w pixels, through `rows` (8 x channels floats).
 fn transform_output(
     kernel: Kernel,
@@ -533,10 +521,10 @@ fn transform_output_loops(
     let channels = bias.len();
     let rows = &mut rows[..8 * channels];
     let row_len = 2 * tiles.tiles_w * channels;
-    let blocks = m.chunks_exact(ELEMENTS * channels);
-    for (t, block) in blocks.enumerate().take(tiles.count()) {
+    let count = tiles.count();
+    for t in 0..count {
         let (ty, tx) = (t / tiles.tiles_w, t % tiles.tiles_w);
-        let element = |i: usize, j: usize| &block[(4 * i + j) * channels..][..channels];
+        let element = |i: usize, j: usize| &m[((4 * i + j) * count + t) * channels..][..channels];
         // Aᵀ M, a column at a time: `rows[2·j + i]` is row i of column j.
         for (j, column) in rows.chunks_exact_mut(2 * channels).enumerate() {
             let m = [element(0, j), element(1, j), element(2, j), element(3, j)];
@@ -579,7 +567,7 @@ fn output_pass([m0, m1, m2, m3]: [&[f32]; 4], bias: Option<&[f32]>, out: &mut [f
 }
 
 /// A dy Aᵀ of every block, every channel: `grid` `[row, col, out]` (2·tiles_w pixels a row)
-/// into `z` `[tile, e, out]`, through `rows` (8 x channels floats).
+/// into `z` `[e, tile, out]`, through `rows` (8 x channels floats).
 fn transform_gradient(kernel: Kernel, tiles: Tiles, grid: &[f32], z: &mut [f32], rows: &mut [f32]) {
     match kernel {
         // SAFETY: the CPU has AVX-512F (the kernel is one it runs).
@@ -616,34 +604,33 @@ unsafe fn transform_gradient_avx2(tiles: Tiles, grid: &[f32], z: &mut [f32], row
 fn transform_gradient_loops(tiles: Tiles, grid: &[f32], z: &mut [f32], rows: &mut [f32]) {
     let channels = rows.len() / 8;
     let row_len = 2 * tiles.tiles_w * channels;
-    let blocks = z.chunks_exact_mut(ELEMENTS * channels);
-    for (t, block) in blocks.enumerate().take(tiles.count()) {
+    let (count, plane) = (tiles.count(), tiles.count() * channels);
+    for t in 0..count {
         let (ty, tx) = (t / tiles.tiles_w, t % tiles.tiles_w);
         let corner = &grid[2 * ty * row_len + 2 * tx * channels..];
         // Pixel (i, j) of the block's dy, its channels.
         let dy = |i: usize, j: usize| &corner[i * row_len + j * channels..][..channels];
         // A dy, a column at a time: `rows[4·j + i]` is row i of column j.
         for (j, column) in rows.chunks_exact_mut(4 * channels).enumerate() {
-            gradient_pass([dy(0, j), dy(1, j)], column);
+            let out = four_runs(column, channels, 0, channels);
+            gradient_pass([dy(0, j), dy(1, j)], out);
         }
-        // (A dy) Aᵀ, a row at a time: element (i, j) of the block at 4·i + j.
+        // (A dy) Aᵀ, a row at a time: element (i, j) of the block into plane 4·i + j.
         let row = |i: usize, j: usize| &rows[(4 * j + i) * channels..][..channels];
-        for (i, elements) in block.chunks_exact_mut(4 * channels).enumerate() {
-            gradient_pass([row(i, 0), row(i, 1)], elements);
+        for i in 0..4 {
+            let out = four_runs(z, plane, (4 * i * count + t) * channels, channels);
+            gradient_pass([row(i, 0), row(i, 1)], out);
         }
     }
 }
 
-/// A (Aᵀ's transpose) applied to two vectors of channels, into four one after the other in
-/// `out`: the adjoint of [`output_pass`].
+/// A (Aᵀ's transpose) applied to two vectors of channels, into four: the adjoint of
+/// [`output_pass`].
 #[inline(always)]
-fn gradient_pass([y0, y1]: [&[f32]; 2], out: &mut [f32]) {
+fn gradient_pass([y0, y1]: [&[f32]; 2], [z0, z1, z2, z3]: [&mut [f32]; 4]) {
     let n = y0.len();
     let y1 = &y1[..n];
-    let (z0, rest) = out.split_at_mut(n);
-    let (z1, rest) = rest.split_at_mut(n);
-    let (z2, z3) = rest.split_at_mut(n);
-    let (z2, z3) = (&mut z2[..n], &mut z3[..n]);
+    let (z0, z1, z2, z3) = (&mut z0[..n], &mut z1[..n], &mut z2[..n], &mut z3[..n]);
     for c in 0..n {
         z0[c] = y0[c];
         z1[c] = y0[c] + y1[c];

@@ -431,7 +431,7 @@ impl PackB for Panels<'_> {
         panel: &mut [f32],
     ) {
         assert!(
-            depth_blocks(self.depth).any(|block| block == depth) && col % NR == 0,
+            depth_blocks(self.depth).any(|block| block == depth) && col.is_multiple_of(NR),
             "panels: a block they were not packed in"
         );
         panel[..depth.len() * NR].copy_from_slice(self.panel(&depth, col));

@@ -6,6 +6,7 @@
 //! per image, images split across threads, their patches taken straight from the image; linear
 //! layers one product each, split along the output. Convolutions too shallow for a product
 //! (conv1: one input channel, nine taps) are computed straight from the image (`shallow.rs`),
+//! deep 3x3 ones that keep the image's size (conv2) by Winograd's transforms (`winograd.rs`),
 //! and each convolution with the pool after it image by image (`conv_pool.rs`). The rest are
 //! single passes over memory in parallel chunks. All threads are rayon's global pool, set up by [`init_threads`], which every op calls
 //! first.

@@ -1,5 +1,5 @@
 //! 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray, "Fast
-//! Algorithms for Convolutional Neural Networks", 2015): conv2's forward pass and input gradient.
+//! Algorithms for Convolutional Neural Networks", 2015): conv2's forward pass and both gradients.
 //!
 //! Each 2x2 block of a 3x3 convolution's output, from the 4x4 block d of one input channel under
 //! it and that channel's filter g, is

@@ -4,12 +4,14 @@
 //! Each 2x2 block of a 3x3 convolution's output, from the 4x4 block d of one input channel under
 //! it and that channel's filter g, is
 //!
-//!   y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A
+//! ```text
+//! y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A
 //!
-//!        ⎡1  0 −1  0⎤        ⎡1    0    0 ⎤
-//!   Bᵀ = ⎢0  1  1  0⎥    G = ⎢½    ½    ½ ⎥    Aᵀ = ⎡1  1  1  0⎤
-//!        ⎢0 −1  1  0⎥        ⎢½   −½    ½ ⎥         ⎣0  1 −1 −1⎦
-//!        ⎣0  1  0 −1⎦        ⎣0    0    1 ⎦
+//!      ⎡1  0 −1  0⎤        ⎡1    0    0 ⎤
+//! Bᵀ = ⎢0  1  1  0⎥    G = ⎢½    ½    ½ ⎥    Aᵀ = ⎡1  1  1  0⎤
+//!      ⎢0 −1  1  0⎥        ⎢½   −½    ½ ⎥         ⎣0  1 −1 −1⎦
+//!      ⎣0  1  0 −1⎦        ⎣0    0    1 ⎦
+//! ```
 //!
 //! (F(2, 3) in one dimension, nested): 16 multiplications where the direct sum takes 36. The
 //! transforms are linear, so the sum over input channels moves inside: for each of the 16

@@ -40,8 +40,29 @@ pub(super) fn with_scratch<R>(
     if scratch.len() < len + ALIGN_FLOATS {
         scratch.resize(len + ALIGN_FLOATS, 0.0);
     }
+    // A Vec<f32> is 4-byte aligned, so a line starts within its first 16 floats.
     let skip = scratch.as_ptr().align_offset(ALIGN_BYTES).min(ALIGN_FLOATS);
     let result = f(&mut scratch[skip..][..len]);
     buffer.set(scratch);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_start_on_a_cache_line_at_every_length_and_when_nested() {
+        for len in [0, 1, 15, 16, 17, 1000, 4096, 100_003] {
+            with_scratch(&PACKED_B, len, |outer| {
+                assert_eq!(outer.len(), len);
+                assert_eq!(outer.as_ptr() as usize % ALIGN_BYTES, 0, "len {len}");
+                // A nested call on the same buffer gets a fresh one, aligned the same way.
+                with_scratch(&PACKED_B, len + 3, |inner| {
+                    assert_eq!(inner.len(), len + 3);
+                    assert_eq!(inner.as_ptr() as usize % ALIGN_BYTES, 0, "nested len {len}");
+                });
+            });
+        }
+    }
 }
